@@ -1,0 +1,296 @@
+"""The ``beyondbp`` command line: a thin Typer layer over :mod:`beyondbp.api`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from beyondbp import api
+from beyondbp.errors import BeyondBPError
+from beyondbp.rules import available_rules, get_rule, parse_assignments
+from beyondbp.runs import RunRecord, RunStore
+
+app = typer.Typer(
+    help="Train networks with and beyond backpropagation; compare learning rules honestly.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+runs_app = typer.Typer(help="The run store: list, show and export runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+console = Console()
+
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option("--store", help="run store (default ./beyondbp-runs/runs.sqlite or $BEYONDBP_RUNS)"),
+]
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _fmt(v: Any, fmt: str = "{:.4g}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _energy(m: dict[str, Any]) -> str:
+    if m.get("energy_wh") is None:
+        return f"- ({m.get('energy_label', 'unavailable')})"
+    return f"{m['energy_wh']:.4f} Wh ({m['energy_label']})"
+
+
+def _result_table(r: RunRecord) -> Table:
+    m = r.metrics
+    t = Table(title=f"run {r.id}: {r.rule} on {r.dataset} / {r.net} (seed {r.seed})")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    acc = m.get("test_acc")
+    rows = [
+        ("status", r.status + (f" ({m['stop_reason']})" if m.get("stop_reason") else "")),
+        ("test accuracy", "-" if acc is None else f"{100 * acc:.2f} %"),
+        ("best val accuracy", _fmt(m.get("val_acc") and 100 * m["val_acc"], "{:.2f} %")),
+        ("epochs (tested epoch)", f"{m.get('epochs')} ({m.get('tested_epoch', '-')})"),
+        ("train time", _fmt(m.get("train_time_s"), "{:.2f} s")),
+        ("validation time", _fmt(m.get("val_time_s"), "{:.2f} s")),
+        ("test time", _fmt(m.get("test_time_s"), "{:.3f} s")),
+        ("peak memory (process RSS)", _fmt_bytes(m.get("peak_rss_bytes"))),
+        ("peak memory (training step)", _fmt_bytes(m.get("peak_step_bytes"))),
+        ("energy", _energy(m)),
+        ("FLOPs per training step", _fmt(m.get("flops_per_step"), "{:.3g}")),
+        (
+            "achieved GFLOP/s",
+            "-"
+            if m.get("gflops_per_s") is None
+            else f"{m['gflops_per_s']:.1f} ({100 * m['peak_fraction']:.0f} % of "
+            f"{m['matmul_peak_gflops']:.0f} matmul peak)",
+        ),
+    ]
+    if m.get("data_notes"):
+        rows.append(("data notes", m["data_notes"]))
+    for k, v in rows:
+        t.add_row(k, str(v))
+    return t
+
+
+@app.command("rules")
+def rules_cmd(name: Annotated[str | None, typer.Argument(help="show this rule's options")] = None):
+    """List the learning rules, or show one rule's options with their defaults."""
+    if name is None:
+        for rule_name, cls in available_rules().items():
+            console.print(f"{rule_name:<16} {cls.description}", highlight=False)
+        return
+    cls = get_rule(name)
+    t = Table(title=f"{name}: {cls.description}")
+    for col in ("option", "type", "default", "description"):
+        t.add_column(col)
+    for key, f in cls.Options.model_fields.items():
+        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        t.add_row(key, ann, repr(f.default), f.description or "")
+    console.print(t)
+    space = ", ".join(f"{k}: {v}" for k, v in cls.search_space.items())
+    console.print(f"unit of work: {cls.unit}; devices: {', '.join(cls.devices)}", highlight=False)
+    if space:
+        console.print(f"search space: {space}", highlight=False)
+
+
+@app.command("datasets")
+def datasets_cmd():
+    """List the datasets and where their files are looked for."""
+    from beyondbp.data import available_datasets, data_search_dirs
+
+    for name, desc in available_datasets().items():
+        dirs = "" if name == "digits" else "  [dim](looks in " + ", ".join(
+            str(d) for d in data_search_dirs(name)[:-1]
+        ) + ")[/dim]"
+        console.print(f"{name:<14} {desc}{dirs}", highlight=False)
+
+
+def _train_config(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@app.command()
+def train(
+    rule: Annotated[str, typer.Argument(help="learning rule (see `beyondbp rules`)")],
+    data: Annotated[str, typer.Option("--data", "-d", help="dataset name")] = "digits",
+    net: Annotated[str, typer.Option("--net", "-n", help="net spec: mlp:1000x2, cnn3, ...")] = "mlp:1000x2",
+    epochs: Annotated[int | None, typer.Option(help="maximum epochs [default: 100]")] = None,
+    patience: Annotated[int | None, typer.Option(help="early-stopping patience [default: 10]")] = None,
+    no_early_stop: Annotated[bool, typer.Option("--no-early-stop", help="train all epochs")] = False,
+    monitor: Annotated[str | None, typer.Option(help="val_loss or val_acc [default: val_loss]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="[default: 128]")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate (the rule's `lr` option)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="rule option key=value")] = None,
+    seed: Annotated[int, typer.Option(help="run seed (weights, batch order)")] = 0,
+    data_seed: Annotated[int, typer.Option(help="seed of the validation split")] = 0,
+    max_seconds: Annotated[float | None, typer.Option(help="training time budget")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option(help="folder with dataset files [$BEYONDBP_DATA]")] = None,
+    store: StoreOpt = None,
+    resume: Annotated[str | None, typer.Option(help="continue the run with this id")] = None,
+    progress: Annotated[bool, typer.Option(help="live progress bar")] = True,
+    energy: Annotated[bool, typer.Option(help="measure or estimate energy")] = True,
+):
+    """Train one model with one rule; print the result table and store the run."""
+    options = parse_assignments(set_ or [])
+    if lr is not None:
+        options["lr"] = lr
+    config = _train_config(
+        epochs=epochs,
+        patience=patience,
+        monitor=monitor,
+        batch_size=batch_size,
+        max_seconds=max_seconds,
+    )
+    if no_early_stop:
+        config["patience"] = None
+    if resume is None:
+        config.update(seed=seed, data_seed=data_seed, device=device)
+    config.update(progress=progress and sys.stderr.isatty(), energy=energy)
+    result = api.train(
+        rule,
+        data,
+        net,
+        options=options or None,
+        data_dir=data_dir,
+        store=store if store is not None else True,
+        resume=resume,
+        **config,
+    )
+    console.print(_result_table(result.record))
+    if result.record.status == "interrupted":
+        console.print(f"resume with: beyondbp train {rule} --resume {result.record.id}")
+        raise typer.Exit(130)
+    if result.record.status == "diverged":
+        raise typer.Exit(3)
+
+
+@app.command()
+def bench(
+    rules: Annotated[str | None, typer.Option(help="comma-separated rules [default: all]")] = None,
+    data: Annotated[str, typer.Option("--data", "-d")] = "digits",
+    nets: Annotated[str, typer.Option(help="comma-separated net specs")] = "mlp:1000x2,cnn3",
+    seeds: Annotated[int, typer.Option(help="number of seeds (0..N-1)")] = 3,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    patience: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    data_dir: Annotated[Path | None, typer.Option()] = None,
+    store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+):
+    """Compare rules: every rule × net × seed on one dataset, mean ± std and ratios vs bp."""
+    rule_list = [r.strip() for r in rules.split(",")] if rules else None
+    for r in rule_list or []:
+        get_rule(r)
+    config = _train_config(epochs=epochs, patience=patience, batch_size=batch_size)
+    rows = api.bench(
+        rule_list,
+        data,
+        [n.strip() for n in nets.split(",")],
+        list(range(seeds)),
+        data_dir=data_dir,
+        store=store if store is not None else True,
+        device=device,
+        progress=False,
+        **config,
+    )
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    console.print(summary_table(rows, f"{data}: mean ± std over {seeds} seeds"))
+
+
+def summary_table(rows: list[dict[str, Any]], title: str) -> Table:
+    t = Table(title=title)
+    cols = ("rule", "net", "runs", "test acc %", "Δacc vs bp", "train time s", "time ×bp",
+            "step memory", "energy Wh", "GFLOP/s")
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("rule", "net") else "right")
+
+    def pm(mean: float | None, std: float | None, scale: float = 1.0, fmt: str = "{:.2f}") -> str:
+        if mean is None:
+            return "-"
+        return f"{fmt.format(mean * scale)} ± {fmt.format((std or 0) * scale)}"
+
+    for r in rows:
+        t.add_row(
+            r["rule"],
+            r["net"],
+            f"{r['runs']}" + (f" (+{r['failed']} failed)" if r["failed"] else ""),
+            pm(r["test_acc"], r["test_acc_std"], 100),
+            _fmt(r["delta_acc"] and 100 * r["delta_acc"], "{:+.2f}"),
+            pm(r["train_time_s"], r["train_time_s_std"]),
+            _fmt(r["time_ratio"], "{:.2f}"),
+            _fmt_bytes(r["peak_step_bytes"]),
+            pm(r["energy_wh"], r["energy_wh_std"], fmt="{:.4f}") + f" ({r['energy_label']})",
+            _fmt(r["gflops_per_s"], "{:.1f}"),
+        )
+    return t
+
+
+@runs_app.command("list")
+def runs_list(
+    store: StoreOpt = None,
+    rule: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[str | None, typer.Option()] = None,
+):
+    """One line per stored run."""
+    where = {k: v for k, v in (("rule", rule), ("status", status)) if v}
+    records = RunStore(store).list(**where)
+    t = Table()
+    for c in ("id", "status", "rule", "dataset", "net", "seed", "test acc %", "train s"):
+        t.add_column(c)
+    for r in records:
+        acc = r.metrics.get("test_acc")
+        t.add_row(r.id, r.status, r.rule, r.dataset, r.net, str(r.seed),
+                  "-" if acc is None else f"{100 * acc:.2f}", _fmt(r.metrics.get("train_time_s"), "{:.1f}"))
+    console.print(t)
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, store: StoreOpt = None):
+    """Everything stored about one run (id or unique prefix)."""
+    r = RunStore(store).get(run_id)
+    console.print(_result_table(r))
+    console.print_json(json.dumps({"options": r.options, "config": r.config, "env": r.env,
+                                   "error": r.error, "epochs": r.history}))
+
+
+@runs_app.command("export")
+def runs_export(
+    fmt: Annotated[str, typer.Option("--format", "-f", help="csv or json")] = "csv",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="file (default: stdout)")] = None,
+    store: StoreOpt = None,
+):
+    """All runs as CSV (one row per run) or JSON (full records)."""
+    text = RunStore(store).export(fmt)  # type: ignore[arg-type]
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+
+
+def main() -> None:
+    try:
+        app()
+    except BeyondBPError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The dataset registry, splits and normalisation shared by every loader."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from beyondbp.errors import DataError, UnknownNameError
+
+DEBIAN_DATASETS = Path("/usr/share/datasets")
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """What a rule or a net needs to know about a dataset."""
+
+    name: str
+    input_shape: tuple[int, ...]  # (C, H, W) for images, (features,) otherwise
+    classes: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]  # per-channel normalisation applied to the tensors
+    std: tuple[float, ...]
+    source: str  # the files the data was read from
+    notes: str = ""  # caveats to print next to numbers (e.g. "JPEG re-encoded")
+    data_seed: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def input_dim(self) -> int:
+        return int(np.prod(self.input_shape))
+
+
+@dataclass
+class Split:
+    """Features and integer labels of one split, already normalised."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise DataError(f"split has {len(self.x)} inputs but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: str | torch.device) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    meta: DatasetMeta
+
+    def to(self, device: str | torch.device) -> Dataset:
+        return Dataset(self.train.to(device), self.val.to(device), self.test.to(device), self.meta)
+
+
+@dataclass
+class RawData:
+    """What a loader returns: images in [0, 1] (N, C, H, W) or features (N, D), int labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    source: str
+    mean: tuple[float, ...] | None = None  # None: computed from the training split
+    std: tuple[float, ...] | None = None
+    notes: str = ""
+
+
+Loader = Callable[[list[Path], bool], RawData]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    loader: Loader
+    description: str
+    val_size: float | int  # fraction of train, or an absolute count
+
+
+_REGISTRY: dict[str, _Entry] = {}
+_CACHE: dict[tuple, Dataset] = {}
+
+
+def register_dataset(
+    name: str, description: str, val_size: float | int = 0.1
+) -> Callable[[Loader], Loader]:
+    """Register a loader ``fn(search_dirs, download) -> RawData`` under ``name``."""
+
+    def deco(fn: Loader) -> Loader:
+        _REGISTRY[name] = _Entry(fn, description, val_size)
+        return fn
+
+    return deco
+
+
+def available_datasets() -> dict[str, str]:
+    """Names and one-line descriptions of the registered datasets."""
+    return {name: e.description for name, e in sorted(_REGISTRY.items())}
+
+
+def data_search_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
+    """Where a dataset's files are looked for, in order.
+
+    ``data_dir`` (or ``$BEYONDBP_DATA``) and its ``<name>/`` subfolder, then Debian's
+    ``/usr/share/datasets/<name>/``, then the download cache.
+    """
+    roots: list[Path] = []
+    for d in (data_dir, os.environ.get("BEYONDBP_DATA")):
+        if d:
+            roots += [Path(d) / name, Path(d)]
+    roots.append(DEBIAN_DATASETS / name)
+    roots.append(cache_dir() / "data" / name)
+    return roots
+
+
+def cache_dir() -> Path:
+    """Per-user cache (downloads, decoded datasets, the matmul peak)."""
+    base = os.environ.get("BEYONDBP_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base) / "beyondbp" if base else Path.home() / ".cache" / "beyondbp"
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    val_size: float | int | None = None,
+    data_seed: int = 0,
+    download: bool = True,
+) -> Dataset:
+    """Load a registered dataset, split off validation data and normalise it.
+
+    ``val_size`` is a fraction of the training set or an absolute count (default: the
+    dataset's own, e.g. 10 % for Fashion-MNIST, 10,000 for MNIST as in Spyra 2025).
+    """
+    if name not in _REGISTRY:
+        raise UnknownNameError("dataset", name, _REGISTRY)
+    entry = _REGISTRY[name]
+    val_size = entry.val_size if val_size is None else val_size
+    key = (name, str(data_dir), os.environ.get("BEYONDBP_DATA"), val_size, data_seed)
+    if key not in _CACHE:
+        raw = entry.loader(data_search_dirs(name, data_dir), download)
+        _CACHE[key] = _finish(name, raw, val_size, data_seed)
+    return _CACHE[key]
+
+
+def _finish(name: str, raw: RawData, val_size: float | int, data_seed: int) -> Dataset:
+    x_train, y_train = np.asarray(raw.x_train), np.asarray(raw.y_train)
+    if len(x_train) != len(y_train) or len(raw.x_test) != len(raw.y_test):
+        raise DataError(
+            f"{name}: image and label counts differ ({len(x_train)}/{len(y_train)} train, "
+            f"{len(raw.x_test)}/{len(raw.y_test)} test) in {raw.source}; the files do not "
+            "belong together: replace them with a matching set"
+        )
+    n_val = int(round(val_size * len(y_train))) if isinstance(val_size, float) else int(val_size)
+    if not 0 <= n_val < len(y_train):
+        raise DataError(f"{name}: val_size {val_size} leaves no training data")
+    perm = np.random.default_rng(data_seed).permutation(len(y_train))
+    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+
+    x_tr = torch.from_numpy(np.ascontiguousarray(x_train[train_idx], dtype=np.float32))
+    channel_axes = (0, *range(2, x_tr.ndim))  # every axis but the channel axis
+    if raw.mean is None:
+        mean = tuple(float(v) for v in x_tr.mean(dim=channel_axes).reshape(-1))
+        std = tuple(float(v) for v in x_tr.std(dim=channel_axes).clamp_min(1e-8).reshape(-1))
+    else:
+        mean, std = raw.mean, raw.std
+
+    def norm(x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        shape = (1, -1) + (1,) * (t.ndim - 2)
+        return (t - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+
+    def labels(y: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(y, dtype=np.int64))
+
+    classes = len(raw.class_names)
+    for split_name, y in (("train", y_train), ("test", raw.y_test)):
+        if len(y) and (y.min() < 0 or y.max() >= classes):
+            raise DataError(
+                f"{name}: {split_name} labels outside 0..{classes - 1} in {raw.source}; "
+                "the label file is corrupt: replace it"
+            )
+    train = Split(norm(x_train[train_idx]), labels(y_train[train_idx]))
+    val = Split(norm(x_train[val_idx]), labels(y_train[val_idx]))
+    test = Split(norm(raw.x_test), labels(raw.y_test))
+    meta = DatasetMeta(
+        name=name,
+        input_shape=tuple(train.x.shape[1:]),
+        classes=classes,
+        class_names=raw.class_names,
+        mean=mean,
+        std=std,
+        source=raw.source,
+        notes=raw.notes,
+        data_seed=data_seed,
+        sizes={"train": len(train), "val": len(val), "test": len(test)},
+    )
+    return Dataset(train, val, test, meta)
+
+
+def with_meta(ds: Dataset, **changes: object) -> Dataset:
+    return replace(ds, meta=replace(ds.meta, **changes))

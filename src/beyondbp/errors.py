@@ -1,0 +1,25 @@
+"""User-facing errors: each says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class BeyondBPError(Exception):
+    """An error caused by the user's input or environment, with a fix in its message."""
+
+
+class UnknownNameError(BeyondBPError, KeyError):
+    """A rule, dataset, net or option name that does not exist."""
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str], where: str = "") -> None:
+        self.kind, self.name, self.valid = kind, name, sorted(valid)
+        where = f" for {where}" if where else ""
+        super().__init__(f"unknown {kind} {name!r}{where}; valid {kind}s: {', '.join(self.valid)}")
+
+    def __str__(self) -> str:  # KeyError would add quotes around the message
+        return self.args[0]
+
+
+class DataError(BeyondBPError):
+    """A dataset file that is missing, corrupt or inconsistent."""

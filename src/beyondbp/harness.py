@@ -1,0 +1,491 @@
+"""The training harness: the loop every rule runs in.
+
+It owns batching, evaluation, early stopping, checkpoints (atomic, every epoch, and on Ctrl-C),
+exact resume, divergence detection, progress display and measurement. Rules only learn.
+
+Resume is exact: the batch order of epoch ``e`` is a permutation drawn from a generator seeded by
+``(seed, e)``, and a checkpoint holds the position inside the epoch, every RNG state, the modules,
+the rule's learning state and the harness counters. A run resumed from any checkpoint therefore
+produces the same weights as an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from beyondbp.data import Dataset, Split
+from beyondbp.measure import (
+    EnergyMeter,
+    StepProbe,
+    Stopwatch,
+    matmul_peak_gflops,
+    peak_rss_bytes,
+)
+from beyondbp.rules.base import Rule, SetupContext, is_diverged
+from beyondbp.runs import RunRecord, RunStore, atomic_save, load_checkpoint
+
+
+class TrainConfig(BaseModel):
+    """Harness settings: the budget, evaluation, early stopping, seeds and device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(100, ge=1, description="maximum epochs")
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(2048, ge=1)
+    patience: int | None = Field(10, ge=1, description="epochs without improvement; None: off")
+    monitor: Literal["val_loss", "val_acc"] = "val_loss"
+    min_delta: float = Field(0.0, ge=0)
+    restore_best: bool = Field(True, description="test the best-validation epoch's weights")
+    max_steps: int | None = Field(None, ge=1)
+    max_examples: int | None = Field(None, ge=1)
+    max_seconds: float | None = Field(None, gt=0, description="training wall-time budget")
+    steps_per_epoch: int = Field(1, ge=1, description="for rules whose step uses all the data")
+    diverge_loss: float = Field(1e6, gt=0, description="a training loss above this diverged")
+    seed: int = 0
+    data_seed: int = 0
+    device: str = "cpu"
+    energy: bool = True
+    probe: bool = Field(True, description="count FLOPs and live-tensor memory of the first step")
+    checkpoint: bool = True
+    progress: bool = True
+
+
+@dataclass
+class HarnessState:
+    """Counters that a checkpoint carries so a run resumes exactly where it stopped."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch: int = 0  # the next batch of that epoch
+    steps: int = 0
+    examples: int = 0
+    sums: dict[str, float] = field(default_factory=dict)  # running sums of the epoch in progress
+    seen: int = 0  # examples in those sums
+    train_time: float = 0.0
+    val_time: float = 0.0
+    checkpoint_time: float = 0.0
+    energy_j: float | None = None
+    energy_label: str = "unavailable"
+    energy_method: str = ""
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    probe: dict[str, int] = field(default_factory=dict)
+    stop_reason: str | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """The batch order of an epoch: a function of (seed, epoch) only, so resume is exact."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).to(device)
+
+
+@contextmanager
+def _graceful_interrupt(flag: dict[str, bool]) -> Iterator[None]:
+    """First Ctrl-C / SIGTERM asks the loop to save and stop; a second one aborts at once."""
+
+    def handler(signum: int, frame: object) -> None:
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    try:
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not in the main thread: no signal handling
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """Runs one rule on one dataset under a :class:`TrainConfig`, recording into a store."""
+
+    def __init__(
+        self,
+        rule: Rule,
+        net: torch.nn.Module,
+        data: Dataset,
+        config: TrainConfig,
+        record: RunRecord,
+        store: RunStore | None,
+        checkpoint_dir: Path | None,
+    ) -> None:
+        self.rule, self.net, self.config = rule, net, config
+        self.device = torch.device(config.device)
+        self.data = data.to(self.device)
+        self.record, self.store = record, store
+        self.ckpt_dir = checkpoint_dir if config.checkpoint else None
+        self.state = HarnessState()
+        self.best_modules: dict[str, Any] | None = None
+        self._stop = {"stop": False}
+
+    # -- public ---------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> RunRecord:
+        cfg, train = self.config, self.data.train
+        if self.rule.unit == "batch":
+            steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        else:
+            steps_per_epoch = cfg.steps_per_epoch
+        seed_everything(cfg.seed)
+        self.net.to(self.device)
+        ctx = SetupContext(self.device, cfg.seed, steps_per_epoch, cfg.epochs, cfg.batch_size)
+        self.rule.setup(self.net, self.data.meta, ctx)
+        for m in self.rule.modules().values():
+            m.to(self.device)
+        if resume:
+            self._load()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.record.status = "running"
+        self._save_record()
+        t_start = time.perf_counter()
+        status: str = "finished"
+        energy = EnergyMeter(self.device, enabled=cfg.energy)
+        try:
+            with _graceful_interrupt(self._stop), energy:
+                status = self._loop(steps_per_epoch)
+        except Exception as e:
+            self.record.status, self.record.error = "failed", f"{type(e).__name__}: {e}"
+            self._finish_metrics(time.perf_counter() - t_start, energy)
+            self._save_record()
+            raise
+        self._finish_metrics(time.perf_counter() - t_start, energy)
+        self._save_checkpoint()  # the final state: resumable if interrupted, inspectable otherwise
+        if status == "finished":
+            self._test()
+        self.record.status = status  # type: ignore[assignment]
+        self._save_record()
+        return self.record
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _loop(self, steps_per_epoch: int) -> str:
+        cfg, st = self.config, self.state
+        train = self.data.train
+        with self._progress() as progress:
+            while st.epoch < cfg.epochs:
+                task = progress.add_task(
+                    f"epoch {st.epoch + 1}/{cfg.epochs}",
+                    total=steps_per_epoch,
+                    completed=st.batch,
+                    info="",
+                )
+                outcome = self._train_epoch(train, steps_per_epoch, progress, task)
+                progress.remove_task(task)
+                if outcome != "epoch-done":
+                    return outcome
+                row = self._end_epoch()
+                if row.get("val_loss") is not None and not math.isfinite(row["val_loss"]):
+                    st.stop_reason = "validation loss is not finite"
+                    return "diverged"
+                if cfg.progress:
+                    progress.console.log(_epoch_line(row))
+                if st.stop_reason:  # early stopping or a budget
+                    break
+                self._save_checkpoint()
+        if st.stop_reason is None:
+            st.stop_reason = f"reached {cfg.epochs} epochs"
+        return "finished"
+
+    def _train_epoch(self, train: Split, steps_per_epoch: int, progress, task) -> str:  # type: ignore[no-untyped-def]
+        cfg, st, rule = self.config, self.state, self.rule
+        order = epoch_order(len(train), cfg.seed, st.epoch, self.device)
+        rule.train_mode(True)
+        watch = Stopwatch(self.device, st.train_time)
+        sums: dict[str, Any] = dict(st.sums)
+        t0, time_before = time.perf_counter(), st.train_time
+        with watch:
+            for b in range(st.batch, steps_per_epoch):
+                if rule.unit == "batch":
+                    idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                    x, y = train.x[idx], train.y[idx]
+                else:
+                    x, y = train.x, train.y
+                probe = self._probe(x, y) if cfg.probe and not st.probe else nullcontext()
+                with probe:
+                    logs = rule.step(x, y)
+                if isinstance(probe, StepProbe):
+                    st.probe = {"flops_per_step": probe.flops, "peak_step_bytes": probe.peak_bytes,
+                                "probe_batch": len(y)}
+                n = len(y)
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + (v if k == "correct" else v * n)
+                st.seen += n
+                st.batch, st.steps, st.examples = b + 1, st.steps + 1, st.examples + n
+                if st.steps % 10 == 0 or b + 1 == steps_per_epoch:
+                    if is_diverged({k: float(v) for k, v in logs.items()}, cfg.diverge_loss):
+                        st.stop_reason = f"training loss {float(logs['loss']):.3g} at step {st.steps}"
+                        return "diverged"
+                    progress.update(task, info=_running(sums, st.seen))
+                progress.update(task, advance=1)
+                if self._stop["stop"]:
+                    break
+                elapsed = time_before + time.perf_counter() - t0
+                if self._budget_reason(st.steps, st.examples, elapsed):
+                    break
+        st.train_time = watch.total
+        st.sums = {k: float(v) for k, v in sums.items()}
+        if self._stop["stop"]:
+            st.stop_reason = "interrupted (Ctrl-C / SIGTERM); resume with --resume"
+            return "interrupted"
+        return "epoch-done"
+
+    def _budget_reason(self, steps: int, examples: int, seconds: float) -> str | None:
+        """Sets and returns the stop reason if a step, example or time budget is spent."""
+        cfg = self.config
+        for limit, value, what in (
+            (cfg.max_steps, steps, "steps"),
+            (cfg.max_examples, examples, "examples"),
+            (cfg.max_seconds, seconds, "seconds of training"),
+        ):
+            if limit is not None and value >= limit:
+                self.state.stop_reason = f"budget of {limit} {what} spent"
+                return self.state.stop_reason
+        return None
+
+    def _end_epoch(self) -> dict[str, Any]:
+        cfg, st = self.config, self.state
+        row: dict[str, Any] = {"epoch": st.epoch + 1, "steps": st.steps}
+        seen = max(st.seen, 1)
+        for k, v in st.sums.items():
+            row["train_acc" if k == "correct" else f"train_{k}"] = v / seen
+        watch = Stopwatch(self.device)
+        with watch:
+            val = self.evaluate(self.data.val) if len(self.data.val) else {}
+        st.val_time += watch.total
+        row.update({f"val_{k}": v for k, v in val.items()})
+        row["train_time_s"] = st.train_time
+        st.history.append(row)
+        self.rule.end_epoch(st.epoch, val)
+        st.epoch, st.batch, st.sums, st.seen = st.epoch + 1, 0, {}, 0
+
+        value = row.get(cfg.monitor)
+        if value is not None:
+            sign = 1.0 if cfg.monitor == "val_loss" else -1.0
+            if st.best is None or sign * (st.best - value) > cfg.min_delta:
+                st.best, st.best_epoch, st.bad_epochs = value, row["epoch"], 0
+                self.best_modules = {
+                    k: copy.deepcopy(m.state_dict()) for k, m in self.rule.modules().items()
+                }
+                if self.ckpt_dir is not None:
+                    self._timed_save(self.best_modules, self.ckpt_dir / "best.pt")
+            else:
+                st.bad_epochs += 1
+                if cfg.patience is not None and st.bad_epochs >= cfg.patience:
+                    st.stop_reason = (
+                        f"early stop: {cfg.monitor} did not improve for {cfg.patience} epochs"
+                    )
+        if st.stop_reason is None:
+            self._budget_reason(st.steps, st.examples, st.train_time)
+        return row
+
+    @torch.no_grad()
+    def evaluate(self, split: Split) -> dict[str, float]:
+        """Mean loss and accuracy of the rule's predictions on a split."""
+        self.rule.train_mode(False)
+        loss, correct = 0.0, 0
+        bs = self.config.eval_batch_size
+        for i in range(0, len(split), bs):
+            x, y = split.x[i : i + bs], split.y[i : i + bs]
+            scores = self.rule.predict(x)
+            loss += float(self.rule.eval_loss(scores, y))
+            correct += int((scores.argmax(1) == y).sum())
+        self.rule.train_mode(True)
+        return {"loss": loss / len(split), "acc": correct / len(split)}
+
+    def _test(self) -> None:
+        cfg, st = self.config, self.state
+        if cfg.restore_best and self.best_modules is not None:
+            for k, m in self.rule.modules().items():
+                m.load_state_dict(self.best_modules[k])
+        watch = Stopwatch(self.device)
+        with watch:
+            test = self.evaluate(self.data.test)
+        self.record.metrics.update(
+            test_acc=test["acc"],
+            test_loss=test["loss"],
+            test_time_s=watch.total,
+            tested_epoch=st.best_epoch if cfg.restore_best and st.best_epoch else st.epoch,
+        )
+
+    # -- measurement ----------------------------------------------------------------------------
+    def _probe(self, x: torch.Tensor, y: torch.Tensor) -> StepProbe:
+        resident = [m.state_dict() for m in self.rule.modules().values()]
+        resident += [p.grad for m in self.rule.modules().values() for p in m.parameters()]
+        resident += [self.rule.state_dict(), x, y]
+        return StepProbe(resident)
+
+    def _finish_metrics(self, wall: float, energy: EnergyMeter) -> None:
+        st, m = self.state, self.record.metrics
+        reading = energy.reading
+        if reading.joules is not None:
+            st.energy_j = (st.energy_j or 0.0) + reading.joules
+            st.energy_label, st.energy_method = reading.label, reading.method
+        elif st.energy_j is None:
+            st.energy_label, st.energy_method = reading.label, reading.method
+        m.update(
+            epochs=st.epoch,
+            steps=st.steps,
+            examples=st.examples,
+            train_time_s=st.train_time,
+            val_time_s=st.val_time,
+            checkpoint_time_s=st.checkpoint_time,
+            wall_time_s=m.get("wall_time_s", 0.0) + wall,
+            best_epoch=st.best_epoch,
+            stop_reason=st.stop_reason,
+            peak_rss_bytes=max(peak_rss_bytes(), m.get("peak_rss_bytes", 0)),
+            energy_j=st.energy_j,
+            energy_wh=None if st.energy_j is None else st.energy_j / 3600,
+            energy_label=st.energy_label,
+            energy_method=st.energy_method,
+        )
+        if st.history:
+            last_best = next(
+                (h for h in st.history if h["epoch"] == st.best_epoch), st.history[-1]
+            )
+            m.update(val_acc=last_best.get("val_acc"), val_loss=last_best.get("val_loss"))
+        if st.probe:
+            per_example = st.probe["flops_per_step"] / max(st.probe["probe_batch"], 1)
+            m.update(flops_per_step=st.probe["flops_per_step"], flops_per_example=per_example)
+            if st.train_time > 0 and per_example > 0:
+                gflops = per_example * st.examples / st.train_time / 1e9
+                peak = matmul_peak_gflops(self.device)
+                m.update(gflops_per_s=gflops, matmul_peak_gflops=peak, peak_fraction=gflops / peak)
+        if self.device.type == "cuda":
+            m["peak_step_bytes"] = torch.cuda.max_memory_allocated(self.device)
+            m["peak_step_bytes_method"] = "torch.cuda.max_memory_allocated over training"
+        elif st.probe:
+            m["peak_step_bytes"] = st.probe["peak_step_bytes"]
+            m["peak_step_bytes_method"] = "live tensors during the first training step"
+        self.record.history = list(st.history)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _timed_save(self, obj: Any, path: Path) -> None:
+        t0 = time.perf_counter()
+        atomic_save(obj, path)
+        self.state.checkpoint_time += time.perf_counter() - t0
+
+    def _save_checkpoint(self) -> None:
+        if self.ckpt_dir is None:
+            return
+        ckpt = {
+            "modules": {k: m.state_dict() for k, m in self.rule.modules().items()},
+            "rule": self.rule.state_dict(),
+            "harness": asdict(self.state),
+            "rng": _rng_state(),
+            "metrics": dict(self.record.metrics),
+        }
+        self._timed_save(ckpt, self.ckpt_dir / "last.pt")
+
+    def _load(self) -> None:
+        assert self.ckpt_dir is not None, "resume needs checkpoints"
+        ckpt = load_checkpoint(self.ckpt_dir / "last.pt")
+        for k, m in self.rule.modules().items():
+            m.load_state_dict(ckpt["modules"][k])
+        self.rule.load_state_dict(ckpt["rule"])
+        self.state = HarnessState(**ckpt["harness"])
+        self.state.stop_reason = None
+        self.record.metrics.update(ckpt["metrics"])
+        _set_rng_state(ckpt["rng"])
+        best = self.ckpt_dir / "best.pt"
+        if best.is_file():
+            self.best_modules = load_checkpoint(best)
+
+    def _save_record(self) -> None:
+        if self.store is not None:
+            self.store.save(self.record)
+
+    def _progress(self):  # type: ignore[no-untyped-def]
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        return Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            disable=not self.config.progress,
+            transient=True,
+        ) if self.config.progress else _NoProgress()
+
+
+class _NoProgress:
+    """Stands in for rich's Progress when display is off."""
+
+    console = None
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def add_task(self, *a: Any, **k: Any) -> int:
+        return 0
+
+    def update(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def remove_task(self, *a: Any) -> None:
+        pass
+
+
+def _running(sums: dict[str, Any], seen: int) -> str:
+    seen = max(seen, 1)
+    parts = []
+    if "loss" in sums:
+        parts.append(f"loss {float(sums['loss']) / seen:.4f}")
+    if "correct" in sums:
+        parts.append(f"acc {float(sums['correct']) / seen:.4f}")
+    return "  ".join(parts)
+
+
+def _epoch_line(row: dict[str, Any]) -> str:
+    parts = [f"epoch {row['epoch']:>3}"]
+    for k in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        if row.get(k) is not None:
+            parts.append(f"{k} {row[k]:.4f}")
+    parts.append(f"{row['train_time_s']:.1f}s")
+    return "  ".join(parts)

@@ -1,0 +1,68 @@
+"""Memory: peak resident memory of the process, and peak bytes of live tensors in a step."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process since it started (Linux/macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def tensor_bytes(objs: Iterable[Any]) -> int:
+    """Bytes of the distinct storages behind the tensors found (recursively) in ``objs``."""
+    seen: dict[int, int] = {}
+    for t in tree_flatten(list(objs))[0]:
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
+class LiveTensorTracker(TorchDispatchMode):
+    """Tracks the tensors allocated while active and still alive; ``peak`` is their maximum total.
+
+    Every op's outputs are inspected: a storage that no input shares is a new allocation, counted
+    until Python frees it. In-place ops and views reuse an input's storage and are not counted.
+    Add the bytes alive before the step (weights, optimiser state, batch) to get the step's peak.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = t.untyped_storage()
+            key, nbytes = st.data_ptr(), st.nbytes()
+            if key in inputs or key in self.live or nbytes == 0:
+                continue
+            self.live[key] = nbytes
+            self.current += nbytes
+            self.peak = max(self.peak, self.current)
+            weakref.finalize(st, self._free, key)
+        return out

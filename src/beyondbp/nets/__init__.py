@@ -1,0 +1,131 @@
+"""Networks as plain ``nn.Module``s that rules can consume block by block.
+
+Every built-in net is a :class:`BlockNet`: a stack of ``blocks`` followed by a ``head`` that maps
+the last block's output to class scores. Layer-local rules train ``net.blocks[i]`` one at a time;
+backprop just calls ``net(x)``.
+
+Spec strings:
+
+- ``mlp:1000x2``: two hidden layers of 1000 ReLU units (``mlp:1000-500`` for unequal widths,
+  ``mlp:1000x2:tanh`` for another activation: relu, tanh, sigmoid, gelu).
+- ``cnn3``: the 3-block CNN of CaFo / Spyra 2025: Conv3x3 pad 1 → ReLU → MaxPool 2 → BatchNorm,
+  channels 32/128/512 (``cnn3:16-32-64`` for other widths).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from beyondbp.errors import BeyondBPError, UnknownNameError
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+}
+
+
+class BlockNet(nn.Module):
+    """``head(blocks[-1](...blocks[0](x)))``, with the blocks exposed for layer-local rules."""
+
+    def __init__(self, blocks: Sequence[nn.Module], head: nn.Module) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.head = head
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every block, in order."""
+        outs = []
+        for block in self.blocks:
+            x = block(x)
+            outs.append(x)
+        return outs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def mlp(input_shape: Sequence[int], widths: Sequence[int], classes: int, act: str = "relu") -> BlockNet:
+    if act not in ACTIVATIONS:
+        raise UnknownNameError("activation", act, ACTIVATIONS)
+    blocks: list[nn.Module] = []
+    d_in = int(torch.tensor(input_shape).prod())
+    for i, w in enumerate(widths):
+        layers: list[nn.Module] = [nn.Flatten()] if i == 0 else []
+        layers += [nn.Linear(d_in, w), ACTIVATIONS[act]()]
+        blocks.append(nn.Sequential(*layers))
+        d_in = w
+    head: nn.Module = nn.Linear(d_in, classes)
+    if not widths:
+        head = nn.Sequential(nn.Flatten(), head)
+    return BlockNet(blocks, head)
+
+
+def cnn3(
+    input_shape: Sequence[int], classes: int, channels: Sequence[int] = (32, 128, 512)
+) -> BlockNet:
+    if len(input_shape) != 3:
+        raise BeyondBPError(
+            f"cnn3 needs image input (C, H, W), got shape {tuple(input_shape)}; use an mlp net"
+        )
+    c, h, w = input_shape
+    blocks = []
+    for out in channels:
+        blocks.append(
+            nn.Sequential(
+                nn.Conv2d(c, out, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.BatchNorm2d(out),
+            )
+        )
+        c, h, w = out, h // 2, w // 2
+    if h == 0 or w == 0:
+        raise BeyondBPError(f"input {tuple(input_shape)} is too small for {len(channels)} poolings")
+    return BlockNet(blocks, nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, classes)))
+
+
+_MLP = re.compile(r"^mlp:(?P<widths>\d+(x\d+|(-\d+)*))?(:(?P<act>\w+))?$")
+_CNN3 = re.compile(r"^cnn3(:(?P<channels>\d+(-\d+)*))?$")
+NET_SPECS = {
+    "mlp:WIDTHxDEPTH[:act]": "MLP, e.g. mlp:1000x2 (or mlp:1000-500, mlp:1000x2:tanh)",
+    "cnn3[:C1-C2-C3]": "3-block CNN of CaFo/Spyra: conv3x3-ReLU-maxpool-BN, 32/128/512 channels",
+}
+
+
+def build_net(spec: str, input_shape: Sequence[int], classes: int) -> BlockNet:
+    """Build a net from its spec string for the given input shape and number of classes."""
+    if m := _MLP.match(spec):
+        widths_s = m["widths"] or ""
+        if "x" in widths_s:
+            width, depth = (int(v) for v in widths_s.split("x"))
+            widths = [width] * depth
+        else:
+            widths = [int(v) for v in widths_s.split("-") if v]
+        return mlp(input_shape, widths, classes, m["act"] or "relu")
+    if m := _CNN3.match(spec):
+        channels = [int(v) for v in m["channels"].split("-")] if m["channels"] else (32, 128, 512)
+        return cnn3(input_shape, classes, channels)
+    raise BeyondBPError(
+        f"unknown net spec {spec!r}; valid forms: "
+        + "; ".join(f"{k} ({v})" for k, v in NET_SPECS.items())
+    )
+
+
+def as_blocknet(module: nn.Module) -> BlockNet:
+    """Accept a user's net: a BlockNet as is, an ``nn.Sequential`` as blocks + last-layer head."""
+    if isinstance(module, BlockNet):
+        return module
+    if isinstance(module, nn.Sequential) and len(module) >= 1:
+        return BlockNet(list(module)[:-1], module[-1])
+    raise BeyondBPError(
+        f"{type(module).__name__} is not a BlockNet or nn.Sequential; wrap it as "
+        "beyondbp.nets.BlockNet(blocks, head) so layer-local rules can see its blocks"
+    )

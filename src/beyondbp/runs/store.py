@@ -1,0 +1,157 @@
+"""The run record and its SQLite store, safe under concurrent writers (WAL, busy timeout)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sqlite3
+import time
+import uuid
+from contextlib import closing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from beyondbp.errors import BeyondBPError
+
+Status = Literal["running", "finished", "diverged", "interrupted", "failed"]
+_JSON_FIELDS = ("options", "config", "metrics", "history", "env")
+
+
+def default_store_path() -> Path:
+    return Path(os.environ.get("BEYONDBP_RUNS", "beyondbp-runs")) / "runs.sqlite"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+@dataclass
+class RunRecord:
+    """One run: what was asked, what happened, what was measured, and where."""
+
+    rule: str
+    dataset: str
+    net: str
+    seed: int
+    data_seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # the rule's full options
+    config: dict[str, Any] = field(default_factory=dict)  # the harness settings
+    status: Status = "running"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
+    env: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    id: str = field(default_factory=new_run_id)
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+
+    def summary(self) -> dict[str, Any]:
+        """The flat row shown by ``runs list`` and exported to CSV."""
+        row = {k: getattr(self, k) for k in ("id", "status", "rule", "dataset", "net", "seed")}
+        row.update({k: v for k, v in self.metrics.items() if not isinstance(v, dict | list)})
+        return row
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    status TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    net TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    data_seed INTEGER NOT NULL,
+    options TEXT NOT NULL,
+    config TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    history TEXT NOT NULL,
+    env TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_cell ON runs (rule, dataset, net, seed);
+"""
+_COLUMNS = [f.name for f in fields(RunRecord)]
+
+
+class RunStore:
+    """All runs in one SQLite file. Each call opens its own connection, so it is safe to share
+    a store between threads and processes; WAL mode lets readers work while one process writes."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else default_store_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=60000")
+        except sqlite3.DatabaseError as e:
+            raise BeyondBPError(
+                f"run store {self.path} cannot be opened ({e}); point --store at another file "
+                "or move the damaged one away"
+            ) from e
+        db.row_factory = sqlite3.Row
+        return db
+
+    def save(self, record: RunRecord) -> None:
+        """Insert or replace the record (one atomic transaction)."""
+        record.updated = time.time()
+        row = asdict(record)
+        values = [json.dumps(row[c]) if c in _JSON_FIELDS else row[c] for c in _COLUMNS]
+        sql = f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(sql, values)
+            db.execute("COMMIT")
+
+    @staticmethod
+    def _record(row: sqlite3.Row) -> RunRecord:
+        data = {c: (json.loads(row[c]) if c in _JSON_FIELDS else row[c]) for c in _COLUMNS}
+        return RunRecord(**data)
+
+    def get(self, run_id: str) -> RunRecord:
+        """A run by id or by a unique prefix of it."""
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT * FROM runs WHERE id LIKE ? ORDER BY created", (run_id + "%",)
+            ).fetchall()
+        if len(rows) != 1:
+            what = "no run" if not rows else f"{len(rows)} runs"
+            raise BeyondBPError(f"{what} with id {run_id!r} in {self.path}; see `beyondbp runs list`")
+        return self._record(rows[0])
+
+    def list(self, **where: Any) -> list[RunRecord]:
+        """Runs matching column=value filters (e.g. ``rule="bp", status="finished"``), oldest first."""
+        bad = [k for k in where if k not in _COLUMNS]
+        if bad:
+            raise BeyondBPError(f"cannot filter runs by {bad[0]!r}; columns: {', '.join(_COLUMNS)}")
+        clause = " AND ".join(f"{k} = ?" for k in where) or "1"
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                f"SELECT * FROM runs WHERE {clause} ORDER BY created", list(where.values())
+            ).fetchall()
+        return [self._record(r) for r in rows]
+
+    def export(self, fmt: Literal["csv", "json"], **where: Any) -> str:
+        records = self.list(**where)
+        if fmt == "json":
+            return json.dumps([asdict(r) for r in records], indent=1)
+        if fmt != "csv":
+            raise BeyondBPError(f"unknown export format {fmt!r}; valid formats: csv, json")
+        rows = [r.summary() | {"options": json.dumps(r.options)} for r in records]
+        header: list[str] = []
+        for row in rows:
+            header += [k for k in row if k not in header]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
