@@ -1,8 +1,8 @@
 """beyondbp: train networks with and beyond backpropagation, and compare learning rules honestly.
 
-    >>> import beyondbp as bb
-    >>> result = bb.train("bp", data="digits", net="mlp:256x2", epochs=20)
-    >>> result.metrics["test_acc"]
+>>> import beyondbp as bb
+>>> result = bb.train("bp", data="digits", net="mlp:256x2", epochs=20)
+>>> result.metrics["test_acc"]
 """
 
 from beyondbp.api import TrainResult, bench, summarize, train

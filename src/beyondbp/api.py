@@ -1,8 +1,8 @@
 """The functions behind the CLI: everything the command line does is a function here first.
 
-    >>> import beyondbp as bb
-    >>> result = bb.train("bp", data="digits", net="mlp:256x2", epochs=20)
-    >>> result.metrics["test_acc"], result.model
+>>> import beyondbp as bb
+>>> result = bb.train("bp", data="digits", net="mlp:256x2", epochs=20)
+>>> result.metrics["test_acc"], result.model
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def resolve_device(device: str, rule_cls: type[Rule]) -> str:
     return device
 
 
-def _open_store(store: str | Path | RunStore | None | bool) -> RunStore | None:
+def _open_store(store: str | Path | RunStore | bool | None) -> RunStore | None:
     if store is False or store is None:
         return None
     if isinstance(store, RunStore):
@@ -92,11 +92,11 @@ def train(
         old = run_store.get(resume)
         if old.status == "finished":
             raise BeyondBPError(f"run {old.id} already finished; nothing to resume")
-        rule, options, config = old.rule, old.options, old.config
+        rule, options = old.rule, old.options
+        config = {k: v for k, v in old.config.items() if k != "data_dir"} | config
         data = data if isinstance(data, Dataset) else old.dataset
         net = net if isinstance(net, nn.Module) else old.net
         data_dir = data_dir or old.config.get("data_dir")
-        config.pop("data_dir", None)
         record = old
     rule_cls = get_rule(rule)
     opts = make_options(rule_cls, options)

@@ -28,7 +28,9 @@ console = Console()
 
 StoreOpt = Annotated[
     Path | None,
-    typer.Option("--store", help="run store (default ./beyondbp-runs/runs.sqlite or $BEYONDBP_RUNS)"),
+    typer.Option(
+        "--store", help="run store (default ./beyondbp-runs/runs.sqlite or $BEYONDBP_RUNS)"
+    ),
 ]
 
 
@@ -112,9 +114,13 @@ def datasets_cmd():
     from beyondbp.data import available_datasets, data_search_dirs
 
     for name, desc in available_datasets().items():
-        dirs = "" if name == "digits" else "  [dim](looks in " + ", ".join(
-            str(d) for d in data_search_dirs(name)[:-1]
-        ) + ")[/dim]"
+        dirs = (
+            ""
+            if name == "digits"
+            else "  [dim](looks in "
+            + ", ".join(str(d) for d in data_search_dirs(name)[:-1])
+            + ")[/dim]"
+        )
         console.print(f"{name:<14} {desc}{dirs}", highlight=False)
 
 
@@ -126,19 +132,31 @@ def _train_config(**kw: Any) -> dict[str, Any]:
 def train(
     rule: Annotated[str, typer.Argument(help="learning rule (see `beyondbp rules`)")],
     data: Annotated[str, typer.Option("--data", "-d", help="dataset name")] = "digits",
-    net: Annotated[str, typer.Option("--net", "-n", help="net spec: mlp:1000x2, cnn3, ...")] = "mlp:1000x2",
+    net: Annotated[
+        str, typer.Option("--net", "-n", help="net spec: mlp:1000x2, cnn3, ...")
+    ] = "mlp:1000x2",
     epochs: Annotated[int | None, typer.Option(help="maximum epochs [default: 100]")] = None,
-    patience: Annotated[int | None, typer.Option(help="early-stopping patience [default: 10]")] = None,
-    no_early_stop: Annotated[bool, typer.Option("--no-early-stop", help="train all epochs")] = False,
-    monitor: Annotated[str | None, typer.Option(help="val_loss or val_acc [default: val_loss]")] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="early-stopping patience [default: 10]")
+    ] = None,
+    no_early_stop: Annotated[
+        bool, typer.Option("--no-early-stop", help="train all epochs")
+    ] = False,
+    monitor: Annotated[
+        str | None, typer.Option(help="val_loss or val_acc [default: val_loss]")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="[default: 128]")] = None,
     lr: Annotated[float | None, typer.Option(help="learning rate (the rule's `lr` option)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="rule option key=value")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="rule option key=value")
+    ] = None,
     seed: Annotated[int, typer.Option(help="run seed (weights, batch order)")] = 0,
     data_seed: Annotated[int, typer.Option(help="seed of the validation split")] = 0,
     max_seconds: Annotated[float | None, typer.Option(help="training time budget")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
-    data_dir: Annotated[Path | None, typer.Option(help="folder with dataset files [$BEYONDBP_DATA]")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="folder with dataset files [$BEYONDBP_DATA]")
+    ] = None,
     store: StoreOpt = None,
     resume: Annotated[str | None, typer.Option(help="continue the run with this id")] = None,
     progress: Annotated[bool, typer.Option(help="live progress bar")] = True,
@@ -216,8 +234,18 @@ def bench(
 
 def summary_table(rows: list[dict[str, Any]], title: str) -> Table:
     t = Table(title=title)
-    cols = ("rule", "net", "runs", "test acc %", "Δacc vs bp", "train time s", "time ×bp",
-            "step memory", "energy Wh", "GFLOP/s")
+    cols = (
+        "rule",
+        "net",
+        "runs",
+        "test acc %",
+        "Δacc vs bp",
+        "train time s",
+        "time ×bp",
+        "step memory",
+        "energy Wh",
+        "GFLOP/s",
+    )
     for c in cols:
         t.add_column(c, justify="left" if c in ("rule", "net") else "right")
 
@@ -256,8 +284,16 @@ def runs_list(
         t.add_column(c)
     for r in records:
         acc = r.metrics.get("test_acc")
-        t.add_row(r.id, r.status, r.rule, r.dataset, r.net, str(r.seed),
-                  "-" if acc is None else f"{100 * acc:.2f}", _fmt(r.metrics.get("train_time_s"), "{:.1f}"))
+        t.add_row(
+            r.id,
+            r.status,
+            r.rule,
+            r.dataset,
+            r.net,
+            str(r.seed),
+            "-" if acc is None else f"{100 * acc:.2f}",
+            _fmt(r.metrics.get("train_time_s"), "{:.1f}"),
+        )
     console.print(t)
 
 
@@ -266,8 +302,17 @@ def runs_show(run_id: str, store: StoreOpt = None):
     """Everything stored about one run (id or unique prefix)."""
     r = RunStore(store).get(run_id)
     console.print(_result_table(r))
-    console.print_json(json.dumps({"options": r.options, "config": r.config, "env": r.env,
-                                   "error": r.error, "epochs": r.history}))
+    console.print_json(
+        json.dumps(
+            {
+                "options": r.options,
+                "config": r.config,
+                "env": r.env,
+                "error": r.error,
+                "epochs": r.history,
+            }
+        )
+    )
 
 
 @runs_app.command("export")

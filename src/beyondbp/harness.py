@@ -16,7 +16,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -175,6 +175,10 @@ class Trainer:
         self.rule.setup(self.net, self.data.meta, ctx)
         for m in self.rule.modules().values():
             m.to(self.device)
+        if _has_conv(self.rule.modules().values()):  # NHWC convolutions are faster on CPU and GPU
+            for m in self.rule.modules().values():
+                m.to(memory_format=torch.channels_last)
+            self.data = self.data.to_channels_last()
         if resume:
             self._load()
         if self.device.type == "cuda":
@@ -247,8 +251,11 @@ class Trainer:
                 with probe:
                     logs = rule.step(x, y)
                 if isinstance(probe, StepProbe):
-                    st.probe = {"flops_per_step": probe.flops, "peak_step_bytes": probe.peak_bytes,
-                                "probe_batch": len(y)}
+                    st.probe = {
+                        "flops_per_step": probe.flops,
+                        "peak_step_bytes": probe.peak_bytes,
+                        "probe_batch": len(y),
+                    }
                 n = len(y)
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + (v if k == "correct" else v * n)
@@ -256,7 +263,9 @@ class Trainer:
                 st.batch, st.steps, st.examples = b + 1, st.steps + 1, st.examples + n
                 if st.steps % 10 == 0 or b + 1 == steps_per_epoch:
                     if is_diverged({k: float(v) for k, v in logs.items()}, cfg.diverge_loss):
-                        st.stop_reason = f"training loss {float(logs['loss']):.3g} at step {st.steps}"
+                        st.stop_reason = (
+                            f"training loss {float(logs['loss']):.3g} at step {st.steps}"
+                        )
                         return "diverged"
                     progress.update(task, info=_running(sums, st.seen))
                 progress.update(task, advance=1)
@@ -382,9 +391,7 @@ class Trainer:
             energy_method=st.energy_method,
         )
         if st.history:
-            last_best = next(
-                (h for h in st.history if h["epoch"] == st.best_epoch), st.history[-1]
-            )
+            last_best = next((h for h in st.history if h["epoch"] == st.best_epoch), st.history[-1])
             m.update(val_acc=last_best.get("val_acc"), val_loss=last_best.get("val_loss"))
         if st.probe:
             per_example = st.probe["flops_per_step"] / max(st.probe["probe_batch"], 1)
@@ -438,17 +445,27 @@ class Trainer:
             self.store.save(self.record)
 
     def _progress(self):  # type: ignore[no-untyped-def]
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
-        return Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-            disable=not self.config.progress,
-            transient=True,
-        ) if self.config.progress else _NoProgress()
+        return (
+            Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                disable=not self.config.progress,
+                transient=True,
+            )
+            if self.config.progress
+            else _NoProgress()
+        )
 
 
 class _NoProgress:
@@ -470,6 +487,10 @@ class _NoProgress:
 
     def remove_task(self, *a: Any) -> None:
         pass
+
+
+def _has_conv(modules: Iterable[torch.nn.Module]) -> bool:
+    return any(isinstance(x, torch.nn.Conv2d) for m in modules for x in m.modules())
 
 
 def _running(sums: dict[str, Any], seen: int) -> str:

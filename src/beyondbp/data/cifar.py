@@ -47,7 +47,9 @@ def read_cifar10(search_dirs: list[Path], download: bool) -> RawData:
             continue
         for sub in (d, d / "cifar-10-batches-py"):
             if all((sub / b).is_file() for b in (*BATCHES, "test_batch")):
-                return _from_batches({b: (sub / b).read_bytes() for b in (*BATCHES, "test_batch")}, sub)
+                return _from_batches(
+                    {b: (sub / b).read_bytes() for b in (*BATCHES, "test_batch")}, sub
+                )
         for sub in (d, *sorted(p for p in d.iterdir() if p.is_dir())):
             if (sub / "train").is_dir() and (sub / "test").is_dir():
                 return _cached(sub, lambda s=sub: _from_folder(s))
@@ -57,7 +59,9 @@ def read_cifar10(search_dirs: list[Path], download: bool) -> RawData:
                 return _from_batches(batches, archive)
             return _cached(archive, lambda a=archive: _from_tar(a))
     where = "\n  ".join(str(d) for d in search_dirs)
-    raise DataError(f"cifar10: no CIFAR-10 files found. Looked in:\n  {where}\nTo get it: {HOW_TO_GET}.")
+    raise DataError(
+        f"cifar10: no CIFAR-10 files found. Looked in:\n  {where}\nTo get it: {HOW_TO_GET}."
+    )
 
 
 def _unpickle(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -155,11 +159,11 @@ def _from_tar(archive: Path) -> dict[str, np.ndarray]:
             with tarfile.open(archive, "r:gz") as tar:
                 for m in tar:
                     parts = Path(m.name).parts
-                    if m.isfile() and len(parts) >= 3 and parts[-3] in ("train", "test"):
-                        if Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
-                            f = tar.extractfile(m)
-                            assert f is not None
-                            yield parts[-3], parts[-2], parts[-1], f.read()
+                    image = Path(m.name).suffix.lower() in IMAGE_SUFFIXES
+                    if m.isfile() and image and len(parts) >= 3 and parts[-3] in ("train", "test"):
+                        f = tar.extractfile(m)
+                        assert f is not None
+                        yield parts[-3], parts[-2], parts[-1], f.read()
         except (tarfile.TarError, EOFError, OSError) as e:
             raise DataError(f"{archive}: corrupt archive ({e}); replace it") from e
 

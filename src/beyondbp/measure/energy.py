@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ class _Rapl:
 
     def available(self) -> bool:
         try:
-            return bool(self.zones) and all(int((z / "energy_uj").read_text()) >= 0 for z in self.zones)
+            return bool(self.zones) and all(
+                int((z / "energy_uj").read_text()) >= 0 for z in self.zones
+            )
         except (OSError, ValueError):
             return False
 
@@ -108,15 +111,16 @@ class EnergyMeter:
         try:
             from codecarbon import OfflineEmissionsTracker
 
-            for name in ("codecarbon",):
-                logging.getLogger(name).setLevel(logging.ERROR)
-            self._tracker = OfflineEmissionsTracker(
-                country_iso_code="USA",
-                save_to_file=False,
-                log_level="error",
-                measure_power_secs=5,
-                tracking_mode="process",
-            )
+            logging.getLogger("codecarbon").setLevel(logging.ERROR)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._tracker = OfflineEmissionsTracker(
+                    country_iso_code="USA",
+                    save_to_file=False,
+                    log_level="error",
+                    measure_power_secs=5,
+                    tracking_mode="process",
+                )
             self._tracker.start()
         except Exception as e:  # CodeCarbon missing or failing must not break training
             self.reading = EnergyReading(None, "unavailable", f"no counter, CodeCarbon failed: {e}")

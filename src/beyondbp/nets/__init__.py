@@ -52,7 +52,9 @@ class BlockNet(nn.Module):
         return self.head(x)
 
 
-def mlp(input_shape: Sequence[int], widths: Sequence[int], classes: int, act: str = "relu") -> BlockNet:
+def mlp(
+    input_shape: Sequence[int], widths: Sequence[int], classes: int, act: str = "relu"
+) -> BlockNet:
     if act not in ACTIVATIONS:
         raise UnknownNameError("activation", act, ACTIVATIONS)
     blocks: list[nn.Module] = []

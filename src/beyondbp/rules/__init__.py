@@ -1,7 +1,7 @@
 """Learning rules by name. One module per rule; importing it registers it.
 
-    >>> from beyondbp.rules import available_rules, make_rule
-    >>> rule = make_rule("bp", {"lr": 1e-3, "optimizer": "adamw"})
+>>> from beyondbp.rules import available_rules, make_rule
+>>> rule = make_rule("bp", {"lr": 1e-3, "optimizer": "adamw"})
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The baseline every other rule is reported against (Δaccuracy, time, energy and 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta
 from beyondbp.rules import register
-from beyondbp.rules.base import Categorical, LogUniform, Rule, SetupContext
+from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
 from beyondbp.rules.optim import OptimOptions, Schedule, make_optimizer
 
 
@@ -26,7 +26,7 @@ class Options(OptimOptions):
 @register("bp", "Backpropagation: end-to-end gradient descent (Adam/AdamW/SGD), the baseline")
 class Backprop(Rule):
     Options = Options
-    search_space = {
+    search_space: ClassVar[dict[str, Distribution]] = {
         "lr": LogUniform(1e-5, 1e-1),
         "weight_decay": LogUniform(1e-7, 1e-2),
         "optimizer": Categorical(("adam", "adamw", "sgd")),

@@ -125,7 +125,9 @@ class RunStore:
             ).fetchall()
         if len(rows) != 1:
             what = "no run" if not rows else f"{len(rows)} runs"
-            raise BeyondBPError(f"{what} with id {run_id!r} in {self.path}; see `beyondbp runs list`")
+            raise BeyondBPError(
+                f"{what} with id {run_id!r} in {self.path}; see `beyondbp runs list`"
+            )
         return self._record(rows[0])
 
     def list(self, **where: Any) -> list[RunRecord]:

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from beyondbp.cli import app
+
+runner = CliRunner()
+
+
+def test_rules_lists_one_rule_per_row_starting_with_its_name():
+    out = runner.invoke(app, ["rules"])
+    assert out.exit_code == 0
+    rows = [line.split()[0] for line in out.stdout.strip().splitlines()]
+    assert "bp" in rows
+
+
+def test_rules_name_shows_options_with_defaults():
+    out = runner.invoke(app, ["rules", "bp"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0
+    assert "optimizer" in out.stdout and "'adam'" in out.stdout and "0.001" in out.stdout
+
+
+def test_train_prints_the_result_table_and_stores_the_run(tmp_path):
+    store = tmp_path / "runs.sqlite"
+    out = runner.invoke(
+        app,
+        [
+            "train",
+            "bp",
+            "--data",
+            "digits",
+            "--net",
+            "mlp:64",
+            "--epochs",
+            "3",
+            "--lr",
+            "3e-3",
+            "--set",
+            "optimizer=adamw",
+            "--store",
+            str(store),
+            "--no-energy",
+        ],
+        env={"COLUMNS": "200"},
+    )
+    assert out.exit_code == 0, out.stdout
+    for text in ("test accuracy", "train time", "peak memory", "energy", "GFLOP/s"):
+        assert text in out.stdout
+    listed = runner.invoke(app, ["runs", "list", "--store", str(store)], env={"COLUMNS": "200"})
+    assert "finished" in listed.stdout and "digits" in listed.stdout
+    exported = runner.invoke(app, ["runs", "export", "--format", "json", "--store", str(store)])
+    (rec,) = json.loads(exported.stdout)
+    assert rec["options"]["optimizer"] == "adamw" and rec["options"]["lr"] == 3e-3
+    shown = runner.invoke(app, ["runs", "show", rec["id"][:12], "--store", str(store)])
+    assert shown.exit_code == 0 and "git_commit" in shown.stdout
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "beyondbp.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_unknown_names_exit_2_with_the_valid_ones():
+    out = _cli("train", "bp", "--data", "imagenet")
+    assert out.returncode == 2 and "valid datasets: cifar10, digits" in out.stderr
+    out = _cli("train", "nope")
+    assert out.returncode == 2 and "valid rules:" in out.stderr and "bp" in out.stderr
+    out = _cli("train", "bp", "--set", "colour=red")
+    assert out.returncode == 2 and "valid options:" in out.stderr
+
+
+def test_bench_compares_rules(tmp_path):
+    out = runner.invoke(
+        app,
+        [
+            "bench",
+            "--rules",
+            "bp",
+            "--nets",
+            "mlp:32",
+            "--seeds",
+            "2",
+            "--epochs",
+            "2",
+            "--store",
+            str(tmp_path / "r.sqlite"),
+            "--json",
+        ],
+    )
+    assert out.exit_code == 0, out.stdout
+    (row,) = json.loads(out.stdout)
+    assert row["runs"] == 2 and row["time_ratio"] == 1.0 and row["delta_acc"] == 0.0

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import beyondbp as bb
+from beyondbp.runs import RunStore, load_checkpoint
+
+from .conftest import FAST
+
+SCRIPT = Path(__file__).with_name("_resume_script.py")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def _final_weights(store: Path, run_id: str) -> dict[str, torch.Tensor]:
+    return load_checkpoint(store.parent / "checkpoints" / run_id / "last.pt")["modules"]["net"]
+
+
+@pytest.mark.parametrize(("flag", "at"), [("--kill-at", "55"), ("--int-at", "70")])
+def test_killed_or_interrupted_run_resumes_to_the_same_result(tmp_path, flag, at):
+    """digits: 1294 training examples, batch 32 -> 41 steps per epoch; the signal lands mid
+    epoch 2. SIGKILL resumes from the epoch-1 checkpoint, SIGINT saves mid-epoch itself."""
+    ref_store, store = tmp_path / "ref" / "runs.sqlite", tmp_path / "cut" / "runs.sqlite"
+    ref = _run(str(ref_store), str(tmp_path / "ref.id"))
+    assert "STATUS finished" in ref.stdout, ref.stderr
+
+    cut = _run(str(store), str(tmp_path / "cut.id"), flag, at)
+    run_id = (tmp_path / "cut.id").read_text()
+    record = RunStore(store).get(run_id)
+    if flag == "--kill-at":
+        assert cut.returncode == -signal.SIGKILL
+        assert record.status == "running"  # killed: the record could not be updated
+    else:
+        assert "STATUS interrupted" in cut.stdout, cut.stderr
+        assert record.status == "interrupted" and len(record.history) == 1
+        ckpt = load_checkpoint(store.parent / "checkpoints" / run_id / "last.pt")
+        assert ckpt["harness"]["batch"] == 70 - 41  # saved mid-epoch, at the step it stopped
+
+    resumed = _run(str(store), str(tmp_path / "x.id"), "--resume", run_id)
+    assert "STATUS finished" in resumed.stdout, resumed.stderr
+    ref_id = (tmp_path / "ref.id").read_text()
+    a, b = RunStore(ref_store).get(ref_id), RunStore(store).get(run_id)
+    assert b.status == "finished" and len(b.history) == 4
+    assert a.metrics["test_acc"] == b.metrics["test_acc"]
+    assert [h["val_loss"] for h in a.history] == [h["val_loss"] for h in b.history]
+    wa, wb = _final_weights(ref_store, ref_id), _final_weights(store, run_id)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_early_stopping_and_restore_best(tmp_path):
+    res = bb.train(
+        "bp",
+        "digits",
+        "mlp:64",
+        options={"lr": 3e-2},
+        epochs=60,
+        patience=3,
+        store=tmp_path / "runs.sqlite",
+        **FAST,
+    )
+    m = res.metrics
+    assert "early stop" in m["stop_reason"] and m["epochs"] < 60
+    assert m["epochs"] == m["best_epoch"] + 3 and m["tested_epoch"] == m["best_epoch"]
+    best = min(h["val_loss"] for h in res.record.history)
+    assert m["val_loss"] == best
+    # the returned model is the best epoch's: its validation loss is the best one
+    ds = bb.load_dataset("digits")
+    with torch.no_grad():
+        val = torch.nn.functional.cross_entropy(res.model(ds.val.x), ds.val.y).item()
+    assert val == pytest.approx(best, rel=1e-5)
+
+
+def test_divergence_stops_with_status_diverged(tmp_path):
+    store = tmp_path / "runs.sqlite"
+    res = bb.train(
+        "bp",
+        "digits",
+        "mlp:64",
+        options={"optimizer": "sgd", "lr": 1e4},
+        epochs=5,
+        store=store,
+        **FAST,
+    )
+    assert res.record.status == "diverged"
+    assert "loss" in res.metrics["stop_reason"]
+    assert RunStore(store).get(res.record.id).status == "diverged"
+
+
+def test_step_and_time_budgets():
+    res = bb.train(
+        "bp", "digits", "mlp:32", epochs=50, max_steps=25, batch_size=64, store=False, **FAST
+    )
+    assert res.metrics["steps"] == 25 and "25 steps" in res.metrics["stop_reason"]
+    assert res.metrics["epochs"] == 2  # the partial epoch is evaluated, then training stops
+    res = bb.train("bp", "digits", "mlp:32", epochs=10_000, max_seconds=1.0, store=False, **FAST)
+    assert res.record.status == "finished" and "seconds" in res.metrics["stop_reason"]
+    assert res.metrics["train_time_s"] < 2.0
+
+
+def test_failure_is_recorded(tmp_path, monkeypatch):
+    from beyondbp.rules.bp import Backprop
+
+    def boom(self, x, y):
+        raise RuntimeError("exploded")
+
+    monkeypatch.setattr(Backprop, "step", boom)
+    store = tmp_path / "runs.sqlite"
+    with pytest.raises(RuntimeError, match="exploded"):
+        bb.train("bp", "digits", "mlp:16", epochs=1, store=store, **FAST)
+    (rec,) = RunStore(store).list()
+    assert rec.status == "failed" and "exploded" in rec.error
+
+
+def test_same_seed_same_result_different_seed_different_weights():
+    runs = [
+        bb.train("bp", "digits", "mlp:32", epochs=2, seed=s, store=False, **FAST) for s in (1, 1, 2)
+    ]
+    w = [r.model.state_dict() for r in runs]
+    assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
+    assert not torch.equal(w[0]["blocks.0.1.weight"], w[2]["blocks.0.1.weight"])
+
+
+def test_unknown_training_setting():
+    with pytest.raises(bb.UnknownNameError, match="valid training settings: .*batch_size"):
+        bb.train("bp", "digits", "mlp:32", epoch=2, store=False)

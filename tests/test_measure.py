@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import beyondbp as bb
+from beyondbp.measure import EnergyMeter, LiveTensorTracker, StepProbe, matmul_peak_gflops
+from beyondbp.nets import build_net
+
+
+def test_live_tensor_tracker_known_answer():
+    keep = []
+    with LiveTensorTracker() as t:
+        a = torch.empty(1000)  # 4000 B, kept
+        keep.append(a)
+        b = torch.empty(2000)  # 8000 B, freed below
+        del b
+        c = torch.empty(500)  # 2000 B: the peak was a + b = 12000
+        a.add_(1)  # in place: no new allocation
+        v = a.view(10, 100)  # a view: no new allocation
+    assert t.peak == 12_000
+    assert t.current == 6_000
+    del c, v
+
+
+def test_step_probe_counts_flops_and_memory_of_an_mlp_step():
+    torch.manual_seed(0)
+    net = build_net("mlp:100x2", (50,), 10)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.randn(32, 50), torch.randint(0, 10, (32,))
+    with StepProbe([net.state_dict(), x, y]) as probe:
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    B, dims = 32, [(50, 100), (100, 100), (100, 10)]
+    fwd = sum(2 * B * i * o for i, o in dims)
+    # backward: weight gradients of every layer, input gradients of all but the first
+    bwd = sum(2 * B * i * o for i, o in dims) + sum(2 * B * i * o for i, o in dims[1:])
+    assert probe.flops == fwd + bwd
+    weights = sum(p.numel() for p in net.parameters()) * 4
+    batch = x.numel() * 4 + y.numel() * 8
+    assert probe.resident_bytes == weights + batch
+    # the gradients alone are as large as the weights
+    assert probe.peak_bytes >= weights + batch + weights
+
+
+def test_matmul_peak_is_measured_once_and_cached():
+    first = matmul_peak_gflops("cpu", size=256)
+    assert first > 0
+    path = Path(os.environ["BEYONDBP_CACHE"]) / "matmul_peak.json"
+    cache = json.loads(path.read_text())
+    key = next(iter(cache))
+    cache[key] = 12345.0
+    path.write_text(json.dumps(cache))
+    assert matmul_peak_gflops("cpu") == 12345.0
+
+
+def test_energy_is_labelled():
+    with EnergyMeter("cpu") as meter:
+        torch.randn(500, 500) @ torch.randn(500, 500)
+    r = meter.reading
+    assert r.label in ("measured", "estimated")
+    assert r.joules is not None and r.joules >= 0
+    if r.label == "estimated":
+        assert "CodeCarbon" in r.method
+    with EnergyMeter("cpu", enabled=False) as off:
+        pass
+    assert off.reading.label == "unavailable" and off.reading.joules is None
+
+
+def test_run_metrics_hold_every_number(tmp_path):
+    res = bb.train("bp", "digits", "mlp:64", epochs=2, store=tmp_path / "r.sqlite", progress=False)
+    m = res.metrics
+    for key in (
+        "train_time_s",
+        "val_time_s",
+        "test_time_s",
+        "peak_rss_bytes",
+        "peak_step_bytes",
+        "flops_per_step",
+        "gflops_per_s",
+        "matmul_peak_gflops",
+        "peak_fraction",
+        "energy_label",
+        "test_acc",
+    ):
+        assert m.get(key) is not None, key
+    assert m["energy_label"] in ("measured", "estimated")
+    # digits: 64 inputs -> 64 hidden -> 10; forward + weight grads + input grad of layer 2
+    b = 128
+    assert m["flops_per_step"] == 4 * b * (64 * 64 + 64 * 10) + 2 * b * 64 * 10
+    assert res.record.env["torch"] == torch.__version__ and res.record.env["cpu_count"]
+    assert len(res.record.history) == 2 and "val_acc" in res.record.history[0]

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing as mp
+
+import pytest
+
+from beyondbp.errors import BeyondBPError
+from beyondbp.runs import RunRecord, RunStore
+
+
+def _rec(i: int, **kw) -> RunRecord:
+    return RunRecord(
+        rule="bp",
+        dataset="digits",
+        net="mlp:8",
+        seed=i,
+        metrics={"test_acc": i / 10, "curve": [1, 2]},
+        **kw,
+    )
+
+
+def test_save_get_list_export(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    recs = [_rec(i) for i in range(3)]
+    recs[2].status = "diverged"
+    for r in recs:
+        store.save(r)
+    assert store.get(recs[1].id).metrics == recs[1].metrics
+    assert [r.seed for r in store.list(status="running")] == [0, 1]
+    with pytest.raises(BeyondBPError, match="no run"):
+        store.get("nope")
+    with pytest.raises(BeyondBPError, match="cannot filter"):
+        store.list(colour="red")
+    rows = list(csv.DictReader(io.StringIO(store.export("csv"))))
+    assert [float(r["test_acc"]) for r in rows] == [0.0, 0.1, 0.2] and "curve" not in rows[0]
+    full = json.loads(store.export("json"))
+    assert full[0]["metrics"]["curve"] == [1, 2]
+    with pytest.raises(BeyondBPError, match="csv, json"):
+        store.export("xml")
+
+
+def test_save_replaces_the_same_run(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    r = _rec(0)
+    store.save(r)
+    r.status, r.metrics["test_acc"] = "finished", 0.9
+    store.save(r)
+    (only,) = store.list()
+    assert only.status == "finished" and only.metrics["test_acc"] == 0.9
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    store = RunStore(path)
+    for i in range(n):
+        r = _rec(worker * 1000 + i)
+        store.save(r)
+        r.status = "finished"
+        store.save(r)
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    path = str(tmp_path / "runs.sqlite")
+    RunStore(path)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, w, 25)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    runs = RunStore(path).list()
+    assert len(runs) == 100 and len({r.id for r in runs}) == 100
+    assert all(r.status == "finished" for r in runs)
+
+
+def test_corrupt_store_file(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(BeyondBPError, match="cannot be opened"):
+        RunStore(path)
