@@ -84,7 +84,7 @@ def test_idx_reads_gz_and_raw(tmp_path, compress):
     src = _write_idx_set(tmp_path, compress=compress)
     raw = read_idx_dataset(src, [tmp_path / "nothing", tmp_path], download=False)
     assert raw.x_train.shape == (20, 1, 28, 28) and raw.x_test.shape == (10, 1, 28, 28)
-    assert raw.x_train.min() >= 0 and raw.x_train.max() <= 1
+    assert raw.x_train.dtype == np.uint8
 
 
 def test_idx_missing_files_say_where_they_were_looked_for(tmp_path):
@@ -216,3 +216,48 @@ def test_cifar_image_folder_wrong_size(tmp_path):
 def test_cifar_not_found(tmp_path):
     with pytest.raises(DataError, match="Looked in"):
         read_cifar10([tmp_path / "x"], download=False)
+
+
+def _serve(folder: Path):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_idx_download_is_verified_and_cached(tmp_path):
+    """A mirror on loopback stands in for the canonical source."""
+    src = _write_idx_set(tmp_path / "mirror")
+    server = _serve(tmp_path / "mirror")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        src = IdxSource(**{**src.__dict__, "mirrors": ("http://127.0.0.1:9/", url)})
+        cache = tmp_path / "cache"
+        raw = read_idx_dataset(src, [tmp_path / "none", cache], download=True)
+        assert raw.x_train.shape == (20, 1, 28, 28)
+        assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s}.gz" for s in src.sha256)
+        # a mirror serving different bytes is rejected by the checksum
+        bad = IdxSource(
+            **{
+                **src.__dict__,
+                "mirrors": (url,),
+                "sha256": {**src.sha256, "t10k-labels-idx1-ubyte": "0" * 64},
+            }
+        )
+        with pytest.raises(DataError, match="checksum mismatch"):
+            read_idx_dataset(bad, [tmp_path / "none", tmp_path / "cache2"], download=True)
+    finally:
+        server.shutdown()
+
+
+def test_idx_offline_error_says_the_download_failed(tmp_path):
+    src = _write_idx_set(tmp_path / "x")
+    src = IdxSource(**{**src.__dict__, "mirrors": ("http://127.0.0.1:9/",)})
+    with pytest.raises(DataError, match="download failed") as e:
+        read_idx_dataset(src, [tmp_path / "a"], download=True)
+    assert "make it" in str(e.value)

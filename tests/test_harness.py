@@ -133,3 +133,43 @@ def test_same_seed_same_result_different_seed_different_weights():
 def test_unknown_training_setting():
     with pytest.raises(bb.UnknownNameError, match="valid training settings: .*batch_size"):
         bb.train("bp", "digits", "mlp:32", epoch=2, store=False)
+
+
+def test_rules_whose_step_uses_the_whole_training_set(tmp_path):
+    """unit = "dataset" (a population generation, a solver iteration): the harness hands the
+    whole training set to each step and counts steps_per_epoch steps as an epoch."""
+    import torch.nn.functional as F
+
+    from beyondbp.rules import register
+    from beyondbp.rules.base import Rule
+
+    @register("full-batch-gd", "full-batch gradient descent (tests only)")
+    class FullBatch(Rule):
+        unit = "dataset"
+        seen: list[int] = []
+
+        def setup(self, net, meta, ctx):
+            self.net = net
+            self.opt = torch.optim.SGD(net.parameters(), lr=0.5)
+
+        def step(self, x, y):
+            FullBatch.seen.append(len(y))
+            self.opt.zero_grad()
+            loss = F.cross_entropy(self.net(x), y)
+            loss.backward()
+            self.opt.step()
+            return {"loss": loss.detach()}
+
+    res = bb.train(
+        "full-batch-gd",
+        "digits",
+        "mlp:",
+        epochs=10,
+        steps_per_epoch=5,
+        store=tmp_path / "r.sqlite",
+        **FAST,
+    )
+    n_train = res.record.metrics["examples"] // 50
+    assert FullBatch.seen == [n_train] * 50 and n_train == 1293
+    assert res.metrics["steps"] == 50 and len(res.record.history) == 10
+    assert res.metrics["test_acc"] > 0.85  # a linear classifier on digits

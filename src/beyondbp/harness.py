@@ -225,7 +225,9 @@ class Trainer:
                     st.stop_reason = "validation loss is not finite"
                     return "diverged"
                 if cfg.progress:
-                    progress.console.log(_epoch_line(row))
+                    progress.console.print(_epoch_line(row), highlight=False)
+                self.record.history = list(st.history)  # visible in the store while running
+                self._save_record()
                 if st.stop_reason:  # early stopping or a budget
                     break
                 self._save_checkpoint()

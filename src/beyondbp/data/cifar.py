@@ -84,9 +84,9 @@ def _from_batches(blobs: dict[str, bytes], where: Path | str) -> RawData:
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
     return RawData(
-        x_train.astype(np.float32) / 255.0,
+        x_train,
         y_train,
-        x_test.astype(np.float32) / 255.0,
+        x_test,
         y_test,
         class_names=CLASSES,
         source=str(where),
@@ -187,9 +187,9 @@ def _cached(source: Path, decode) -> RawData:  # type: ignore[no-untyped-def]
     classes = tuple(str(c) for c in arrays["classes"])
     jpeg = bool(arrays["jpeg"])
     return RawData(
-        arrays["x_train"].astype(np.float32) / 255.0,
+        arrays["x_train"],
         arrays["y_train"],
-        arrays["x_test"].astype(np.float32) / 255.0,
+        arrays["x_test"],
         arrays["y_test"],
         class_names=classes,
         source=str(source),

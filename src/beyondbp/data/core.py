@@ -80,7 +80,8 @@ class Dataset:
 
 @dataclass
 class RawData:
-    """What a loader returns: images in [0, 1] (N, C, H, W) or features (N, D), int labels."""
+    """What a loader returns: images (N, C, H, W) as uint8 (0..255) or floats in [0, 1], or
+    features (N, D); integer labels."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -185,20 +186,26 @@ def _finish(name: str, raw: RawData, val_size: float | int, data_seed: int) -> D
     perm = np.random.default_rng(data_seed).permutation(len(y_train))
     val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
 
+    def pixels(x: np.ndarray) -> torch.Tensor:
+        """Float32 in [0, 1]: uint8 images are scaled by 1/255 (one float copy, in place)."""
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        return t.to(torch.float32).mul_(1 / 255) if t.dtype == torch.uint8 else t.float()
+
     if raw.mean is None:
         # Like the standard MNIST constants: statistics of the whole official training set
         # (never the test set), so they do not depend on the validation split.
-        x_tr = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32))
-        channel_axes = (0, *range(2, x_tr.ndim))  # every axis but the channel axis
-        mean = tuple(float(v) for v in x_tr.mean(dim=channel_axes).reshape(-1))
-        std = tuple(float(v) for v in x_tr.std(dim=channel_axes).clamp_min(1e-8).reshape(-1))
+        x_all = pixels(x_train)
+        channel_axes = (0, *range(2, x_all.ndim))  # every axis but the channel axis
+        mean = tuple(float(v) for v in x_all.mean(dim=channel_axes).reshape(-1))
+        std = tuple(float(v) for v in x_all.std(dim=channel_axes).clamp_min(1e-8).reshape(-1))
+        del x_all
     else:
         mean, std = raw.mean, raw.std
 
     def norm(x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        t = pixels(x)
         shape = (1, -1) + (1,) * (t.ndim - 2)
-        return (t - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+        return t.sub_(torch.tensor(mean).view(shape)).div_(torch.tensor(std).view(shape))
 
     def labels(y: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(y, dtype=np.int64))

@@ -141,7 +141,7 @@ def read_idx_dataset(src: IdxSource, dirs: list[Path], download: bool) -> RawDat
             )
 
     def images(stem: str) -> np.ndarray:
-        return (arrays[stem].astype(np.float32) / 255.0)[:, None]
+        return arrays[stem][:, None]  # uint8; scaled to [0, 1] when normalised
 
     return RawData(
         images(FILES[0]),

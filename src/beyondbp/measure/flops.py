@@ -13,11 +13,13 @@ from beyondbp.data.core import cache_dir
 from beyondbp.measure.env import device_name
 
 
-def matmul_peak_gflops(device: str | torch.device = "cpu", size: int | None = None) -> float:
+def matmul_peak_gflops(
+    device: str | torch.device = "cpu", size: int | None = None, refresh: bool = False
+) -> float:
     """Best fp32 GFLOP/s of a square matmul on ``device``, measured once and cached.
 
     The cache key holds the device model, thread count and torch version, so a change of any of
-    them measures again. Delete ``~/.cache/beyondbp/matmul_peak.json`` to force a new measurement.
+    them measures again; ``refresh=True`` measures now and updates the cache.
     """
     device = torch.device(device)
     threads = torch.get_num_threads()
@@ -29,7 +31,7 @@ def matmul_peak_gflops(device: str | torch.device = "cpu", size: int | None = No
             cache = json.loads(path.read_text())
         except (OSError, ValueError):
             cache = {}
-    if key in cache:
+    if key in cache and not refresh:
         return float(cache[key])
     n = size or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device)
