@@ -173,3 +173,25 @@ def test_rules_whose_step_uses_the_whole_training_set(tmp_path):
     assert FullBatch.seen == [n_train] * 50 and n_train == 1293
     assert res.metrics["steps"] == 50 and len(res.record.history) == 10
     assert res.metrics["test_acc"] > 0.85  # a linear classifier on digits
+
+
+def test_callbacks_see_every_epoch_and_can_stop_the_run():
+    rows = []
+
+    def stop_at_three(row):
+        rows.append(row)
+        return "stopped by callback" if row["epoch"] == 3 else None
+
+    res = bb.train(
+        "bp",
+        "digits",
+        "mlp:32",
+        epochs=10,
+        patience=None,
+        callbacks=[stop_at_three],
+        run_id="my-run",
+        store=False,
+        **FAST,
+    )
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and "val_acc" in rows[0]
+    assert res.metrics["stop_reason"] == "stopped by callback" and res.record.id == "my-run"

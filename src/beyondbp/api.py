@@ -18,11 +18,12 @@ from torch import nn
 
 from beyondbp.data import Dataset, load_dataset
 from beyondbp.errors import BeyondBPError
-from beyondbp.harness import TrainConfig, Trainer, seed_everything
+from beyondbp.harness import EpochCallback, TrainConfig, Trainer, seed_everything
 from beyondbp.measure import environment
 from beyondbp.nets import build_net
 from beyondbp.rules import Rule, get_rule, make_options
 from beyondbp.runs import RunRecord, RunStore
+from beyondbp.runs.store import new_run_id
 
 
 @dataclass
@@ -76,6 +77,8 @@ def train(
     data_dir: str | Path | None = None,
     store: str | Path | RunStore | bool | None = True,
     resume: str | None = None,
+    run_id: str | None = None,
+    callbacks: Sequence[EpochCallback] = (),
     **config: Any,
 ) -> TrainResult:
     """Train ``net`` on ``data`` with a learning rule; store the run and return the result.
@@ -83,7 +86,9 @@ def train(
     ``options`` are the rule's (see ``beyondbp rules NAME``); ``config`` are the harness settings
     of :class:`~beyondbp.harness.TrainConfig` (epochs, batch_size, patience, seed, device, ...).
     ``store=True`` writes to the default run store, a path to another, ``False`` to none.
-    ``resume="RUN_ID"`` continues a stopped or killed run from its last checkpoint.
+    ``resume="RUN_ID"`` continues a stopped or killed run from its last checkpoint;
+    ``run_id`` names a new run (a grid uses it so a cell is stored once, whatever happens).
+    ``callbacks`` see every epoch's history row; one returning a string stops the run.
     """
     run_store = _open_store(store)
     if resume is not None:
@@ -120,6 +125,7 @@ def train(
 
     if resume is None:
         record = RunRecord(
+            id=run_id or new_run_id(),
             rule=rule,
             dataset=dataset.meta.name,
             net=net_spec,
@@ -134,7 +140,7 @@ def train(
         record.metrics["data_notes"] = dataset.meta.notes
     ckpt_dir = run_store.path.parent / "checkpoints" / record.id if run_store else None
     rule_obj = rule_cls(opts)
-    trainer = Trainer(rule_obj, model, dataset, cfg, record, run_store, ckpt_dir)
+    trainer = Trainer(rule_obj, model, dataset, cfg, record, run_store, ckpt_dir, callbacks)
     trainer.fit(resume=resume is not None)
     return TrainResult(model, rule_obj, record)
 

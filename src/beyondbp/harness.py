@@ -16,7 +16,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +36,9 @@ from beyondbp.measure import (
 )
 from beyondbp.rules.base import Rule, SetupContext, is_diverged
 from beyondbp.runs import RunRecord, RunStore, atomic_save, load_checkpoint
+
+EpochCallback = Callable[[dict[str, Any]], str | None]
+"""Called with each epoch's history row; a returned string stops training with that reason."""
 
 
 class TrainConfig(BaseModel):
@@ -152,6 +155,7 @@ class Trainer:
         record: RunRecord,
         store: RunStore | None,
         checkpoint_dir: Path | None,
+        callbacks: Sequence[EpochCallback] = (),
     ) -> None:
         self.rule, self.net, self.config = rule, net, config
         self.device = torch.device(config.device)
@@ -161,6 +165,7 @@ class Trainer:
         self.state = HarnessState()
         self.best_modules: dict[str, Any] | None = None
         self._stop = {"stop": False}
+        self.callbacks = list(callbacks)
 
     # -- public ---------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> RunRecord:
@@ -228,7 +233,11 @@ class Trainer:
                     progress.console.print(_epoch_line(row), highlight=False)
                 self.record.history = list(st.history)  # visible in the store while running
                 self._save_record()
-                if st.stop_reason:  # early stopping or a budget
+                for callback in self.callbacks:  # e.g. a tuner's pruner
+                    reason = callback(row)
+                    if reason and st.stop_reason is None:
+                        st.stop_reason = reason
+                if st.stop_reason:  # early stopping, a budget or a callback
                     break
                 self._save_checkpoint()
         if st.stop_reason is None:
