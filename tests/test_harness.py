@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -146,7 +147,7 @@ def test_rules_whose_step_uses_the_whole_training_set(tmp_path):
     @register("full-batch-gd", "full-batch gradient descent (tests only)")
     class FullBatch(Rule):
         unit = "dataset"
-        seen: list[int] = []
+        seen: ClassVar[list[int]] = []
 
         def setup(self, net, meta, ctx):
             self.net = net

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from beyondbp.bench.grid import Cell, GridSpec, run_grid
 from beyondbp.data import Dataset, load_dataset
 from beyondbp.errors import BeyondBPError
 from beyondbp.harness import EpochCallback, TrainConfig, Trainer, seed_everything
@@ -145,14 +146,25 @@ def train(
     return TrainResult(model, rule_obj, record)
 
 
-def summarize(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds for each (rule, dataset, net), with ratios against ``bp``."""
+def time_to_target(record: RunRecord, target: float) -> float | None:
+    """Training seconds until the validation accuracy first reached ``target`` (None: never)."""
+    for row in record.history:
+        if (row.get("val_acc") or 0.0) >= target:
+            return row["train_time_s"]
+    return None
+
+
+def summarize(
+    records: Iterable[RunRecord], target_acc: float | None = None
+) -> list[dict[str, Any]]:
+    """Mean ± std over seeds for each (rule, dataset, net), with ratios against ``bp`` on the same
+    dataset and net: Δaccuracy, time, energy and memory ratios (the Spyra 2025 table format)."""
     groups: dict[tuple[str, str, str], list[RunRecord]] = {}
     for r in records:
         groups.setdefault((r.rule, r.dataset, r.net), []).append(r)
 
-    def stats(rs: list[RunRecord], key: str) -> tuple[float | None, float | None]:
-        vals = [r.metrics[key] for r in rs if r.metrics.get(key) is not None]
+    def stats(values: list[float | None]) -> tuple[float | None, float | None]:
+        vals = [v for v in values if v is not None]
         if not vals:
             return None, None
         return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -166,29 +178,28 @@ def summarize(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
             "net": net,
             "runs": len(done),
             "failed": len(rs) - len(done),
+            "errors": sorted(
+                {
+                    f"{r.status}: {r.error or r.metrics.get('stop_reason')}"
+                    for r in rs
+                    if r.status != "finished"
+                }
+            ),
         }
-        for key in (
-            "test_acc",
-            "train_time_s",
-            "peak_step_bytes",
-            "peak_rss_bytes",
-            "energy_wh",
-            "gflops_per_s",
-            "epochs",
-        ):
-            row[key], row[key + "_std"] = stats(done, key)
+        for key in METRICS:
+            row[key], row[key + "_std"] = stats([r.metrics.get(key) for r in done])
+        if target_acc is not None:
+            times = [time_to_target(r, target_acc) for r in done]
+            row["target_acc"] = target_acc
+            row["reached_target"] = sum(t is not None for t in times)
+            row["time_to_target_s"], row["time_to_target_s_std"] = stats(times)
         labels = {r.metrics.get("energy_label") for r in done}
         row["energy_label"] = labels.pop() if len(labels) == 1 else "mixed"
         rows.append(row)
     by_cell = {(r["dataset"], r["net"]): r for r in rows if r["rule"] == "bp"}
     for row in rows:
         base = by_cell.get((row["dataset"], row["net"]))
-        for key, name in (
-            ("test_acc", "delta_acc"),
-            ("train_time_s", "time_ratio"),
-            ("energy_wh", "energy_ratio"),
-            ("peak_step_bytes", "memory_ratio"),
-        ):
+        for key, name in RATIOS:
             a, b = row.get(key), base.get(key) if base else None
             if a is None or b is None:
                 row[name] = None
@@ -197,38 +208,190 @@ def summarize(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
     return rows
 
 
+METRICS = (
+    "test_acc",
+    "train_time_s",
+    "val_time_s",
+    "peak_step_bytes",
+    "peak_rss_bytes",
+    "energy_wh",
+    "flops_per_step",
+    "gflops_per_s",
+    "epochs",
+)
+RATIOS = (
+    ("test_acc", "delta_acc"),
+    ("train_time_s", "time_ratio"),
+    ("energy_wh", "energy_ratio"),
+    ("peak_step_bytes", "memory_ratio"),
+)
+
+
+@dataclass
+class BenchResult:
+    records: list[RunRecord]
+    rows: list[dict[str, Any]]  # the summary, one row per (rule, dataset, net)
+    store: RunStore
+
+
 def bench(
+    grid: GridSpec | None = None,
+    *,
     rules: Sequence[str] | None = None,
-    data: str = "digits",
+    data: str | Sequence[str] = "digits",
     nets: Sequence[str] = ("mlp:1000x2",),
     seeds: Sequence[int] = (0, 1, 2),
-    *,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     data_dir: str | Path | None = None,
     store: str | Path | RunStore | bool | None = True,
+    jobs: int = 1,
+    retry_failed: bool = False,
+    target_acc: float | None = None,
+    on_done: Callable[[Cell, RunRecord | None], None] | None = None,
     **config: Any,
-) -> list[dict[str, Any]]:
-    """Run every rule × net × seed in this process and summarise (mean ± std, ratios vs bp).
+) -> BenchResult:
+    """Run a grid (every rule × dataset × net × seed), each cell in its own process, and
+    summarise it. Finished cells are never recomputed; a killed grid continues where it stopped.
 
-    ``options`` maps a rule name to its options. This is the small in-process comparison of the
-    main job; grids with process isolation and resume belong to the benchmark tooling.
+    Give a :class:`GridSpec` (e.g. from a YAML/TOML file) or the same fields as arguments;
+    ``config`` are harness settings for every cell.
     """
     from beyondbp.rules import available_rules
 
-    rules = list(rules or available_rules())
-    records = []
-    for rule in rules:
-        for net in nets:
-            for seed in seeds:
-                res = train(
-                    rule,
-                    data,
-                    net,
-                    options=(options or {}).get(rule),
-                    data_dir=data_dir,
-                    store=store,
-                    seed=seed,
-                    **config,
-                )
-                records.append(res.record)
-    return summarize(records)
+    if grid is None:
+        grid = GridSpec(
+            rules=list(rules or available_rules()),
+            datasets=[data] if isinstance(data, str) else list(data),
+            nets=list(nets),
+            seeds=list(seeds),
+            options={k: dict(v) for k, v in (options or {}).items()},
+            config=config,
+            data_dir=str(data_dir) if data_dir else None,
+            target_acc=target_acc,
+        )
+    run_store = _open_store(store if store is not False else True)
+    assert run_store is not None
+    records = run_grid(
+        grid.cells(), run_store, jobs=jobs, retry_failed=retry_failed, on_done=on_done
+    )
+    return BenchResult(records, summarize(records, grid.target_acc), run_store)
+
+
+@dataclass
+class ReproduceResult:
+    preset: Any  # beyondbp.bench.presets.Preset
+    rows: list[dict[str, Any]]  # summary rows with the paper's numbers and the gap
+    records: list[RunRecord]
+    quick: bool
+
+
+def reproduce(
+    name: str,
+    *,
+    quick: bool = False,
+    datasets: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    data_dir: str | Path | None = None,
+    store: str | Path | RunStore | bool | None = True,
+    jobs: int = 1,
+    on_done: Callable[[Cell, RunRecord | None], None] | None = None,
+) -> ReproduceResult:
+    """Run a paper preset and put the paper's numbers next to ours.
+
+    Each row gets ``paper_acc`` (%), ``gap`` (ours − paper, points) and ``verdict``: whether the
+    paper's number lies inside the range of our seeds, or below / above it. ``quick`` runs the
+    preset's reduced budget with one seed, so anyone can try it in minutes.
+    """
+    from beyondbp.bench.presets import get_preset
+
+    preset = get_preset(name)
+    cells: list[Cell] = []
+    for grid in preset.grids:
+        update: dict[str, Any] = {}
+        if quick:
+            update["config"] = {**grid.config, **preset.quick}
+            update["seeds"] = [0]
+        if seeds is not None:
+            update["seeds"] = list(seeds)
+        if datasets:
+            update["datasets"] = [d for d in grid.datasets if d in datasets]
+        if data_dir is not None:
+            update["data_dir"] = str(data_dir)
+        cells += grid.model_copy(update=update).cells()
+    run_store = _open_store(store if store is not False else True)
+    assert run_store is not None
+    records = run_grid(cells, run_store, jobs=jobs, on_done=on_done)
+    rows = summarize(records)
+    for row in rows:
+        paper = preset.paper.get((row["rule"], row["dataset"], row["net"]))
+        accs = [
+            100 * r.metrics["test_acc"]
+            for r in records
+            if (r.rule, r.dataset, r.net) == (row["rule"], row["dataset"], row["net"])
+            and r.status == "finished"
+        ]
+        row.update(paper_acc=None, gap=None, verdict="no paper number", paper_time_s=None)
+        if paper is not None:
+            row.update(
+                paper_acc=paper.test_acc, paper_time_s=paper.time_s, paper_energy_wh=paper.energy_wh
+            )
+            if accs:
+                row["gap"] = statistics.fmean(accs) - paper.test_acc
+                if min(accs) <= paper.test_acc <= max(accs):
+                    row["verdict"] = "inside our seed spread"
+                else:
+                    row["verdict"] = "ours above" if min(accs) > paper.test_acc else "ours below"
+            else:
+                row["verdict"] = "not run"
+    return ReproduceResult(preset, rows, records, quick)
+
+
+def reproduce_markdown(result: ReproduceResult) -> str:
+    """The ours-vs-paper table of a reproduction, as Markdown."""
+    p = result.preset
+    lines = [
+        f"# {p.name}: {p.description}",
+        "",
+        f"Source of the paper's numbers: {p.source}."
+        + (
+            " **Quick run** (reduced budget, one seed): not a reproduction." if result.quick else ""
+        ),
+        "",
+        "| data | net | rule | runs | ours: test acc % | paper % | gap (points) | verdict "
+        "| train time s | paper time s | energy Wh | epochs |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else fmt.format(v)
+
+    for r in sorted(result.rows, key=lambda r: (r["dataset"], r["net"], r["rule"])):
+        acc = (
+            num(r["test_acc"], "{:.2f}")
+            if r["test_acc"] is None
+            else (f"{100 * r['test_acc']:.2f} ± {100 * r['test_acc_std']:.2f}")
+        )
+        t = num(r["train_time_s"], "{:.1f}") + (
+            f" ± {r['train_time_s_std']:.1f}" if r["train_time_s"] is not None else ""
+        )
+        e = num(r["energy_wh"], "{:.3f}") + (
+            f" ({r['energy_label']})" if r["energy_wh"] is not None else ""
+        )
+        cells = [
+            r["dataset"],
+            r["net"],
+            r["rule"],
+            str(r["runs"]),
+            acc,
+            num(r["paper_acc"], "{}"),
+            num(r["gap"], "{:+.2f}"),
+            r["verdict"],
+            t,
+            num(r["paper_time_s"], "{}"),
+            e,
+            num(r["epochs"], "{:.0f}"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if p.notes:
+        lines += ["", p.notes]
+    return "\n".join(lines) + "\n"

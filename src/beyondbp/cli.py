@@ -150,6 +150,9 @@ def train(
     set_: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="rule option key=value")
     ] = None,
+    options_file: Annotated[
+        Path | None, typer.Option("--options", help="options file (JSON/YAML), e.g. from tune")
+    ] = None,
     seed: Annotated[int, typer.Option(help="run seed (weights, batch order)")] = 0,
     data_seed: Annotated[int, typer.Option(help="seed of the validation split")] = 0,
     max_seconds: Annotated[float | None, typer.Option(help="training time budget")] = None,
@@ -163,7 +166,10 @@ def train(
     energy: Annotated[bool, typer.Option(help="measure or estimate energy")] = True,
 ):
     """Train one model with one rule; print the result table and store the run."""
-    options = parse_assignments(set_ or [])
+    from beyondbp.bench.tune import read_options
+
+    options = read_options(options_file, rule) if options_file else {}
+    options.update(parse_assignments(set_ or []))
     if lr is not None:
         options["lr"] = lr
     config = _train_config(
@@ -196,78 +202,239 @@ def train(
         raise typer.Exit(3)
 
 
+def _split(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _rule_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``--set RULE.key=value`` for grids (options belong to a rule)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in parse_assignments(items).items():
+        rule, dot, opt = key.partition(".")
+        if not dot:
+            raise BeyondBPError(f"bench --set takes RULE.key=value, got {key!r}")
+        out.setdefault(rule, {})[opt] = value
+    return out
+
+
 @app.command()
 def bench(
     rules: Annotated[str | None, typer.Option(help="comma-separated rules [default: all]")] = None,
-    data: Annotated[str, typer.Option("--data", "-d")] = "digits",
+    data: Annotated[str, typer.Option("--data", "-d", help="comma-separated datasets")] = "digits",
     nets: Annotated[str, typer.Option(help="comma-separated net specs")] = "mlp:1000x2,cnn3",
     seeds: Annotated[int, typer.Option(help="number of seeds (0..N-1)")] = 3,
+    grid: Annotated[
+        Path | None, typer.Option(help="grid file (YAML/TOML); replaces the flags")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="RULE.key=value")] = None,
+    options_file: Annotated[
+        Path | None, typer.Option("--options", help="{rule: options} file")
+    ] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     patience: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
+    target_acc: Annotated[
+        float | None, typer.Option(help="val accuracy for time-to-target")
+    ] = None,
+    jobs: Annotated[int, typer.Option(help="cells run in parallel")] = 1,
+    retry_failed: Annotated[bool, typer.Option(help="run failed cells again")] = False,
     device: Annotated[str, typer.Option()] = "auto",
     data_dir: Annotated[Path | None, typer.Option()] = None,
     store: StoreOpt = None,
+    report: Annotated[Path | None, typer.Option(help="write the report to this folder")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ):
-    """Compare rules: every rule × net × seed on one dataset, mean ± std and ratios vs bp."""
-    rule_list = [r.strip() for r in rules.split(",")] if rules else None
-    for r in rule_list or []:
+    """Compare rules on a grid (rules × datasets × nets × seeds), each cell in its own process.
+
+    Finished cells are never recomputed: kill the grid at any time and start it again."""
+    from rich.progress import Progress
+
+    from beyondbp.bench.grid import GridSpec, load_grid_file
+
+    if grid is not None:
+        spec = load_grid_file(grid)
+    else:
+        config = _train_config(epochs=epochs, patience=patience, batch_size=batch_size)
+        rule_options: dict[str, dict[str, Any]] = {}
+        if options_file is not None:
+            from beyondbp.bench.tune import read_options
+
+            rule_options = {
+                k: v for k, v in read_options(options_file).items() if isinstance(v, dict)
+            }
+        for rule_name, opts in _rule_options(set_ or []).items():
+            rule_options.setdefault(rule_name, {}).update(opts)
+        spec = GridSpec(
+            rules=_split(rules) or list(available_rules()),
+            datasets=_split(data) or ["digits"],
+            nets=_split(nets) or ["mlp:1000x2"],
+            seeds=list(range(seeds)),
+            options=rule_options,
+            config={**config, "device": device},
+            data_dir=str(data_dir) if data_dir else None,
+            target_acc=target_acc,
+        )
+    for r in spec.rules:
         get_rule(r)
-    config = _train_config(epochs=epochs, patience=patience, batch_size=batch_size)
-    rows = api.bench(
-        rule_list,
-        data,
-        [n.strip() for n in nets.split(",")],
-        list(range(seeds)),
-        data_dir=data_dir,
-        store=store if store is not None else True,
-        device=device,
-        progress=False,
-        **config,
-    )
+    n = len(spec.cells())
+    with Progress(console=Console(stderr=True), disable=as_json) as bar:
+        task = bar.add_task(f"grid of {n} cells", total=n)
+
+        def done(cell, record) -> None:  # type: ignore[no-untyped-def]
+            status = record.status if record else "missing"
+            bar.console.print(
+                f"{cell.rule} {cell.dataset} {cell.net} seed {cell.seed}: {status}", highlight=False
+            )
+            bar.advance(task)
+
+        result = api.bench(
+            spec,
+            store=store if store is not None else True,
+            jobs=jobs,
+            retry_failed=retry_failed,
+            on_done=done,
+        )
     if as_json:
-        print(json.dumps(rows, indent=1))
-        return
-    console.print(summary_table(rows, f"{data}: mean ± std over {seeds} seeds"))
+        print(json.dumps(result.rows, indent=1))
+    else:
+        title = f"{', '.join(spec.datasets)}: mean ± std over {len(spec.seeds)} seeds"
+        console.print(summary_table(result.rows, title))
+        for row in result.rows:
+            for err in row["errors"]:
+                console.print(f"[yellow]{row['rule']} {row['net']}: {err}[/]", highlight=False)
+    if report is not None:
+        from beyondbp.bench.report import write_report
+
+        paths = write_report(result.store, report, records=result.records)
+        console.print(f"report: {paths['html']} and {paths['md']}", highlight=False)
 
 
 def summary_table(rows: list[dict[str, Any]], title: str) -> Table:
+    from beyondbp.bench.report import TABLE_HEADER, table_rows
+
     t = Table(title=title)
-    cols = (
-        "rule",
-        "net",
-        "runs",
-        "test acc %",
-        "Δacc vs bp",
-        "train time s",
-        "time ×bp",
-        "step memory",
-        "energy Wh",
-        "GFLOP/s",
-    )
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("rule", "net") else "right")
-
-    def pm(mean: float | None, std: float | None, scale: float = 1.0, fmt: str = "{:.2f}") -> str:
-        if mean is None:
-            return "-"
-        return f"{fmt.format(mean * scale)} ± {fmt.format((std or 0) * scale)}"
-
-    for r in rows:
-        t.add_row(
-            r["rule"],
-            r["net"],
-            f"{r['runs']}" + (f" (+{r['failed']} failed)" if r["failed"] else ""),
-            pm(r["test_acc"], r["test_acc_std"], 100),
-            _fmt(r["delta_acc"] and 100 * r["delta_acc"], "{:+.2f}"),
-            pm(r["train_time_s"], r["train_time_s_std"]),
-            _fmt(r["time_ratio"], "{:.2f}"),
-            _fmt_bytes(r["peak_step_bytes"]),
-            pm(r["energy_wh"], r["energy_wh_std"], fmt="{:.4f}") + f" ({r['energy_label']})",
-            _fmt(r["gflops_per_s"], "{:.1f}"),
-        )
+    for c in TABLE_HEADER:
+        t.add_column(c, justify="left" if c in ("rule", "dataset", "net") else "right")
+    for row in table_rows(rows):
+        t.add_row(*row)
     return t
+
+
+@app.command()
+def reproduce(
+    preset: Annotated[str | None, typer.Argument(help="preset name (see --list)")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="list the presets")] = False,
+    quick: Annotated[bool, typer.Option(help="reduced budget, one seed: minutes")] = False,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="only these datasets")] = None,
+    seeds: Annotated[int | None, typer.Option(help="number of seeds (0..N-1)")] = None,
+    jobs: Annotated[int, typer.Option(help="cells run in parallel")] = 1,
+    data_dir: Annotated[Path | None, typer.Option()] = None,
+    store: StoreOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="also write the table here")
+    ] = None,
+):
+    """Run a paper's setup and print our numbers next to the paper's, with the gap."""
+    from rich.markdown import Markdown
+
+    from beyondbp.bench.presets import PRESETS
+
+    if list_ or preset is None:
+        for name, p in PRESETS.items():
+            n = sum(len(g.cells()) for g in p.grids)
+            console.print(f"{name:<16} {p.description} ({n} runs)", highlight=False)
+        return
+    result = api.reproduce(
+        preset,
+        quick=quick,
+        datasets=_split(data),
+        seeds=None if seeds is None else list(range(seeds)),
+        data_dir=data_dir,
+        store=store if store is not None else True,
+        jobs=jobs,
+        on_done=lambda c, r: console.print(
+            f"{c.rule} {c.dataset} {c.net} seed {c.seed}: {r.status if r else 'missing'}",
+            highlight=False,
+        ),
+    )
+    text = api.reproduce_markdown(result)
+    console.print(Markdown(text))
+    if out is not None:
+        out.write_text(text)
+
+
+@app.command()
+def tune(
+    rule: Annotated[str, typer.Argument(help="learning rule")],
+    data: Annotated[str, typer.Option("--data", "-d")] = "digits",
+    net: Annotated[str, typer.Option("--net", "-n")] = "mlp:1000x2",
+    trials: Annotated[int, typer.Option(help="finished trials the study should hold")] = 20,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="fixed option key=value")
+    ] = None,
+    metric: Annotated[str, typer.Option(help="val_acc (maximised) or val_loss")] = "val_acc",
+    epochs: Annotated[int | None, typer.Option()] = None,
+    patience: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL [sqlite beside the store]")
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="study name [RULE.DATA.NET]")] = None,
+    seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+    data_dir: Annotated[Path | None, typer.Option()] = None,
+    store: StoreOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="write the best options (JSON)")
+    ] = None,
+):
+    """Optuna search (TPE, median pruning) over the rule's search space; resumable."""
+    from beyondbp.bench.tune import best_options, write_options
+    from beyondbp.bench.tune import tune as run_tune
+
+    fixed = parse_assignments(set_ or [])
+    config = _train_config(epochs=epochs, patience=patience, batch_size=batch_size)
+    result = run_tune(
+        rule,
+        data,
+        net,
+        trials,
+        options=fixed,
+        storage=storage,
+        study_name=study,
+        metric=metric,
+        data_dir=data_dir,
+        store=store,
+        seed=seed,
+        device=device,
+        **config,
+    )
+    best = best_options(result, rule, fixed)
+    states = [t.state.name for t in result.trials]
+    console.print(
+        f"study {result.study_name}: {states.count('COMPLETE')} complete, "
+        f"{states.count('PRUNED')} pruned; best {metric} {result.best_value:.4f} "
+        f"(trial {result.best_trial.number})",
+        highlight=False,
+    )
+    console.print_json(json.dumps(best))
+    if out is not None:
+        write_options(out, best)
+        console.print(f"wrote {out}: use it with `beyondbp train {rule} --options {out}`")
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for report.md/.html")] = Path(
+        "beyondbp-report"
+    ),
+    store: StoreOpt = None,
+):
+    """Markdown summary and a self-contained HTML page with plots, from the run store."""
+    from beyondbp.bench.report import write_report
+
+    paths = write_report(RunStore(store), out)
+    console.print(f"wrote {paths['md']} and {paths['html']}", highlight=False)
 
 
 @runs_app.command("list")

@@ -1,0 +1,1 @@
+"""Benchmarks as a product: grids, paper presets, tuning and reports."""

@@ -1,0 +1,72 @@
+"""The worker that runs one grid cell in its own process: ``python -m beyondbp.bench.cell JSON``.
+
+It holds an exclusive lock on the cell while it works, so a grid restarted after its parent was
+killed waits for a still-running orphan instead of starting the cell twice; it resumes a cell
+that has a checkpoint, and records any failure in the store so the grid can go on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import sys
+import traceback
+
+from beyondbp.bench.grid import TERMINAL, Cell
+from beyondbp.runs import RunRecord, RunStore
+
+
+def main(payload: str) -> int:
+    from beyondbp import api
+
+    spec = json.loads(payload)
+    cell, store = Cell(**spec["cell"]), RunStore(spec["store"])
+    locks = store.path.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{cell.key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = cell.find(store)
+        if record is not None and record.status in TERMINAL and record.status != "failed":
+            return 0
+        config = {**cell.config, "progress": False}
+        try:
+            ckpt = store.path.parent / "checkpoints" / (record.id if record else "") / "last.pt"
+            if record is not None and ckpt.is_file():
+                api.train(
+                    record.rule,
+                    store=store,
+                    resume=record.id,
+                    data_dir=cell.data_dir,
+                    progress=False,
+                )
+            else:
+                api.train(
+                    cell.rule,
+                    cell.dataset,
+                    cell.net,
+                    options=cell.options,
+                    data_dir=cell.data_dir,
+                    store=store,
+                    run_id=spec["id"],
+                    **config,
+                )
+        except Exception as e:
+            traceback.print_exc()
+            record = cell.find(store)
+            if record is None or record.status not in TERMINAL:
+                record = record or RunRecord(
+                    id=spec["id"],
+                    rule=cell.rule,
+                    dataset=cell.dataset,
+                    net=cell.net,
+                    seed=cell.seed,
+                    options=cell.full_options(),
+                    config=cell.full_config(),
+                )
+                record.status, record.error = "failed", f"{type(e).__name__}: {e}"
+                store.save(record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,206 @@
+"""Grids of runs: rules × datasets × nets × seeds, each cell in its own process, resumable.
+
+A cell is identified by its content (rule, dataset, net, seed and the *full* options and harness
+settings, defaults filled in), not by when it ran: a finished run with the same content is
+found in the store and never recomputed, however it was started (a grid, a preset, or
+``beyondbp train`` by hand). Killing a grid at any moment loses nothing: a cell's worker holds a
+lock while it runs, writes its record under the cell's fixed id, and a restarted grid resumes
+unfinished cells from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from beyondbp.errors import BeyondBPError
+from beyondbp.harness import TrainConfig
+from beyondbp.rules import get_rule, make_options
+from beyondbp.runs import RunRecord, RunStore
+
+# Harness settings that do not change what a run computes or measures.
+NOT_IDENTITY = {"progress", "checkpoint", "data_dir", "eval_batch_size"}
+TERMINAL = ("finished", "diverged", "failed")
+
+
+class GridSpec(BaseModel):
+    """A grid: the product of rules, datasets, nets and seeds, with per-rule options.
+
+    ``config`` holds harness settings for every cell (epochs, patience, batch_size, ...);
+    ``rule_config`` overrides them per rule (e.g. FF's batch of 100).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[str]
+    datasets: list[str] = ["digits"]
+    nets: list[str] = ["mlp:1000x2"]
+    seeds: list[int] = [0, 1, 2]
+    options: dict[str, dict[str, Any]] = {}
+    config: dict[str, Any] = {}
+    rule_config: dict[str, dict[str, Any]] = {}
+    data_dir: str | None = None
+    target_acc: float | None = None  # validation accuracy for time-to-target
+
+    def cells(self) -> list[Cell]:
+        return [
+            Cell(
+                rule=rule,
+                dataset=dataset,
+                net=net,
+                seed=seed,
+                options=dict(self.options.get(rule, {})),
+                config={**self.config, **self.rule_config.get(rule, {}), "seed": seed},
+                data_dir=self.data_dir,
+            )
+            for rule in self.rules
+            for dataset in self.datasets
+            for net in self.nets
+            for seed in self.seeds
+        ]
+
+
+def load_grid_file(path: str | Path) -> GridSpec:
+    """A grid from a YAML or TOML file with the fields of :class:`GridSpec`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        if path.suffix in (".toml",):
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+        return GridSpec.model_validate(data)
+    except OSError as e:
+        raise BeyondBPError(f"cannot read grid file {path}: {e}") from e
+    except ValidationError as e:
+        raise BeyondBPError(f"grid file {path}: {e}") from None
+    except Exception as e:  # YAML/TOML syntax
+        raise BeyondBPError(f"grid file {path} does not parse: {e}") from e
+
+
+def _identity(rule: str, dataset: str, net: str, options: dict, config: dict) -> str:
+    content = {
+        "rule": rule,
+        "dataset": dataset,
+        "net": net,
+        "options": options,
+        "config": {k: v for k, v in sorted(config.items()) if k not in NOT_IDENTITY},
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[
+        :12
+    ]
+
+
+def record_key(r: RunRecord) -> str:
+    """The cell identity of a stored run."""
+    return _identity(r.rule, r.dataset, r.net, r.options, r.config)
+
+
+@dataclass
+class Cell:
+    rule: str
+    dataset: str
+    net: str
+    seed: int
+    options: dict[str, Any] = field(default_factory=dict)  # as given
+    config: dict[str, Any] = field(default_factory=dict)  # as given
+    data_dir: str | None = None
+
+    def full_options(self) -> dict[str, Any]:
+        return make_options(get_rule(self.rule), self.options).model_dump()
+
+    def full_config(self) -> dict[str, Any]:
+        from beyondbp.api import resolve_device
+
+        cfg = TrainConfig(**self.config)
+        device = resolve_device(cfg.device, get_rule(self.rule))
+        return cfg.model_copy(update={"device": device}).model_dump()
+
+    @property
+    def key(self) -> str:
+        return _identity(self.rule, self.dataset, self.net, self.full_options(), self.full_config())
+
+    @property
+    def run_id(self) -> str:
+        name = f"{self.rule}.{self.dataset}.{self.net}.s{self.seed}.{self.key}"
+        return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+    def find(self, store: RunStore) -> RunRecord | None:
+        """The stored run of this cell: a finished one first, else the latest attempt."""
+        key = self.key
+        runs = [
+            r
+            for r in store.list(rule=self.rule, dataset=self.dataset, net=self.net, seed=self.seed)
+            if record_key(r) == key
+        ]
+        done = [r for r in runs if r.status == "finished"]
+        return (done or runs or [None])[-1]
+
+
+def _worker_cmd(cell: Cell, store: RunStore) -> list[str]:
+    payload = json.dumps({"cell": cell.__dict__, "store": str(store.path), "id": cell.run_id})
+    return [sys.executable, "-m", "beyondbp.bench.cell", payload]
+
+
+def run_grid(
+    cells: Iterable[Cell],
+    store: RunStore,
+    jobs: int = 1,
+    retry_failed: bool = False,
+    on_done: Callable[[Cell, RunRecord | None], None] | None = None,
+) -> list[RunRecord]:
+    """Run every cell not yet finished, ``jobs`` at a time, each in its own process.
+
+    Returns the stored record of every cell (None-free: a cell whose worker died without a
+    record gets a ``failed`` record naming the exit code).
+    """
+    cells = list(cells)
+    for c in cells:  # fail fast on unknown rules or options, before any process starts
+        c.full_options()
+        c.full_config()
+    skip = ("finished", "diverged") if retry_failed else TERMINAL
+    todo = [c for c in cells if (r := c.find(store)) is None or r.status not in skip]
+    logs = store.path.parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def run(cell: Cell) -> RunRecord | None:
+        with open(logs / f"{cell.run_id}.log", "ab") as log:
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            proc = subprocess.run(_worker_cmd(cell, store), stdout=log, stderr=log, env=env)
+        record = cell.find(store)
+        if proc.returncode != 0 and (record is None or record.status not in TERMINAL):
+            record = record or RunRecord(
+                id=cell.run_id,
+                rule=cell.rule,
+                dataset=cell.dataset,
+                net=cell.net,
+                seed=cell.seed,
+                options=cell.full_options(),
+                config=cell.full_config(),
+            )
+            record.status = "failed"
+            record.error = f"worker exited with code {proc.returncode}; log: {log.name}"
+            store.save(record)
+        return record
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(run, c): c for c in todo}
+        for fut in as_completed(futures):
+            if on_done is not None:
+                on_done(futures[fut], fut.result())
+    found = [c.find(store) for c in cells]
+    return [r for r in found if r is not None]

@@ -1,0 +1,318 @@
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import beyondbp as bb
+from beyondbp.api import reproduce, reproduce_markdown, summarize
+from beyondbp.bench.grid import GridSpec, load_grid_file, record_key
+from beyondbp.bench.presets import PaperNumber, Preset, register_preset
+from beyondbp.bench.report import PLOTS, write_report
+from beyondbp.errors import BeyondBPError
+from beyondbp.runs import RunRecord, RunStore
+
+TINY = {"epochs": 2, "energy": False}
+
+
+def _bench_cmd(store: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "beyondbp.cli",
+        "bench",
+        "--rules",
+        "bp",
+        "--nets",
+        "mlp:16,mlp:16x2",
+        "--seeds",
+        "2",
+        "--epochs",
+        "2",
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+def test_killed_grid_restarts_without_lost_or_duplicated_cells(tmp_path):
+    store_path = tmp_path / "runs.sqlite"
+    parent = subprocess.Popen(
+        _bench_cmd(store_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the grid is under way, then kill its parent
+        if store_path.exists() and any(r.status == "finished" for r in RunStore(store_path).list()):
+            break
+        time.sleep(0.2)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    before = RunStore(store_path).list()
+    assert 1 <= sum(r.status == "finished" for r in before) < 4
+    done_before = {r.id: r.updated for r in before if r.status == "finished"}
+
+    again = subprocess.run(
+        _bench_cmd(store_path, "--json"), capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr
+    runs = RunStore(store_path).list()
+    assert len(runs) == 4 and len({r.id for r in runs}) == 4  # every cell exactly once
+    assert len({record_key(r) for r in runs}) == 4
+    assert all(r.status == "finished" for r in runs)
+    for r in runs:  # finished cells were not recomputed
+        if r.id in done_before:
+            assert r.updated == done_before[r.id]
+
+
+def test_grid_goes_on_past_a_failing_cell_and_records_the_error(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    grid = GridSpec(
+        rules=["bp"],
+        datasets=["digits", "mnist"],
+        nets=["mlp:8"],
+        seeds=[0],
+        config=TINY,
+        data_dir=str(tmp_path / "no-data"),
+    )
+    result = bb.bench(grid, store=store)
+    status = {r.dataset: r for r in result.records}
+    assert status["digits"].status == "finished"
+    assert status["mnist"].status == "failed" and "not found" in status["mnist"].error
+    row = next(r for r in result.rows if r["dataset"] == "mnist")
+    assert row["runs"] == 0 and row["failed"] == 1 and "not found" in row["errors"][0]
+    # a second run skips both: finished and failed cells are not recomputed
+    again = bb.bench(grid, store=store)
+    assert [r.updated for r in again.records] == [r.updated for r in result.records]
+
+
+def test_grid_files_yaml_and_toml(tmp_path):
+    (tmp_path / "g.yaml").write_text(
+        "rules: [bp]\nnets: [mlp:8]\nseeds: [0, 1]\noptions: {bp: {lr: 0.01}}\n"
+        "config: {epochs: 3}\n"
+    )
+    (tmp_path / "g.toml").write_text(
+        'rules = ["bp"]\nnets = ["mlp:8"]\nseeds = [0, 1]\n[options.bp]\nlr = 0.01\n'
+        "[config]\nepochs = 3\n"
+    )
+    a, b = load_grid_file(tmp_path / "g.yaml"), load_grid_file(tmp_path / "g.toml")
+    assert a == b and len(a.cells()) == 2 and a.cells()[1].config == {"epochs": 3, "seed": 1}
+    (tmp_path / "bad.yaml").write_text("rules: [bp]\ncolour: red\n")
+    with pytest.raises(BeyondBPError, match="colour"):
+        load_grid_file(tmp_path / "bad.yaml")
+
+
+def test_a_run_started_by_hand_counts_as_the_grid_cell(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    by_hand = bb.train(
+        "bp", "digits", "mlp:8", seed=0, store=store, device="cpu", progress=False, **TINY
+    )
+    result = bb.bench(rules=["bp"], nets=["mlp:8"], seeds=[0], store=store, device="cpu", **TINY)
+    assert [r.id for r in result.records] == [by_hand.record.id]
+
+
+def _record(rule: str, acc: float, time_s: float, seed: int, net: str = "mlp:8") -> RunRecord:
+    return RunRecord(
+        rule=rule,
+        dataset="digits",
+        net=net,
+        seed=seed,
+        status="finished",
+        metrics={
+            "test_acc": acc,
+            "train_time_s": time_s,
+            "energy_wh": time_s / 10,
+            "peak_step_bytes": 1000 * time_s,
+            "energy_label": "estimated",
+        },
+        history=[
+            {"epoch": 1, "val_acc": acc - 0.1, "train_time_s": time_s / 2},
+            {"epoch": 2, "val_acc": acc, "train_time_s": time_s},
+        ],
+    )
+
+
+def test_summary_statistics_and_ratios_against_bp():
+    rows = summarize(
+        [
+            _record("bp", 0.90, 10, 0),
+            _record("bp", 0.92, 14, 1),
+            _record("other", 0.95, 36, 0),
+            _record("other", 0.93, 36, 1),
+        ],
+        target_acc=0.84,
+    )
+    bp, other = (next(r for r in rows if r["rule"] == n) for n in ("bp", "other"))
+    assert bp["test_acc"] == pytest.approx(0.91) and bp["test_acc_std"] == pytest.approx(
+        0.01414, abs=1e-4
+    )
+    assert other["delta_acc"] == pytest.approx(0.03)
+    assert other["time_ratio"] == pytest.approx(3.0) and other["energy_ratio"] == pytest.approx(3.0)
+    assert other["memory_ratio"] == pytest.approx(3.0)
+    # val acc 0.84 is first reached at epoch 2 by both bp runs (10 s and 14 s), and by the
+    # other rule at epoch 1 (0.85: 18 s) and epoch 2 (36 s)
+    assert bp["reached_target"] == 2 and bp["time_to_target_s"] == pytest.approx((10 + 14) / 2)
+    assert other["time_to_target_s"] == pytest.approx((18 + 36) / 2)
+
+
+def test_reproduce_puts_the_paper_next_to_ours(tmp_path):
+    register_preset(Preset(
+        name="toy-paper", description="bp on digits", source="a toy paper",
+        grids=(GridSpec(rules=["bp"], datasets=["digits"], nets=["mlp:16"], seeds=[0, 1],
+                        config={"epochs": 5, "energy": False}),),
+        paper={("bp", "digits", "mlp:16"): PaperNumber(99.9, 1.0)},
+        quick={"epochs": 1},
+    ))  # fmt: skip
+    res = reproduce("toy-paper", store=tmp_path / "runs.sqlite")
+    (row,) = res.rows
+    assert row["runs"] == 2 and row["paper_acc"] == 99.9
+    assert row["gap"] == pytest.approx(100 * row["test_acc"] - 99.9)
+    assert row["verdict"] == "ours below"
+    md = reproduce_markdown(res)
+    assert "| digits | mlp:16 | bp | 2 |" in md and "ours below" in md and "a toy paper" in md
+    quick = reproduce("toy-paper", quick=True, store=tmp_path / "runs.sqlite")
+    assert quick.rows[0]["runs"] == 1 and quick.records[0].metrics["epochs"] == 1
+    assert "Quick run" in reproduce_markdown(quick)
+
+
+@pytest.fixture(scope="module")
+def report_store(tmp_path_factory) -> RunStore:
+    store = RunStore(tmp_path_factory.mktemp("report") / "runs.sqlite")
+    bb.bench(
+        rules=["bp"],
+        nets=["mlp:16x2", "mlp:16x4", "mlp:16x8"],
+        seeds=[0],
+        store=store,
+        epochs=2,
+        device="cpu",
+    )
+    return store
+
+
+def test_html_report_is_self_contained_and_has_every_plot(report_store, tmp_path):
+    paths = write_report(report_store, tmp_path / "report")
+    page = paths["html"].read_text()
+    assert "://" not in page  # no external URL of any scheme (":" is not base64)
+    assert "<link" not in page and "<script" not in page
+    assert page.count('src="data:image/png;base64,') == len(PLOTS)
+    for name in PLOTS:
+        assert f'alt="{name}"' in page
+        assert (tmp_path / "report" / f"{name}.png").stat().st_size > 5000
+    md = paths["md"].read_text()
+    assert "| bp | digits | mlp:16x2 |" in md
+    assert "(estimated)" in md or "(measured)" in md
+
+
+def test_report_renders_in_headless_chromium(report_store, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Debian's chromium (.ci/run installs it)")
+        pytest.skip("no chromium on this machine")
+    paths = write_report(report_store, tmp_path / "report")
+    shot = tmp_path / "shot.png"
+    out = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2600",
+         f"--screenshot={shot}", paths["html"].resolve().as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shot.is_file(), out.stderr
+    from PIL import Image
+
+    img = Image.open(shot).convert("L")
+    assert img.size == (1200, 2600)
+    # the plots were drawn: many distinct grey levels, not a blank page
+    assert sum(1 for count in img.histogram() if count) > 50
+
+
+def test_tune_resumes_a_killed_study(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "beyondbp.cli",
+        "tune",
+        "bp",
+        "--trials",
+        "6",
+        "--epochs",
+        "2",
+        "--net",
+        "mlp:16",
+        "--storage",
+        storage,
+        "--study",
+        "s",
+        "--store",
+        str(tmp_path / "runs.sqlite"),
+        "--device",
+        "cpu",
+    ]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    finished = []
+    while time.time() < deadline and first.poll() is None:
+        try:
+            finished = optuna.load_study(study_name="s", storage=storage).get_trials(
+                states=(optuna.trial.TrialState.COMPLETE,)
+            )
+        except KeyError:
+            finished = []
+        if len(finished) >= 2:
+            break
+        time.sleep(0.3)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert 2 <= len(finished) < 6
+    kept = {t.number: (t.params, t.value) for t in finished}
+
+    out = tmp_path / "best.json"
+    again = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="s", storage=storage)
+    done = study.get_trials(
+        states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    )
+    assert len(done) >= 6
+    for t in study.trials:  # the trials finished before the kill are kept as they were
+        if t.number in kept:
+            assert (t.params, t.value) == kept[t.number]
+    import json
+
+    best = json.loads(out.read_text())
+    assert set(best["bp"]) >= {"lr", "weight_decay", "optimizer"}
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "beyondbp.cli",
+            "train",
+            "bp",
+            "--net",
+            "mlp:16",
+            "--epochs",
+            "1",
+            "--options",
+            str(out),
+            "--store",
+            str(tmp_path / "runs.sqlite"),
+            "--no-energy",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    (last,) = [r for r in RunStore(tmp_path / "runs.sqlite").list() if not r.id.startswith("tune")]
+    assert last.options["lr"] == best["bp"]["lr"]
