@@ -290,6 +290,7 @@ def reproduce(
     *,
     quick: bool = False,
     datasets: Sequence[str] | None = None,
+    nets: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     data_dir: str | Path | None = None,
     store: str | Path | RunStore | bool | None = True,
@@ -300,7 +301,8 @@ def reproduce(
 
     Each row gets ``paper_acc`` (%), ``gap`` (ours − paper, points) and ``verdict``: whether the
     paper's number lies inside the range of our seeds, or below / above it. ``quick`` runs the
-    preset's reduced budget with one seed, so anyone can try it in minutes.
+    preset's reduced budget with one seed, so anyone can try it in minutes. ``datasets`` and
+    ``nets`` keep only those parts of the preset.
     """
     from beyondbp.bench.presets import get_preset
 
@@ -315,6 +317,8 @@ def reproduce(
             update["seeds"] = list(seeds)
         if datasets:
             update["datasets"] = [d for d in grid.datasets if d in datasets]
+        if nets:
+            update["nets"] = [n for n in grid.nets if n in nets]
         if data_dir is not None:
             update["data_dir"] = str(data_dir)
         cells += grid.model_copy(update=update).cells()

@@ -24,7 +24,8 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help="The run store: list, show and export runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
-console = Console()
+# Wide tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 StoreOpt = Annotated[
     Path | None,
@@ -326,6 +327,7 @@ def reproduce(
     list_: Annotated[bool, typer.Option("--list", help="list the presets")] = False,
     quick: Annotated[bool, typer.Option(help="reduced budget, one seed: minutes")] = False,
     data: Annotated[str | None, typer.Option("--data", "-d", help="only these datasets")] = None,
+    nets: Annotated[str | None, typer.Option(help="only these nets")] = None,
     seeds: Annotated[int | None, typer.Option(help="number of seeds (0..N-1)")] = None,
     jobs: Annotated[int, typer.Option(help="cells run in parallel")] = 1,
     data_dir: Annotated[Path | None, typer.Option()] = None,
@@ -348,6 +350,7 @@ def reproduce(
         preset,
         quick=quick,
         datasets=_split(data),
+        nets=_split(nets),
         seeds=None if seeds is None else list(range(seeds)),
         data_dir=data_dir,
         store=store if store is not None else True,

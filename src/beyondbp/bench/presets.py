@@ -47,7 +47,7 @@ def get_preset(name: str) -> Preset:
 
 # Our BP recipe for the Spyra baselines: AdamW lr 1e-3, weight decay 0.05, cosine schedule over a
 # fixed budget, test the best-validation-accuracy epoch (chosen on Fashion-MNIST MLP seed 0 among
-# four recipes, see benchmarks/results/bp_baselines.md). The CNN budget is 8 epochs on a CPU.
+# four recipes, see benchmarks/results/bp_baselines.md). The CNN budget is 5 epochs on a CPU.
 _BP_RECIPE = {"optimizer": "adamw", "weight_decay": 0.05, "schedule": "cosine"}
 _BP_CONFIG = {"patience": None, "monitor": "val_acc", "batch_size": 128}
 
@@ -69,7 +69,7 @@ register_preset(
                 datasets=["fashion-mnist", "mnist"],
                 nets=["cnn3"],
                 options={"bp": _BP_RECIPE},
-                config={**_BP_CONFIG, "epochs": 8},
+                config={**_BP_CONFIG, "epochs": 5},
             ),
             GridSpec(
                 rules=["bp"],

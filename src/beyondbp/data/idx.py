@@ -53,7 +53,8 @@ def parse_idx(data: bytes, path: Path | str, expected_ndim: int) -> np.ndarray:
             f"{path}: {len(data)} bytes but the header {dims} implies {expected}; the file is "
             "truncated or corrupt: replace it (or download it again)"
         )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    # a writable copy: torch refuses to wrap read-only memory without a warning
+    return np.frombuffer(bytearray(data), dtype=dtype, offset=header).reshape(dims)
 
 
 def read_bytes(path: Path) -> bytes:
