@@ -505,6 +505,11 @@ def main() -> None:
     except BeyondBPError as e:
         Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
         sys.exit(2)
+    except KeyboardInterrupt:
+        Console(stderr=True).print(
+            "interrupted: finished runs are stored; run the same command again to continue"
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -464,40 +464,15 @@ class Trainer:
             TimeElapsedColumn,
         )
 
-        return (
-            Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[info]}"),
-                disable=not self.config.progress,
-                transient=True,
-            )
-            if self.config.progress
-            else _NoProgress()
+        return Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            disable=not self.config.progress,
+            transient=True,
         )
-
-
-class _NoProgress:
-    """Stands in for rich's Progress when display is off."""
-
-    console = None
-
-    def __enter__(self) -> _NoProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def add_task(self, *a: Any, **k: Any) -> int:
-        return 0
-
-    def update(self, *a: Any, **k: Any) -> None:
-        pass
-
-    def remove_task(self, *a: Any) -> None:
-        pass
 
 
 def _has_conv(modules: Iterable[torch.nn.Module]) -> bool:

@@ -13,7 +13,7 @@ import sys
 import traceback
 
 from beyondbp.bench.grid import TERMINAL, Cell
-from beyondbp.runs import RunRecord, RunStore
+from beyondbp.runs import RunStore
 
 
 def main(payload: str) -> int:
@@ -52,19 +52,7 @@ def main(payload: str) -> int:
                 )
         except Exception as e:
             traceback.print_exc()
-            record = cell.find(store)
-            if record is None or record.status not in TERMINAL:
-                record = record or RunRecord(
-                    id=spec["id"],
-                    rule=cell.rule,
-                    dataset=cell.dataset,
-                    net=cell.net,
-                    seed=cell.seed,
-                    options=cell.full_options(),
-                    config=cell.full_config(),
-                )
-                record.status, record.error = "failed", f"{type(e).__name__}: {e}"
-                store.save(record)
+            cell.record_failure(store, f"{type(e).__name__}: {e}")
     return 0
 
 

@@ -139,6 +139,24 @@ class Cell:
         name = f"{self.rule}.{self.dataset}.{self.net}.s{self.seed}.{self.key}"
         return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
+    def record_failure(self, store: RunStore, error: str) -> None:
+        """Mark the cell failed with ``error``, unless its run already reached a final status
+        (a run that fails inside training records that itself)."""
+        record = self.find(store)
+        if record is not None and record.status in TERMINAL:
+            return
+        record = record or RunRecord(
+            id=self.run_id,
+            rule=self.rule,
+            dataset=self.dataset,
+            net=self.net,
+            seed=self.seed,
+            options=self.full_options(),
+            config=self.full_config(),
+        )
+        record.status, record.error = "failed", error
+        store.save(record)
+
     def find(self, store: RunStore) -> RunRecord | None:
         """The stored run of this cell: a finished one first, else the latest attempt."""
         key = self.key
@@ -181,21 +199,11 @@ def run_grid(
         with open(logs / f"{cell.run_id}.log", "ab") as log:
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             proc = subprocess.run(_worker_cmd(cell, store), stdout=log, stderr=log, env=env)
-        record = cell.find(store)
-        if proc.returncode != 0 and (record is None or record.status not in TERMINAL):
-            record = record or RunRecord(
-                id=cell.run_id,
-                rule=cell.rule,
-                dataset=cell.dataset,
-                net=cell.net,
-                seed=cell.seed,
-                options=cell.full_options(),
-                config=cell.full_config(),
+        if proc.returncode != 0:
+            cell.record_failure(
+                store, f"worker exited with code {proc.returncode}; log: {log.name}"
             )
-            record.status = "failed"
-            record.error = f"worker exited with code {proc.returncode}; log: {log.name}"
-            store.save(record)
-        return record
+        return cell.find(store)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {pool.submit(run, c): c for c in todo}
