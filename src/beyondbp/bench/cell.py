@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import sys
 import traceback
 
@@ -19,6 +20,10 @@ from beyondbp.runs import RunStore
 def main(payload: str) -> int:
     from beyondbp import api
 
+    if os.environ.get("BEYONDBP_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["BEYONDBP_THREADS"]))
     spec = json.loads(payload)
     cell, store = Cell(**spec["cell"]), RunStore(spec["store"])
     locks = store.path.parent / "locks"

@@ -198,6 +198,8 @@ def run_grid(
     def run(cell: Cell) -> RunRecord | None:
         with open(logs / f"{cell.run_id}.log", "ab") as log:
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            if jobs > 1:  # share the cores: parallel cells must not oversubscribe them
+                env["BEYONDBP_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
             proc = subprocess.run(_worker_cmd(cell, store), stdout=log, stderr=log, env=env)
         if proc.returncode != 0:
             cell.record_failure(

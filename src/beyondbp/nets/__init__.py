@@ -46,6 +46,18 @@ class BlockNet(nn.Module):
             outs.append(x)
         return outs
 
+    @torch.no_grad()
+    def feature_shapes(self, input_shape: Sequence[int]) -> list[torch.Size]:
+        """The output shape (without the batch axis) of every block for one input shape."""
+        training = self.training
+        self.eval()  # batch norm cannot run in training mode on a single example
+        try:
+            p = next(self.parameters(), None)
+            x = torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu")
+            return [f.shape[1:] for f in self.features(x)]
+        finally:
+            self.train(training)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             x = block(x)

@@ -1,0 +1,115 @@
+"""Mono-Forward and DFA: local updates against hand-computed references, and digits accuracy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import beyondbp as bb
+from beyondbp.data import load_dataset
+from beyondbp.nets import build_net
+from beyondbp.rules import make_rule
+from beyondbp.rules.base import SetupContext
+
+from .conftest import FAST
+
+SGD = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.0}
+
+
+def _setup(rule_name: str, net, options: dict, seed: int = 0):
+    meta = load_dataset("digits").meta
+    rule = make_rule(rule_name, {**SGD, **options})
+    rule.setup(net, meta, SetupContext(torch.device("cpu"), seed, 1, 10, 8))
+    return rule
+
+
+def test_mono_forward_update_is_the_local_gradient_with_detached_input():
+    torch.manual_seed(0)
+    net = build_net("mlp:12x3", (1, 8, 8), 10)
+    rule = _setup("mono-forward", net, {})
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    blocks, proj = net.blocks, rule.projections
+    expected = {}
+    a = x
+    for i, block in enumerate(blocks):
+        a = block(a.detach())
+        loss = F.cross_entropy(proj[i](a.flatten(1)), y)
+        params = list(block.parameters()) + list(proj[i].parameters())
+        grads = torch.autograd.grad(loss, params)
+        for p, g in zip(params, grads, strict=True):
+            expected[p] = p.detach() - 0.1 * g
+    head_before = net.head.weight.detach().clone()
+    rule.step(x, y)
+    for p, want in expected.items():
+        torch.testing.assert_close(p.detach(), want)
+    # block 0 learns only from L_0: the layers above send it nothing
+    assert torch.equal(net.head.weight, head_before)  # the BP head is not part of Mono-Forward
+
+
+def test_mono_forward_greedy_trains_one_layer_at_a_time():
+    torch.manual_seed(0)
+    net = build_net("mlp:12x2", (1, 8, 8), 10)
+    rule = _setup("mono-forward", net, {"layer_schedule": "greedy", "epochs_per_layer": 2})
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    w1 = net.blocks[1][0].weight.detach().clone()
+    rule.step(x, y)
+    assert torch.equal(net.blocks[1][0].weight, w1)  # epoch 0: only layer 1 learns
+    rule.end_epoch(0, {})
+    rule.end_epoch(1, {})
+    w0 = net.blocks[0][1].weight.detach().clone()
+    rule.step(x, y)
+    assert torch.equal(net.blocks[0][1].weight, w0)  # epoch 2: only layer 2 learns
+    assert not torch.equal(net.blocks[1][0].weight, w1)
+
+
+def test_dfa_hidden_update_is_the_projected_error_times_the_derivative():
+    torch.manual_seed(0)
+    net = build_net("mlp:6x2", (1, 8, 8), 10)
+    rule = _setup("dfa", net, {})
+    x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 10, (5,))
+    lin0, lin1, head = net.blocks[0][1], net.blocks[1][0], net.head
+    a0 = x.flatten(1)
+    z1 = a0 @ lin0.weight.T + lin0.bias
+    h1 = z1.relu()
+    z2 = h1 @ lin1.weight.T + lin1.bias
+    h2 = z2.relu()
+    logits = h2 @ head.weight.T + head.bias
+    e = (torch.softmax(logits, 1) - F.one_hot(y, 10)) / 5
+    b1, b2 = rule.feedback
+    d1 = (e @ b1) * (z1 > 0)  # (B_1 e) ⊙ φ'(z_1)
+    d2 = (e @ b2) * (z2 > 0)
+    want = {
+        lin0.weight: lin0.weight - 0.1 * d1.T @ a0, lin0.bias: lin0.bias - 0.1 * d1.sum(0),
+        lin1.weight: lin1.weight - 0.1 * d2.T @ h1, lin1.bias: lin1.bias - 0.1 * d2.sum(0),
+        head.weight: head.weight - 0.1 * e.T @ h2, head.bias: head.bias - 0.1 * e.sum(0),
+    }  # fmt: skip
+    want = {p: w.detach() for p, w in want.items()}
+    rule.step(x, y)
+    for p, w in want.items():
+        torch.testing.assert_close(p.detach(), w)
+
+
+def test_dfa_feedback_is_fixed_and_reproducible():
+    a = _setup("dfa", build_net("mlp:6", (1, 8, 8), 10), {}, seed=3)
+    b = _setup("dfa", build_net("mlp:6", (1, 8, 8), 10), {}, seed=3)
+    assert torch.equal(a.feedback[0], b.feedback[0])
+    before = a.feedback[0].clone()
+    a.step(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))
+    assert torch.equal(a.feedback[0], before)
+
+
+@pytest.mark.parametrize(
+    ("rule", "net", "options", "bar"),
+    [
+        ("mono-forward", "mlp:256x2", {"lr": 1e-3}, 0.93),
+        ("mono-forward", "mlp:256x2", {"lr": 1e-3, "predict_with": "sum"}, 0.93),
+        ("dfa", "mlp:256x2", {"lr": 1e-3}, 0.90),
+        ("dfa", "cnn3:16-32-64", {"lr": 1e-3}, 0.85),
+    ],
+)
+def test_forward_rules_learn_digits(rule, net, options, bar):
+    epochs = 10 if net.startswith("cnn") else 20
+    res = bb.train(rule, "digits", net, options=options, epochs=epochs, store=False, **FAST)
+    assert res.record.status == "finished"
+    assert res.metrics["test_acc"] >= bar, res.metrics
