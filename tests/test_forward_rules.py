@@ -113,3 +113,57 @@ def test_forward_rules_learn_digits(rule, net, options, bar):
     res = bb.train(rule, "digits", net, options=options, epochs=epochs, store=False, **FAST)
     assert res.record.status == "finished"
     assert res.metrics["test_acc"] >= bar, res.metrics
+
+
+@pytest.mark.parametrize("negatives", ["random", "hardest"])
+def test_ff_negatives_never_carry_the_true_label(negatives):
+    torch.manual_seed(0)
+    rule = _setup("ff", build_net("mlp:16x2", (1, 8, 8), 10), {"negatives": negatives})
+    x, y = torch.randn(500, 1, 8, 8), torch.randint(0, 10, (500,))
+    neg = rule.negative_labels(x, y)
+    assert (neg != y).all() and neg.min() >= 0 and neg.max() <= 9
+    if negatives == "random":
+        assert len(set(neg.tolist())) == 10  # every wrong label is drawn
+    else:  # the hardest: no other wrong label has more goodness
+        g = rule.goodness_per_label(x)
+        g[torch.arange(500), y] = -float("inf")
+        assert torch.equal(neg, g.argmax(1))
+
+
+def test_ff_layer_update_is_its_own_goodness_loss_with_detached_input():
+    torch.manual_seed(0)
+    net = build_net("mlp:12x2", (1, 8, 8), 10)
+    rule = _setup("ff", net, {"peer_norm": 0.0, "weight_decay": 0.0})
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    torch.manual_seed(1)
+    neg = rule.negative_labels(x, y)
+    from beyondbp.rules.ff import embed_label
+
+    h = torch.cat([embed_label(x, y, 10), embed_label(x, neg, 10)])
+    target = torch.cat([torch.ones(6), torch.zeros(6)])
+    want = {}
+    for i, block in enumerate(net.blocks):
+        h = block(rule._norm(h.detach()) if i else h)
+        loss = F.binary_cross_entropy_with_logits(h.pow(2).sum(1) - 12.0, target)
+        for p, g in zip(block.parameters(), torch.autograd.grad(loss, list(block.parameters())),
+                        strict=True):  # fmt: skip
+            want[p] = p.detach() - 0.1 * g
+    torch.manual_seed(1)  # the same negatives inside step
+    rule.step(x, y)
+    for p, w in want.items():
+        torch.testing.assert_close(p.detach(), w)
+
+
+def test_ff_refuses_conv_nets():
+    with pytest.raises(bb.BeyondBPError, match="mlp"):
+        _setup("ff", build_net("cnn3:4-4-4", (1, 8, 8), 10), {})
+
+
+@pytest.mark.parametrize("predict", ["softmax", "goodness"])
+def test_ff_learns_digits(predict):
+    res = bb.train("ff", "digits", "mlp:256x2", options={"predict": predict, "optimizer": "adamw",
+                   "lr": 1e-2}, epochs=25, patience=None, monitor="val_acc", store=False, **FAST)  # fmt: skip
+    # the layers' own loss falls: positive and negative data are separated layer by layer
+    losses = [h["train_loss"] for h in res.record.history]
+    assert losses[-1] < 0.1 * losses[0]
+    assert res.metrics["test_acc"] >= 0.9, res.metrics

@@ -1,0 +1,183 @@
+"""Forward-Forward (Hinton 2022, arXiv 2212.13345), supervised label-in-input variant.
+
+The one-hot label replaces the first ``classes`` input values. Positive data carries the true
+label, negative data a label that is guaranteed wrong (``(y + k) mod C`` with ``k`` in 1..C−1, or
+the wrong label the network currently finds best). Each layer's goodness is the sum of its squared
+activities; ``p(positive) = σ(goodness − θ)`` with a binary cross-entropy per layer. The activity
+vector is length-normalised before it passes on, and each layer's input is detached: no gradient
+crosses layers, and each layer's backward runs before the next layer's forward.
+
+Prediction: ``goodness`` accumulates each candidate label's goodness over the layers (one forward
+pass per class), ``softmax`` is a linear head on the normalised activities of layers 2..L from a
+neutral-label input (one pass), trained beside the layers on detached features.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from beyondbp.data.core import DatasetMeta
+from beyondbp.errors import BeyondBPError
+from beyondbp.nets import as_blocknet
+from beyondbp.rules import register
+from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
+from beyondbp.rules.optim import OptimOptions, Schedule, make_optimizer
+
+
+class Options(OptimOptions):
+    # loeweX's reimplementation: SGD lr 1e-3, momentum 0.9, weight decay 3e-4, threshold = units
+    optimizer: Literal["adam", "adamw", "sgd"] = "sgd"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(3e-4, ge=0)
+    threshold: float | None = Field(None, description="θ; None: the number of units of the layer")
+    normalize: bool = Field(True, description="length-normalise activities between layers")
+    negatives: Literal["random", "hardest"] = Field(
+        "random", description="a random wrong label, or the wrong label with the most goodness"
+    )
+    peer_norm: float = Field(0.03, ge=0, description="peer normalisation weight (0: off)")
+    predict: Literal["softmax", "goodness"] = Field(
+        "softmax", description="linear head on a neutral-label pass, or goodness over the labels"
+    )
+    head_lr: float = Field(1e-2, gt=0, description="learning rate of the softmax head (SGD)")
+    goodness_from: int = Field(
+        1, ge=0, description="first layer (0-based) whose goodness counts in goodness prediction"
+    )
+
+
+def embed_label(x: torch.Tensor, labels: torch.Tensor | None, classes: int) -> torch.Tensor:
+    """Flatten ``x`` and overwrite its first ``classes`` values with the one-hot label
+    (``None``: the neutral label, 1/classes everywhere)."""
+    x = x.flatten(1).clone()
+    if labels is None:
+        x[:, :classes] = 1.0 / classes
+    else:
+        x[:, :classes] = F.one_hot(labels, classes).to(x.dtype)
+    return x
+
+
+@register("ff", "Forward-Forward: per-layer goodness of positive vs negative data (Hinton 2022)")
+class ForwardForward(Rule):
+    Options = Options
+    search_space: ClassVar[dict[str, Distribution]] = {
+        "lr": LogUniform(1e-5, 1e-1),
+        "weight_decay": LogUniform(1e-6, 1e-2),
+        "peer_norm": LogUniform(1e-3, 1e-1),
+        "head_lr": LogUniform(1e-4, 1e-1),
+        "optimizer": Categorical(("sgd", "adamw")),
+    }
+    options: Options
+
+    def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
+        self.net = as_blocknet(net)
+        if meta.input_dim <= meta.classes:
+            raise BeyondBPError(f"ff writes the label into the input, which needs more than "
+                                f"{meta.classes} input values")  # fmt: skip
+        shapes = self.net.feature_shapes(meta.input_shape)
+        if any(len(s) != 1 for s in shapes):
+            raise BeyondBPError("ff is defined for MLP blocks (flat activities); use an mlp net")
+        self.classes = meta.classes
+        self.widths = [s[0] for s in shapes]
+        self.thresholds = [self.options.threshold or float(w) for w in self.widths]
+        head_in = sum(self.widths[1:]) or self.widths[0]
+        self.head = nn.Linear(head_in, meta.classes)
+        self.running = [torch.zeros(w, device=ctx.device) for w in self.widths]
+        self.opt = make_optimizer(self.net.blocks.parameters(), self.options)
+        self.head_opt = torch.optim.SGD(self.head.parameters(), lr=self.options.head_lr,
+                                        momentum=0.9)  # fmt: skip
+        self.schedule = Schedule(self.opt, self.options, ctx.max_epochs)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net, "head": self.head}
+
+    def _layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's activities for label-embedded input, input normalised between layers."""
+        outs = []
+        h = x
+        for block in self.net.blocks:
+            h = block(self._norm(h) if outs else h)
+            outs.append(h)
+        return outs
+
+    def _norm(self, h: torch.Tensor) -> torch.Tensor:
+        """Keep the direction only: scale to root-mean-square 1 (length sqrt(units), the scale
+        at which a threshold equal to the number of units is natural)."""
+        if not self.options.normalize:
+            return h
+        return h / (h.pow(2).mean(1, keepdim=True).sqrt() + 1e-8)
+
+    @torch.no_grad()
+    def goodness_per_label(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, classes): goodness summed over layers ``goodness_from``.., for every label."""
+        scores = []
+        for c in range(self.classes):
+            labels = torch.full((len(x),), c, device=x.device, dtype=torch.long)
+            layers = self._layers(embed_label(x, labels, self.classes))
+            start = min(self.options.goodness_from, len(layers) - 1)
+            scores.append(sum(h.pow(2).sum(1) for h in layers[start:]))
+        return torch.stack(scores, 1)
+
+    def negative_labels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Labels that are never the true one."""
+        if self.options.negatives == "hardest":
+            g = self.goodness_per_label(x)
+            g[torch.arange(len(y)), y] = -float("inf")
+            return g.argmax(1)
+        shift = torch.randint(1, self.classes, y.shape, device=y.device)
+        return (y + shift) % self.classes
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        o = self.options
+        self.opt.zero_grad(set_to_none=True)
+        self.head_opt.zero_grad(set_to_none=True)
+        neg = self.negative_labels(x, y)
+        h = torch.cat([embed_label(x, y, self.classes), embed_label(x, neg, self.classes)])
+        target = torch.cat([torch.ones(len(y)), torch.zeros(len(y))]).to(x.device)
+        losses = []
+        for i, block in enumerate(self.net.blocks):
+            h = block(self._norm(h.detach()) if i else h)
+            logits = h.pow(2).sum(1) - self.thresholds[i]
+            loss = F.binary_cross_entropy_with_logits(logits, target)
+            if o.peer_norm > 0:
+                mean = 0.9 * self.running[i] + 0.1 * h[: len(y)].mean(0)
+                self.running[i] = mean.detach()
+                loss = loss + o.peer_norm * (mean.mean() - mean).pow(2).mean()
+            loss.backward()  # frees this layer's graph before the next layer runs
+            losses.append(loss.detach())
+        # the softmax head learns on detached features of a neutral-label pass
+        with torch.no_grad():
+            feats = self._head_features(x)
+        head_logits = self.head(feats)
+        head_loss = F.cross_entropy(head_logits, y)
+        head_loss.backward()
+        self.opt.step()
+        self.head_opt.step()
+        return {"loss": torch.stack(losses).mean(), "head_loss": head_loss.detach(),
+                "correct": (head_logits.detach().argmax(1) == y).sum()}  # fmt: skip
+
+    def _head_features(self, x: torch.Tensor) -> torch.Tensor:
+        layers = self._layers(embed_label(x, None, self.classes))
+        used = layers[1:] or layers
+        return torch.cat([self._norm(h) for h in used], 1)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        if self.options.predict == "goodness":
+            return self.goodness_per_label(x)
+        return self.head(self._head_features(x))
+
+    def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
+        self.schedule.step(val.get("loss"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt": self.opt.state_dict(), "head_opt": self.head_opt.state_dict(),
+                "schedule": self.schedule.state_dict(), "running": self.running}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.head_opt.load_state_dict(state["head_opt"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.running = [r.to(self.running[0].device) for r in state["running"]]
