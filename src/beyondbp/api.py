@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from beyondbp.bench.grid import Cell, GridSpec, run_grid
+from beyondbp.bench.grid import Cell, GridSpec, run_grid, setup_key
 from beyondbp.data import Dataset, load_dataset
 from beyondbp.errors import BeyondBPError
 from beyondbp.harness import EpochCallback, TrainConfig, Trainer, seed_everything
@@ -159,9 +159,12 @@ def summarize(
 ) -> list[dict[str, Any]]:
     """Mean ± std over seeds for each (rule, dataset, net), with ratios against ``bp`` on the same
     dataset and net: Δaccuracy, time, energy and memory ratios (the Spyra 2025 table format)."""
-    groups: dict[tuple[str, str, str], list[RunRecord]] = {}
+    # Seeds of one setup form a group; the same rule, data and net under another budget or
+    # other options is another group (its setup id tells them apart).
+    groups: dict[tuple[str, str, str, str, str], list[RunRecord]] = {}
     for r in records:
-        groups.setdefault((r.rule, r.dataset, r.net), []).append(r)
+        key = (r.rule, r.dataset, r.net, setup_key(r), setup_key(r, with_options=False))
+        groups.setdefault(key, []).append(r)
 
     def stats(values: list[float | None]) -> tuple[float | None, float | None]:
         vals = [v for v in values if v is not None]
@@ -170,12 +173,14 @@ def summarize(
         return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
     rows = []
-    for (rule, dataset, net), rs in groups.items():
+    for (rule, dataset, net, setup, budget), rs in groups.items():
         done = [r for r in rs if r.status == "finished"]
         row: dict[str, Any] = {
             "rule": rule,
             "dataset": dataset,
             "net": net,
+            "setup": setup,
+            "budget": budget,
             "runs": len(done),
             "failed": len(rs) - len(done),
             "errors": sorted(
@@ -196,9 +201,13 @@ def summarize(
         labels = {r.metrics.get("energy_label") for r in done}
         row["energy_label"] = labels.pop() if len(labels) == 1 else "mixed"
         rows.append(row)
-    by_cell = {(r["dataset"], r["net"]): r for r in rows if r["rule"] == "bp"}
+    # the baseline: bp on the same data and net under the same harness budget
+    by_cell: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in rows:
+        if r["rule"] == "bp":
+            by_cell.setdefault((r["dataset"], r["net"], r["budget"]), r)
     for row in rows:
-        base = by_cell.get((row["dataset"], row["net"]))
+        base = by_cell.get((row["dataset"], row["net"], row["budget"]))
         for key, name in RATIOS:
             a, b = row.get(key), base.get(key) if base else None
             if a is None or b is None:
@@ -331,7 +340,8 @@ def reproduce(
         accs = [
             100 * r.metrics["test_acc"]
             for r in records
-            if (r.rule, r.dataset, r.net) == (row["rule"], row["dataset"], row["net"])
+            if (r.rule, r.dataset, r.net, setup_key(r))
+            == (row["rule"], row["dataset"], row["net"], row["setup"])
             and r.status == "finished"
         ]
         row.update(paper_acc=None, gap=None, verdict="no paper number", paper_time_s=None)

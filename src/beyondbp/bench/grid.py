@@ -110,6 +110,13 @@ def record_key(r: RunRecord) -> str:
     return _identity(r.rule, r.dataset, r.net, r.options, r.config)
 
 
+def setup_key(r: RunRecord, with_options: bool = True) -> str:
+    """What a run's seeds share: its identity without the seed (and, optionally, without the
+    rule's options: runs of different rules under the same budget)."""
+    config = {k: v for k, v in r.config.items() if k != "seed"}
+    return _identity("", "", "", r.options if with_options else {}, config)[:6]
+
+
 @dataclass
 class Cell:
     rule: str

@@ -111,13 +111,14 @@ register_preset(
         source="the memory-vs-depth comparison of ARCHITECTURE.md (no paper numbers)",
         grids=(
             GridSpec(
-                rules=["bp"],
+                rules=["bp", "mono-forward", "ff", "dfa"],
                 datasets=["fashion-mnist"],
                 nets=["mlp:1000x2", "mlp:1000x4", "mlp:1000x8"],
                 seeds=[0],
-                config={"epochs": 1, "patience": None},
+                # the memory probe measures the first step; 100 steps give a time per step too
+                config={"epochs": 1, "max_steps": 100, "patience": None},
             ),
         ),
-        quick={"epochs": 1, "max_steps": 20},
+        quick={"epochs": 1, "max_steps": 10},
     )
 )

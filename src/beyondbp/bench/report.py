@@ -178,10 +178,20 @@ TABLE_HEADER = (
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Table cells per summary row; a setup id follows the net where the same rule, data and net
+    were run under several setups (budgets or options)."""
+    count: dict[tuple[str, str, str], int] = {}
+    for r in rows:
+        count[(r["rule"], r["dataset"], r["net"])] = (
+            count.get((r["rule"], r["dataset"], r["net"]), 0) + 1
+        )
     out = []
     for r in sorted(rows, key=lambda r: (r["dataset"], r["net"], r["rule"] != "bp", r["rule"])):
+        net = r["net"] + (
+            f" [{r['setup']}]" if count[(r["rule"], r["dataset"], r["net"])] > 1 else ""
+        )
         out.append([
-            r["rule"], r["dataset"], r["net"],
+            r["rule"], r["dataset"], net,
             f"{r['runs']}" + (f" (+{r['failed']} not finished)" if r["failed"] else ""),
             _pm(r, "test_acc", 100), _fmt(r["delta_acc"], 100, 2),
             _pm(r, "train_time_s", 1, 1), _fmt(r["time_ratio"]),
