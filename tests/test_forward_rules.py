@@ -93,7 +93,7 @@ def test_dfa_hidden_update_is_the_projected_error_times_the_derivative():
 def test_dfa_feedback_is_fixed_and_reproducible():
     a = _setup("dfa", build_net("mlp:6", (1, 8, 8), 10), {}, seed=3)
     b = _setup("dfa", build_net("mlp:6", (1, 8, 8), 10), {}, seed=3)
-    assert torch.equal(a.feedback[0], b.feedback[0])
+    assert torch.equal(a.feedback[0], b.feedback[0]) and a.feedback[0].shape == (10, 6)
     before = a.feedback[0].clone()
     a.step(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))
     assert torch.equal(a.feedback[0], before)
@@ -166,4 +166,71 @@ def test_ff_learns_digits(predict):
     # the layers' own loss falls: positive and negative data are separated layer by layer
     losses = [h["train_loss"] for h in res.record.history]
     assert losses[-1] < 0.1 * losses[0]
+    assert res.metrics["test_acc"] >= 0.9, res.metrics
+
+
+def test_sparsemax_known_answers_and_loss_gradient():
+    from beyondbp.rules.cafo import sparsemax, sparsemax_loss
+
+    z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 1.0], [0.5, 0.3]])
+    torch.testing.assert_close(sparsemax(z), torch.tensor([[0.5, 0.5], [1.0, 0.0], [1.0, 0.0],
+                                                           [0.6, 0.4]]))  # fmt: skip
+    torch.manual_seed(0)
+    z = torch.randn(7, 5, requires_grad=True)
+    y = torch.randint(0, 5, (7,))
+    sparsemax_loss(z, y).backward()
+    want = (sparsemax(z.detach()) - F.one_hot(y, 5)) / 7
+    torch.testing.assert_close(z.grad, want)
+    assert (sparsemax_loss(torch.tensor([[10.0, 0.0]]), torch.tensor([0])) == 0).all()
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1.0])
+def test_cafo_mse_predictor_is_the_least_squares_solution(ridge):
+    torch.manual_seed(0)
+    # tanh (no dead units: full-rank features) and no batch norm (features independent of batch)
+    net = build_net("mlp:24x2:tanh", (1, 8, 8), 10)
+    rule = _setup("cafo", net, {"loss": "mse", "ridge": ridge})
+    ds = load_dataset("digits")
+    x, y = ds.train.x, ds.train.y
+    for i in range(0, len(y), 100):  # one epoch of batches
+        rule.step(x[i : i + 100], y[i : i + 100])
+    rule.finish_epoch()
+    target = F.one_hot(y, 10).double()
+    with torch.no_grad():
+        for f, p in zip(net.features(x), rule.predictors, strict=True):
+            xb = torch.cat([f, torch.ones(len(f), 1)], 1).double()
+            if ridge == 0:
+                want = torch.linalg.lstsq(xb, target).solution
+            else:  # ridge on the weights, not on the bias
+                penalty = ridge * torch.eye(25, dtype=torch.float64)
+                penalty[-1, -1] = 0
+                want = torch.linalg.solve(xb.T @ xb + penalty, xb.T @ target)
+            ours = torch.cat([p.weight.T, p.bias[None]]).double()
+            torch.testing.assert_close(ours, want, atol=2e-4, rtol=1e-3)
+
+
+def test_cafo_rand_blocks_stay_frozen_and_no_gradient_crosses_blocks():
+    torch.manual_seed(0)
+    net = build_net("cnn3:4-8-8", (1, 8, 8), 10)
+    rule = _setup("cafo", net, {})
+    # weights and affine BN parameters (running statistics are buffers, not learned)
+    before = {k: v.clone() for k, v in net.blocks.named_parameters()}
+    rule.step(torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,)))
+    after = dict(net.blocks.named_parameters())
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert all(p.grad is None for p in net.blocks.parameters())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"loss": "ce", "lr": 1e-2},
+        {"loss": "sl", "lr": 1e-2, "aggregate": "logits"},
+        {"loss": "mse", "ridge": 1.0},
+        {"block_training": "dfa", "dfa_epochs": 4, "dfa_lr": 1e-3, "lr": 1e-2},
+    ],
+)
+def test_cafo_learns_digits(options):
+    res = bb.train("cafo", "digits", "cnn3:16-32-64", options=options, epochs=10, patience=None,
+                   monitor="val_acc", store=False, **FAST)  # fmt: skip
     assert res.metrics["test_acc"] >= 0.9, res.metrics

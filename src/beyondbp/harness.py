@@ -311,6 +311,10 @@ class Trainer:
         seen = max(st.seen, 1)
         for k, v in st.sums.items():
             row["train_acc" if k == "correct" else f"train_{k}"] = v / seen
+        watch = Stopwatch(self.device, st.train_time)
+        with watch:  # part of training: e.g. a closed-form solve
+            self.rule.finish_epoch()
+        st.train_time = watch.total
         watch = Stopwatch(self.device)
         with watch:
             val = self.evaluate(self.data.val) if len(self.data.val) else {}

@@ -111,6 +111,10 @@ class Rule:
         """Summed loss of a batch of scores, for validation metrics and early stopping."""
         return F.cross_entropy(scores, y, reduction="sum")
 
+    def finish_epoch(self) -> None:
+        """Called when an epoch's steps are done, before validation (e.g. a closed-form solve
+        over statistics gathered during the epoch)."""
+
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         """Called after each epoch's validation (learning-rate schedules live here)."""
 

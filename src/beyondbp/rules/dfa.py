@@ -11,6 +11,7 @@ blocks alike. The output layer learns from its own error ``e``. No gradient cros
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -48,54 +49,103 @@ class DFA(Rule):
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         self.net = as_blocknet(net)
-        shapes = self.net.feature_shapes(meta.input_shape)
-        g = torch.Generator().manual_seed(ctx.seed + 7919)  # fixed, reproducible feedback
-        std = self.options.feedback_scale / math.sqrt(meta.classes)
-        self.feedback = []
-        for shape in shapes:
-            size = (meta.classes, shape.numel())
-            if self.options.feedback == "gaussian":
-                b = torch.randn(size, generator=g) * std
-            else:  # uniform on [-a, a] with the same std
-                b = (torch.rand(size, generator=g) * 2 - 1) * std * math.sqrt(3)
-            self.feedback.append(b.to(ctx.device))
-        self.shapes = shapes
+        self.feedback = feedback_matrices(
+            self.net.feature_shapes(meta.input_shape),
+            meta.classes,
+            ctx.seed,
+            self.options.feedback,
+            self.options.feedback_scale,
+        ).to(ctx.device)
         self.opt = make_optimizer(self.net.parameters(), self.options)
         self.schedule = Schedule(self.opt, self.options, ctx.max_epochs)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         assert isinstance(self.net, nn.Module)
         self.opt.zero_grad(set_to_none=True)
-        hidden = []
-        a = x
-        for block in self.net.blocks:
-            a = block(a.detach())
-            hidden.append(a)
-        logits = self.net.head(a.detach())
-        loss = F.cross_entropy(logits, y)
-        loss.backward()  # the output layer's own gradient
-        with torch.no_grad():
-            e = torch.softmax(logits, 1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)
-            e = e / len(y)  # the gradient of the mean cross-entropy w.r.t. the logits
-        for h, b, shape in zip(hidden, self.feedback, self.shapes, strict=True):
-            h.backward((e @ b).view(-1, *shape).to(memory_format=_layout(h)))
+        loss, logits = dfa_backward(self.net.blocks, self.net.head, self.feedback, x, y)
         self.opt.step()
-        return {"loss": loss.detach(), "correct": (logits.detach().argmax(1) == y).sum()}
+        return {"loss": loss, "correct": (logits.argmax(1) == y).sum()}
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.schedule.step(val.get("loss"))
 
     def state_dict(self) -> dict[str, Any]:
         return {"opt": self.opt.state_dict(), "schedule": self.schedule.state_dict(),
-                "feedback": self.feedback}  # fmt: skip
+                "feedback": self.feedback.state_dict()}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state["opt"])
         self.schedule.load_state_dict(state["schedule"])
-        self.feedback = [b.to(self.feedback[0].device) for b in state["feedback"]]
+        self.feedback.load_state_dict(state["feedback"])
 
 
-def _layout(t: torch.Tensor) -> torch.memory_format:
-    if t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+class Feedback(nn.Module):
+    """Fixed random matrices B_k (classes × block-k output size), kept as buffers."""
+
+    def __init__(self, matrices: list[torch.Tensor], shapes: list[torch.Size]) -> None:
+        super().__init__()
+        self.shapes = [tuple(s) for s in shapes]
+        for i, b in enumerate(matrices):
+            self.register_buffer(f"b{i}", b)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return getattr(self, f"b{i}")
+
+    def __iter__(self) -> Iterator[torch.Tensor]:  # type: ignore[override]
+        return (self[i] for i in range(len(self)))
+
+    def signal(self, i: int, e: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """B_k e, shaped (and laid out in memory) like block k's output."""
+        out = (e @ self[i]).view(-1, *self.shapes[i])
+        if like.ndim == 4 and like.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+
+def feedback_matrices(
+    shapes: list[torch.Size],
+    classes: int,
+    seed: int,
+    kind: Literal["uniform", "gaussian"] = "uniform",
+    scale: float = 1.0,
+) -> Feedback:
+    """Fixed, reproducible B_k with std ``scale / sqrt(classes)`` (uniform or Gaussian)."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    std = scale / math.sqrt(classes)
+    mats = []
+    for shape in shapes:
+        size = (classes, shape.numel())
+        if kind == "gaussian":
+            mats.append(torch.randn(size, generator=g) * std)
+        else:  # uniform on [-a, a] with the same std
+            mats.append((torch.rand(size, generator=g) * 2 - 1) * std * math.sqrt(3))
+    return Feedback(mats, shapes)
+
+
+def dfa_backward(
+    blocks: Sequence[nn.Module],
+    head: nn.Module,
+    feedback: Feedback,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate DFA gradients in ``blocks`` and ``head``; returns (loss, logits), detached.
+
+    The head learns from its own cross-entropy gradient; block k from ``B_k e`` at its output,
+    with its input detached, e = (softmax(logits) − onehot(y)) / N."""
+    hidden = []
+    a = x
+    for block in blocks:
+        a = block(a.detach())
+        hidden.append(a)
+    logits = head(a.detach())
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    with torch.no_grad():
+        e = (torch.softmax(logits, 1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)) / len(y)
+    for i, h in enumerate(hidden):
+        h.backward(feedback.signal(i, e, like=h))
+    return loss.detach(), logits.detach()
