@@ -234,3 +234,24 @@ def test_cafo_learns_digits(options):
     res = bb.train("cafo", "digits", "cnn3:16-32-64", options=options, epochs=10, patience=None,
                    monitor="val_acc", store=False, **FAST)  # fmt: skip
     assert res.metrics["test_acc"] >= 0.9, res.metrics
+
+
+def test_layer_local_rules_step_memory_grows_less_with_depth_than_bp():
+    """Transient bytes of a training step (activations, gradients: what the step allocates
+    above the weights and optimiser state) at depth 2 and 8."""
+
+    def transient(rule: str, depth: int, options: dict) -> int:
+        res = bb.train(rule, "digits", f"mlp:512x{depth}", options=options, epochs=1, max_steps=2,
+                       batch_size=256, store=False, **FAST)  # fmt: skip
+        return res.metrics["step_transient_bytes"]
+
+    rules = {"bp": {}, "mono-forward": {}, "ff": {"predict": "goodness"}, "ff-softmax": {}}
+    growth = {
+        r: transient(r.removesuffix("-softmax"), 8, o) - transient(r.removesuffix("-softmax"), 2, o)
+        for r, o in rules.items()
+    }
+    # bp keeps six more layers of activations and gradients alive; the local rules one layer's
+    assert growth["mono-forward"] < 0.3 * growth["bp"], growth
+    assert growth["ff"] < 0.3 * growth["bp"], growth
+    # FF's softmax head reads layers 2..L at once: its input grows with depth
+    assert growth["ff-softmax"] > growth["ff"], growth

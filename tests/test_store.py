@@ -40,6 +40,8 @@ def test_save_get_list_export(tmp_path):
     assert full[0]["metrics"]["curve"] == [1, 2]
     with pytest.raises(BeyondBPError, match="csv, json"):
         store.export("xml")
+    assert store.delete(recs[0].id[:-1]).id == recs[0].id
+    assert [r.seed for r in store.list()] == [1, 2]
 
 
 def test_save_replaces_the_same_run(tmp_path):

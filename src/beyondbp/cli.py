@@ -485,6 +485,18 @@ def runs_show(run_id: str, store: StoreOpt = None):
     )
 
 
+@runs_app.command("delete")
+def runs_delete(
+    run_ids: Annotated[list[str], typer.Argument(help="run ids (or unique prefixes)")],
+    store: StoreOpt = None,
+):
+    """Remove runs from the store (a grid then runs those cells again)."""
+    run_store = RunStore(store)
+    for run_id in run_ids:
+        r = run_store.delete(run_id)
+        console.print(f"deleted {r.id} ({r.rule} {r.dataset} {r.net} seed {r.seed})")
+
+
 @runs_app.command("export")
 def runs_export(
     fmt: Annotated[str, typer.Option("--format", "-f", help="csv or json")] = "csv",

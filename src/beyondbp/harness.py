@@ -62,7 +62,9 @@ class TrainConfig(BaseModel):
     data_seed: int = 0
     device: str = "cpu"
     energy: bool = True
-    probe: bool = Field(True, description="count FLOPs and live-tensor memory of the first step")
+    probe: bool = Field(
+        True, description="count FLOPs and live-tensor memory of the second training step"
+    )
     checkpoint: bool = True
     progress: bool = True
 
@@ -258,13 +260,17 @@ class Trainer:
                     x, y = train.x[idx], train.y[idx]
                 else:
                     x, y = train.x, train.y
-                probe = self._probe(x, y) if cfg.probe and not st.probe else nullcontext()
+                # the second step: optimiser state exists by then, as in every later step
+                want_probe = cfg.probe and not st.probe and st.steps >= 1
+                probe = self._probe(x, y) if want_probe else nullcontext()
                 with probe:
                     logs = rule.step(x, y)
                 if isinstance(probe, StepProbe):
                     st.probe = {
                         "flops_per_step": probe.flops,
                         "peak_step_bytes": probe.peak_bytes,
+                        "step_resident_bytes": probe.resident_bytes,
+                        "step_transient_bytes": probe.peak_bytes - probe.resident_bytes,
                         "probe_batch": len(y),
                     }
                 n = len(y)
@@ -376,8 +382,9 @@ class Trainer:
 
     # -- measurement ----------------------------------------------------------------------------
     def _probe(self, x: torch.Tensor, y: torch.Tensor) -> StepProbe:
+        # Gradients left from the previous step are not counted: rules free them when the next
+        # step starts (or right after their update), and the step's new ones are counted.
         resident = [m.state_dict() for m in self.rule.modules().values()]
-        resident += [p.grad for m in self.rule.modules().values() for p in m.parameters()]
         resident += [self.rule.state_dict(), x, y]
         return StepProbe(resident)
 
@@ -420,7 +427,11 @@ class Trainer:
             m["peak_step_bytes_method"] = "torch.cuda.max_memory_allocated over training"
         elif st.probe:
             m["peak_step_bytes"] = st.probe["peak_step_bytes"]
-            m["peak_step_bytes_method"] = "live tensors during the first training step"
+            # resident: weights, optimiser state, batch; transient: what the step allocates
+            # on top (activations, gradients, temporaries) at its peak
+            m["step_resident_bytes"] = st.probe["step_resident_bytes"]
+            m["step_transient_bytes"] = st.probe["step_transient_bytes"]
+            m["peak_step_bytes_method"] = "live tensors during the second training step"
         self.record.history = list(st.history)
 
     # -- checkpoints ------------------------------------------------------------------------------

@@ -115,7 +115,15 @@ register_preset(
                 datasets=["fashion-mnist"],
                 nets=["mlp:1000x2", "mlp:1000x4", "mlp:1000x8"],
                 seeds=[0],
-                # the memory probe measures the first step; 100 steps give a time per step too
+                # the memory probe measures the second step; 100 steps give a time per step too
+                config={"epochs": 1, "max_steps": 100, "patience": None},
+            ),
+            GridSpec(  # FF without its softmax head, whose input (layers 2..L) grows with depth
+                rules=["ff"],
+                datasets=["fashion-mnist"],
+                nets=["mlp:1000x2", "mlp:1000x4", "mlp:1000x8"],
+                seeds=[0],
+                options={"ff": {"predict": "goodness"}},
                 config={"epochs": 1, "max_steps": 100, "patience": None},
             ),
         ),

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from beyondbp.api import summarize
+from beyondbp.bench.grid import setup_key
+from beyondbp.rules import get_rule
 from beyondbp.runs import RunRecord, RunStore
 
 PALETTE = (
@@ -101,34 +103,47 @@ def make_plots(records: list[RunRecord]) -> dict[str, bytes]:
     ax.grid(alpha=0.3, axis="y")
     out["energy_per_run"] = _fig_png(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series: dict[tuple[str, str, int], dict[int, list[float]]] = {}
+    # one line per (rule, options and budget, dataset, width): the depth sweep of one setup
+    series: dict[tuple[str, str, str, int], dict[int, list[RunRecord]]] = {}
     for r in done:
         m = _DEPTH.match(r.net)
         if m and r.metrics.get("peak_step_bytes"):
-            key = (r.rule, r.dataset, int(m[1]))
-            series.setdefault(key, {}).setdefault(int(m[2]), []).append(
-                r.metrics["peak_step_bytes"] / 2**20
-            )
+            key = (r.rule, setup_key(r), r.dataset, int(m[1]))
+            series.setdefault(key, {}).setdefault(int(m[2]), []).append(r)
     series = {k: v for k, v in series.items() if len(v) >= 2}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     if series:
-        for (rule, dataset, width), points in sorted(series.items()):
+        setups: dict[str, list[str]] = {}
+        for rule, setup, _, _ in series:
+            setups.setdefault(rule, [])
+            if setup not in setups[rule]:
+                setups[rule].append(setup)
+        for (rule, setup, dataset, width), points in sorted(series.items()):
             depths = sorted(points)
-            ax.plot(
-                depths,
-                [sum(points[d]) / len(points[d]) for d in depths],
-                marker="o",
-                color=colours[rule],
-                label=f"{rule} ({dataset}, width {width})",
+            runs = points[depths[0]]
+            label = (
+                f"{rule}{_options_label(runs[0], len(setups[rule]) > 1)} ({dataset}, width {width})"
             )
-        ax.legend()
-        ax.set_xticks(sorted({d for p in series.values() for d in p}))
+            style = "-" if setups[rule].index(setup) == 0 else "--"
+            for ax, key in zip(axes, ("peak_step_bytes", "step_transient_bytes"), strict=True):
+                vals = [
+                    sum(r.metrics.get(key) or 0 for r in points[d]) / len(points[d]) / 2**20
+                    for d in depths
+                ]
+                ax.plot(depths, vals, style, marker="o", color=colours[rule], label=label)
+        for ax in axes:
+            ax.set_xticks(sorted({d for p in series.values() for d in p}))
+        axes[0].legend(fontsize=8)
     else:
-        _empty(ax, "no depth sweep in the store\n(run `beyondbp reproduce depth-sweep`)")
-    ax.set_xlabel("hidden layers")
-    ax.set_ylabel("peak live-tensor memory in a training step (MiB)")
-    ax.set_title("Peak training memory vs depth (MLP)")
-    ax.grid(alpha=0.3)
+        _empty(axes[0], "no depth sweep in the store\n(run `beyondbp reproduce depth-sweep`)")
+    for ax in axes:
+        ax.set_xlabel("hidden layers")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("peak live-tensor memory in a training step (MiB)")
+    axes[0].set_title("Whole step: weights, optimiser state, batch, step")
+    axes[1].set_ylabel("allocated by the step at its peak (MiB)")
+    axes[1].set_title("Step only: activations, gradients, temporaries")
+    fig.suptitle("Peak training memory vs depth (MLP)")
     out["memory_vs_depth"] = _fig_png(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -159,6 +174,18 @@ def make_plots(records: list[RunRecord]) -> dict[str, bytes]:
     fig.suptitle("Learning curves (one line per run)")
     out["learning_curves"] = _fig_png(fig)
     return out
+
+
+def _options_label(r: RunRecord, needed: bool) -> str:
+    """The options of a run that differ from the rule's defaults, e.g. ' [predict=goodness]'."""
+    if not needed:
+        return ""
+    try:
+        defaults = get_rule(r.rule).Options().model_dump()
+    except Exception:  # a rule that is no longer registered
+        return ""
+    diff = {k: v for k, v in r.options.items() if defaults.get(k) != v}
+    return " [" + ", ".join(f"{k}={v}" for k, v in diff.items()) + "]" if diff else " [defaults]"
 
 
 def _fmt(v: Any, scale: float = 1, digits: int = 2) -> str:

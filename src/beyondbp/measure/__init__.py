@@ -60,18 +60,20 @@ class Stopwatch:
 class StepProbe:
     """Measures one training step: FLOPs and the peak bytes of tensors alive during it.
 
-    ``resident`` holds what is alive before the step (weights, optimiser state, the batch); the
-    peak is those bytes plus the peak of tensors allocated inside the step.
+    ``resident`` holds what is alive before the step (weights, gradients, optimiser state, the
+    batch); the peak counts those until they are freed plus everything the step allocates.
     """
 
     def __init__(self, resident: Iterable[Any]) -> None:
-        self.resident_bytes = tensor_bytes(resident)
+        self._resident = list(resident)
+        self.resident_bytes = tensor_bytes(self._resident)
         self.flops = 0
         self.peak_bytes = 0
 
     def __enter__(self) -> StepProbe:
         self._flops = FlopCounterMode(display=False)
-        self._mem = LiveTensorTracker()
+        self._mem = LiveTensorTracker(self._resident)
+        self._resident = []  # the tracker must see them freed
         self._flops.__enter__()
         self._mem.__enter__()
         return self
@@ -80,4 +82,4 @@ class StepProbe:
         self._mem.__exit__(*exc)
         self._flops.__exit__(*exc)
         self.flops = int(self._flops.get_total_flops())
-        self.peak_bytes = self.resident_bytes + self._mem.peak
+        self.peak_bytes = self._mem.peak

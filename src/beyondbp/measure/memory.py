@@ -30,18 +30,22 @@ def tensor_bytes(objs: Iterable[Any]) -> int:
 
 
 class LiveTensorTracker(TorchDispatchMode):
-    """Tracks the tensors allocated while active and still alive; ``peak`` is their maximum total.
+    """Tracks live tensor bytes while active; ``peak`` is their maximum total.
 
-    Every op's outputs are inspected: a storage that no input shares is a new allocation, counted
-    until Python frees it. In-place ops and views reuse an input's storage and are not counted.
-    Add the bytes alive before the step (weights, optimiser state, batch) to get the step's peak.
+    ``resident`` are the tensors alive at the start (weights, gradients, optimiser state, the
+    batch): counted until they are freed. Then every op's outputs are inspected: a storage that
+    no input shares is a new allocation, counted until Python frees it. In-place ops and views
+    reuse an input's storage and are not counted again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, resident: Iterable[Any] = ()) -> None:
         super().__init__()
         self.live: dict[int, int] = {}
         self.current = 0
         self.peak = 0
+        for t in tree_flatten(list(resident))[0]:  # alive at the start: counted until freed
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                self._add(t.untyped_storage())
 
     def _free(self, key: int) -> None:
         self.current -= self.live.pop(key, 0)
@@ -55,14 +59,15 @@ class LiveTensorTracker(TorchDispatchMode):
             if isinstance(t, torch.Tensor)
         }
         for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor):
-                continue
-            st = t.untyped_storage()
-            key, nbytes = st.data_ptr(), st.nbytes()
-            if key in inputs or key in self.live or nbytes == 0:
-                continue
-            self.live[key] = nbytes
-            self.current += nbytes
-            self.peak = max(self.peak, self.current)
-            weakref.finalize(st, self._free, key)
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self._add(t.untyped_storage())
         return out
+
+    def _add(self, st: torch.UntypedStorage) -> None:
+        key, nbytes = st.data_ptr(), st.nbytes()
+        if key in self.live or nbytes == 0:
+            return
+        self.live[key] = nbytes
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(st, self._free, key)

@@ -86,10 +86,11 @@ class ForwardForward(Rule):
         head_in = sum(self.widths[1:]) or self.widths[0]
         self.head = nn.Linear(head_in, meta.classes)
         self.running = [torch.zeros(w, device=ctx.device) for w in self.widths]
-        self.opt = make_optimizer(self.net.blocks.parameters(), self.options)
+        # one optimiser per layer, stepped right after the layer's backward (frees its gradients)
+        self.opts = [make_optimizer(block.parameters(), self.options) for block in self.net.blocks]
         self.head_opt = torch.optim.SGD(self.head.parameters(), lr=self.options.head_lr,
                                         momentum=0.9)  # fmt: skip
-        self.schedule = Schedule(self.opt, self.options, ctx.max_epochs)
+        self.schedules = [Schedule(opt, self.options, ctx.max_epochs) for opt in self.opts]
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net, "head": self.head}
@@ -132,8 +133,6 @@ class ForwardForward(Rule):
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         o = self.options
-        self.opt.zero_grad(set_to_none=True)
-        self.head_opt.zero_grad(set_to_none=True)
         neg = self.negative_labels(x, y)
         h = torch.cat([embed_label(x, y, self.classes), embed_label(x, neg, self.classes)])
         target = torch.cat([torch.ones(len(y)), torch.zeros(len(y))]).to(x.device)
@@ -147,17 +146,23 @@ class ForwardForward(Rule):
                 self.running[i] = mean.detach()
                 loss = loss + o.peer_norm * (mean.mean() - mean).pow(2).mean()
             loss.backward()  # frees this layer's graph before the next layer runs
+            self.opts[i].step()
+            self.opts[i].zero_grad(set_to_none=True)
             losses.append(loss.detach())
-        # the softmax head learns on detached features of a neutral-label pass
-        with torch.no_grad():
-            feats = self._head_features(x)
-        head_logits = self.head(feats)
-        head_loss = F.cross_entropy(head_logits, y)
-        head_loss.backward()
-        self.opt.step()
-        self.head_opt.step()
-        return {"loss": torch.stack(losses).mean(), "head_loss": head_loss.detach(),
-                "correct": (head_logits.detach().argmax(1) == y).sum()}  # fmt: skip
+        logs = {"loss": torch.stack(losses).mean()}
+        if o.predict == "softmax":
+            # the head learns on detached features of a neutral-label pass; its input (layers
+            # 2..L) grows with depth, unlike the layers' own training
+            with torch.no_grad():
+                feats = self._head_features(x)
+            head_logits = self.head(feats)
+            head_loss = F.cross_entropy(head_logits, y)
+            head_loss.backward()
+            self.head_opt.step()
+            self.head_opt.zero_grad(set_to_none=True)
+            logs["head_loss"] = head_loss.detach()
+            logs["correct"] = (head_logits.detach().argmax(1) == y).sum()
+        return logs
 
     def _head_features(self, x: torch.Tensor) -> torch.Tensor:
         layers = self._layers(embed_label(x, None, self.classes))
@@ -170,14 +175,18 @@ class ForwardForward(Rule):
         return self.head(self._head_features(x))
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
-        self.schedule.step(val.get("loss"))
+        for schedule in self.schedules:
+            schedule.step(val.get("loss"))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"opt": self.opt.state_dict(), "head_opt": self.head_opt.state_dict(),
-                "schedule": self.schedule.state_dict(), "running": self.running}  # fmt: skip
+        return {"opts": [o.state_dict() for o in self.opts],
+                "schedules": [s.state_dict() for s in self.schedules],
+                "head_opt": self.head_opt.state_dict(), "running": self.running}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["opt"])
+        for opt, st in zip(self.opts, state["opts"], strict=True):
+            opt.load_state_dict(st)
+        for schedule, st in zip(self.schedules, state["schedules"], strict=True):
+            schedule.load_state_dict(st)
         self.head_opt.load_state_dict(state["head_opt"])
-        self.schedule.load_state_dict(state["schedule"])
         self.running = [r.to(self.running[0].device) for r in state["running"]]

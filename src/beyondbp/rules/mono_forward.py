@@ -62,9 +62,13 @@ class MonoForward(Rule):
         widths = [shape.numel() for shape in self.net.feature_shapes(meta.input_shape)]
         self.projections = nn.ModuleList(nn.Linear(w, meta.classes, bias=False) for w in widths)
         self.epoch = 0
-        params = list(self.net.blocks.parameters()) + list(self.projections.parameters())
-        self.opt = make_optimizer(params, self.options)
-        self.schedule = Schedule(self.opt, self.options, ctx.max_epochs)
+        # one optimiser per layer, stepped right after the layer's backward: its gradients are
+        # freed before the next layer runs (the same update as one optimiser over all layers)
+        self.opts = [
+            make_optimizer([*block.parameters(), *proj.parameters()], self.options)
+            for block, proj in zip(self.net.blocks, self.projections, strict=True)
+        ]
+        self.schedules = [Schedule(opt, self.options, ctx.max_epochs) for opt in self.opts]
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net, "projections": self.projections}
@@ -79,7 +83,6 @@ class MonoForward(Rule):
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         active = self._active_layers()
-        self.opt.zero_grad(set_to_none=True)
         a = x
         losses = []
         for i, block in enumerate(self.net.blocks[: active.stop]):
@@ -87,11 +90,12 @@ class MonoForward(Rule):
                 a = block(a.detach())
                 loss = F.cross_entropy(self.projections[i](a.flatten(1)), y)
                 loss.backward()  # frees this layer's graph before the next layer runs
+                self.opts[i].step()
+                self.opts[i].zero_grad(set_to_none=True)
                 losses.append(loss.detach())
             else:
                 with torch.no_grad():
                     a = block(a)
-        self.opt.step()
         # the loss of the layer that predicts (the deepest one trained so far)
         return {"loss": losses[-1], "local_loss_mean": torch.stack(losses).mean()}
 
@@ -107,13 +111,16 @@ class MonoForward(Rule):
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.epoch = epoch + 1
-        self.schedule.step(val.get("loss"))
+        for schedule in self.schedules:
+            schedule.step(val.get("loss"))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"opt": self.opt.state_dict(), "schedule": self.schedule.state_dict(),
-                "epoch": self.epoch}  # fmt: skip
+        return {"opts": [o.state_dict() for o in self.opts],
+                "schedules": [s.state_dict() for s in self.schedules], "epoch": self.epoch}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["opt"])
-        self.schedule.load_state_dict(state["schedule"])
+        for opt, st in zip(self.opts, state["opts"], strict=True):
+            opt.load_state_dict(st)
+        for schedule, st in zip(self.schedules, state["schedules"], strict=True):
+            schedule.load_state_dict(st)
         self.epoch = state["epoch"]

@@ -142,6 +142,15 @@ class RunStore:
             ).fetchall()
         return [self._record(r) for r in rows]
 
+    def delete(self, run_id: str) -> RunRecord:
+        """Remove one run (id or unique prefix) from the store; returns what was removed."""
+        record = self.get(run_id)
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM runs WHERE id = ?", (record.id,))
+            db.execute("COMMIT")
+        return record
+
     def export(self, fmt: Literal["csv", "json"], **where: Any) -> str:
         records = self.list(**where)
         if fmt == "json":
