@@ -316,3 +316,23 @@ def test_tune_resumes_a_killed_study(tmp_path):
     assert res.returncode == 0, res.stderr
     (last,) = [r for r in RunStore(tmp_path / "runs.sqlite").list() if not r.id.startswith("tune")]
     assert last.options["lr"] == best["bp"]["lr"]
+
+
+def test_sigterm_stops_the_grid_and_its_running_cell_saves(tmp_path):
+    store_path = tmp_path / "runs.sqlite"
+    cmd = [sys.executable, "-m", "beyondbp.cli", "bench", "--rules", "bp", "--nets", "mlp:16",
+           "--seeds", "3", "--epochs", "100000", "--patience", "100000", "--store",
+           str(store_path), "--device", "cpu"]  # fmt: skip
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the first cell has trained a few epochs
+        runs = RunStore(store_path).list() if store_path.exists() else []
+        if runs and len(runs[0].history) >= 3:
+            break
+        time.sleep(0.2)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 130
+    (run,) = RunStore(store_path).list()  # no other cell was started
+    assert run.status == "interrupted"
+    ckpt = store_path.parent / "checkpoints" / run.id / "last.pt"
+    assert ckpt.is_file()

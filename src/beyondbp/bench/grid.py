@@ -14,11 +14,14 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +184,24 @@ def _worker_cmd(cell: Cell, store: RunStore) -> list[str]:
     return [sys.executable, "-m", "beyondbp.bench.cell", payload]
 
 
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a grid like Ctrl-C does (where a signal handler can be set)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run_grid(
     cells: Iterable[Cell],
     store: RunStore,
@@ -202,22 +223,40 @@ def run_grid(
     logs = store.path.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
+    live: set[subprocess.Popen] = set()
+    stopping = threading.Event()
+
     def run(cell: Cell) -> RunRecord | None:
+        if stopping.is_set():
+            return None
         with open(logs / f"{cell.run_id}.log", "ab") as log:
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             if jobs > 1:  # share the cores: parallel cells must not oversubscribe them
                 env["BEYONDBP_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-            proc = subprocess.run(_worker_cmd(cell, store), stdout=log, stderr=log, env=env)
-        if proc.returncode != 0:
-            cell.record_failure(
-                store, f"worker exited with code {proc.returncode}; log: {log.name}"
-            )
+            proc = subprocess.Popen(_worker_cmd(cell, store), stdout=log, stderr=log, env=env)
+            live.add(proc)
+            code = proc.wait()
+            live.discard(proc)
+        if code != 0 and not stopping.is_set():
+            cell.record_failure(store, f"worker exited with code {code}; log: {log.name}")
         return cell.find(store)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(run, c): c for c in todo}
-        for fut in as_completed(futures):
-            if on_done is not None:
-                on_done(futures[fut], fut.result())
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        with _terminate_as_interrupt():
+            futures = {pool.submit(run, c): c for c in todo}
+            for fut in as_completed(futures):
+                if on_done is not None:
+                    on_done(futures[fut], fut.result())
+    except BaseException:
+        # Ctrl-C or SIGTERM: start no new cell, and let the running workers save and stop
+        stopping.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(live):
+            proc.send_signal(signal.SIGTERM)
+        for proc in list(live):
+            proc.wait()
+        raise
+    pool.shutdown()
     found = [c.find(store) for c in cells]
     return [r for r in found if r is not None]
