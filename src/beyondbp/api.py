@@ -146,6 +146,17 @@ def train(
     return TrainResult(model, rule_obj, record)
 
 
+def options_diff(record: RunRecord) -> str:
+    """The options of a run that differ from its rule's defaults, as ``k=v, ...`` ('' if none)."""
+    from beyondbp.rules import available_rules
+
+    cls = available_rules().get(record.rule)
+    if cls is None:
+        return ""
+    defaults = cls.Options().model_dump()
+    return ", ".join(f"{k}={v}" for k, v in record.options.items() if defaults.get(k) != v)
+
+
 def time_to_target(record: RunRecord, target: float) -> float | None:
     """Training seconds until the validation accuracy first reached ``target`` (None: never)."""
     for row in record.history:
@@ -181,6 +192,7 @@ def summarize(
             "net": net,
             "setup": setup,
             "budget": budget,
+            "variant": options_diff(rs[0]),
             "runs": len(done),
             "failed": len(rs) - len(done),
             "errors": sorted(
@@ -227,6 +239,7 @@ METRICS = (
     "flops_per_step",
     "gflops_per_s",
     "epochs",
+    "step_transient_bytes",
 )
 RATIOS = (
     ("test_acc", "delta_acc"),
@@ -363,47 +376,45 @@ def reproduce(
 def reproduce_markdown(result: ReproduceResult) -> str:
     """The ours-vs-paper table of a reproduction, as Markdown."""
     p = result.preset
+    quick = " **Quick run** (reduced budget, one seed): not a reproduction." if result.quick else ""
     lines = [
         f"# {p.name}: {p.description}",
         "",
-        f"Source of the paper's numbers: {p.source}."
-        + (
-            " **Quick run** (reduced budget, one seed): not a reproduction." if result.quick else ""
-        ),
+        f"Source of the paper's numbers: {p.source}.{quick}",
         "",
         "| data | net | rule | runs | ours: test acc % | paper % | gap (points) | verdict "
-        "| train time s | paper time s | energy Wh | epochs |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| train time s | paper time s | energy Wh | epochs | step memory MiB "
+        "(of it allocated by the step) |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
 
-    def num(v: float | None, fmt: str) -> str:
-        return "-" if v is None else fmt.format(v)
+    def num(v: float | None, fmt: str, scale: float = 1.0) -> str:
+        return "-" if v is None else fmt.format(v * scale)
+
+    def pm(r: dict[str, Any], key: str, fmt: str, scale: float = 1.0) -> str:
+        if r[key] is None:
+            return "-"
+        return f"{num(r[key], fmt, scale)} ± {num(r[key + '_std'], fmt, scale)}"
 
     for r in sorted(result.rows, key=lambda r: (r["dataset"], r["net"], r["rule"])):
-        acc = (
-            num(r["test_acc"], "{:.2f}")
-            if r["test_acc"] is None
-            else (f"{100 * r['test_acc']:.2f} ± {100 * r['test_acc_std']:.2f}")
-        )
-        t = num(r["train_time_s"], "{:.1f}") + (
-            f" ± {r['train_time_s_std']:.1f}" if r["train_time_s"] is not None else ""
-        )
-        e = num(r["energy_wh"], "{:.3f}") + (
-            f" ({r['energy_label']})" if r["energy_wh"] is not None else ""
-        )
+        energy = "-" if r["energy_wh"] is None else f"{r['energy_wh']:.3f} ({r['energy_label']})"
+        memory = num(r["peak_step_bytes"], "{:.1f}", 2**-20)
+        if r["step_transient_bytes"] is not None:
+            memory += f" ({r['step_transient_bytes'] / 2**20:.1f})"
         cells = [
             r["dataset"],
             r["net"],
-            r["rule"],
+            r["rule"] + (f" ({r['variant']})" if r["variant"] else ""),
             str(r["runs"]),
-            acc,
+            pm(r, "test_acc", "{:.2f}", 100),
             num(r["paper_acc"], "{}"),
             num(r["gap"], "{:+.2f}"),
             r["verdict"],
-            t,
+            pm(r, "train_time_s", "{:.1f}"),
             num(r["paper_time_s"], "{}"),
-            e,
+            energy,
             num(r["epochs"], "{:.0f}"),
+            memory,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if p.notes:

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from beyondbp.api import summarize
+from beyondbp.api import options_diff, summarize
 from beyondbp.bench.grid import setup_key
-from beyondbp.rules import get_rule
 from beyondbp.runs import RunRecord, RunStore
 
 PALETTE = (
@@ -177,15 +176,11 @@ def make_plots(records: list[RunRecord]) -> dict[str, bytes]:
 
 
 def _options_label(r: RunRecord, needed: bool) -> str:
-    """The options of a run that differ from the rule's defaults, e.g. ' [predict=goodness]'."""
+    """' [k=v, ...]': the options that differ from the rule's defaults, where runs of one rule
+    need telling apart."""
     if not needed:
         return ""
-    try:
-        defaults = get_rule(r.rule).Options().model_dump()
-    except Exception:  # a rule that is no longer registered
-        return ""
-    diff = {k: v for k, v in r.options.items() if defaults.get(k) != v}
-    return " [" + ", ".join(f"{k}={v}" for k, v in diff.items()) + "]" if diff else " [defaults]"
+    return f" [{options_diff(r) or 'defaults'}]"
 
 
 def _fmt(v: Any, scale: float = 1, digits: int = 2) -> str:
@@ -205,8 +200,8 @@ TABLE_HEADER = (
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
-    """Table cells per summary row; a setup id follows the net where the same rule, data and net
-    were run under several setups (budgets or options)."""
+    """Table cells per summary row. Where the same rule, data and net were run under several
+    setups, the rule shows its non-default options (or the net a setup id, for budgets)."""
     count: dict[tuple[str, str, str], int] = {}
     for r in rows:
         count[(r["rule"], r["dataset"], r["net"])] = (
@@ -214,11 +209,11 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
         )
     out = []
     for r in sorted(rows, key=lambda r: (r["dataset"], r["net"], r["rule"] != "bp", r["rule"])):
-        net = r["net"] + (
-            f" [{r['setup']}]" if count[(r["rule"], r["dataset"], r["net"])] > 1 else ""
-        )
+        ambiguous = count[(r["rule"], r["dataset"], r["net"])] > 1
+        rule = r["rule"] + (f" [{r['variant'] or 'defaults'}]" if ambiguous else "")
+        net = r["net"] + (f" [setup {r['setup']}]" if ambiguous and not r["variant"] else "")
         out.append([
-            r["rule"], r["dataset"], net,
+            rule, r["dataset"], net,
             f"{r['runs']}" + (f" (+{r['failed']} not finished)" if r["failed"] else ""),
             _pm(r, "test_acc", 100), _fmt(r["delta_acc"], 100, 2),
             _pm(r, "train_time_s", 1, 1), _fmt(r["time_ratio"]),
