@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--data", default="fashion-mnist,mnist")
     ap.add_argument("--nets", default="mlp:1000x2,cnn3")
     ap.add_argument("--store", default=str(HERE / "runs" / "bp_baselines.sqlite"))
+    ap.add_argument("--no-run", action="store_true", help="only tabulate the stored runs")
     args = ap.parse_args()
     result = api.reproduce(
         "spyra2025-bp",
@@ -48,6 +49,7 @@ def main() -> None:
         nets=args.nets.split(","),
         data_dir=args.data_dir,
         store=args.store,
+        run=not args.no_run,
         on_done=lambda c, r: print(c.dataset, c.net, c.seed, r.status if r else "?", flush=True),
     )
     env = environment("cpu")

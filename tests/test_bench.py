@@ -177,6 +177,9 @@ def test_reproduce_puts_the_paper_next_to_ours(tmp_path):
     assert row["verdict"] == "ours below"
     md = reproduce_markdown(res)
     assert "| digits | mlp:16 | bp | 2 |" in md and "ours below" in md and "a toy paper" in md
+    stored = reproduce("toy-paper", store=tmp_path / "runs.sqlite", run=False)
+    assert [r.id for r in stored.records] == [r.id for r in res.records]
+    assert reproduce("toy-paper", store=tmp_path / "empty.sqlite", run=False).rows == []
     quick = reproduce("toy-paper", quick=True, store=tmp_path / "runs.sqlite")
     assert quick.rows[0]["runs"] == 1 and quick.records[0].metrics["epochs"] == 1
     assert "Quick run" in reproduce_markdown(quick)

@@ -318,13 +318,15 @@ def reproduce(
     store: str | Path | RunStore | bool | None = True,
     jobs: int = 1,
     on_done: Callable[[Cell, RunRecord | None], None] | None = None,
+    run: bool = True,
 ) -> ReproduceResult:
     """Run a paper preset and put the paper's numbers next to ours.
 
     Each row gets ``paper_acc`` (%), ``gap`` (ours − paper, points) and ``verdict``: whether the
     paper's number lies inside the range of our seeds, or below / above it. ``quick`` runs the
     preset's reduced budget with one seed, so anyone can try it in minutes. ``datasets`` and
-    ``nets`` keep only those parts of the preset.
+    ``nets`` keep only those parts of the preset. ``run=False`` runs nothing: the table of what
+    the store already holds.
     """
     from beyondbp.bench.presets import get_preset
 
@@ -346,7 +348,10 @@ def reproduce(
         cells += grid.model_copy(update=update).cells()
     run_store = _open_store(store if store is not False else True)
     assert run_store is not None
-    records = run_grid(cells, run_store, jobs=jobs, on_done=on_done)
+    if run:
+        records = run_grid(cells, run_store, jobs=jobs, on_done=on_done)
+    else:
+        records = [r for c in cells if (r := c.find(run_store)) is not None]
     rows = summarize(records)
     for row in rows:
         paper = preset.paper.get((row["rule"], row["dataset"], row["net"]))

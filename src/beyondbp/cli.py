@@ -335,6 +335,7 @@ def reproduce(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="also write the table here")
     ] = None,
+    no_run: Annotated[bool, typer.Option("--no-run", help="only tabulate stored runs")] = False,
 ):
     """Run a paper's setup and print our numbers next to the paper's, with the gap."""
     from rich.markdown import Markdown
@@ -355,6 +356,7 @@ def reproduce(
         data_dir=data_dir,
         store=store if store is not None else True,
         jobs=jobs,
+        run=not no_run,
         on_done=lambda c, r: console.print(
             f"{c.rule} {c.dataset} {c.net} seed {c.seed}: {r.status if r else 'missing'}",
             highlight=False,
