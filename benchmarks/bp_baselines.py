@@ -64,6 +64,13 @@ def main() -> None:
         "",
         RECIPE_NOTE,
         "",
+        "The runs were made by this script without `--no-run` (which only tabulates stored runs). "
+        "Some shared the 2 cores with other work (tests, development): the time spread is that, "
+        "not the rule; per-run times are in bp_baselines.json (FMNIST cnn3 seed 0: 1134 s beside "
+        "the test suite, seeds 1-2: 561 s and 551 s alone; the MLP runs, 281-680 s, all overlapped other work: alone one epoch takes about 5.5 s, see throughput.md). The MLP runs' step memory was probed "
+        "on the first training step by the code of that time (no split into step-allocated "
+        "bytes); the cnn3 runs on the second step.",
+        "",
         "Energy on this machine is a CodeCarbon estimate (no RAPL or NVML counter is readable "
         "here): CPU power modelled from the CPU's power class, plus RAM; not a measurement. "
         "Peak step memory and GFLOP/s per run are in bp_baselines.json.",
