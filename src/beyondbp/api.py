@@ -18,7 +18,7 @@ from torch import nn
 
 from beyondbp.bench.grid import Cell, GridSpec, run_grid, setup_key
 from beyondbp.data import Dataset, load_dataset
-from beyondbp.errors import BeyondBPError
+from beyondbp.errors import BeyondBPError, UnknownNameError
 from beyondbp.harness import EpochCallback, TrainConfig, Trainer, seed_everything
 from beyondbp.measure import environment
 from beyondbp.nets import build_net
@@ -109,8 +109,6 @@ def train(
     known = TrainConfig.model_fields
     bad = [k for k in config if k not in known]
     if bad:
-        from beyondbp.errors import UnknownNameError
-
         raise UnknownNameError("training setting", bad[0], known)
     cfg = TrainConfig(**config)
     cfg = cfg.model_copy(update={"device": resolve_device(cfg.device, rule_cls)})
