@@ -103,7 +103,10 @@ def test_step_and_time_budgets():
     )
     assert res.metrics["steps"] == 25 and "25 steps" in res.metrics["stop_reason"]
     assert res.metrics["epochs"] == 2  # the partial epoch is evaluated, then training stops
-    res = bb.train("bp", "digits", "mlp:32", epochs=10_000, max_seconds=1.0, store=False, **FAST)
+    # patience off: on a fast machine early stopping would otherwise end the run first
+    res = bb.train(
+        "bp", "digits", "mlp:32", epochs=10_000, max_seconds=1.0, patience=None, store=False, **FAST
+    )
     assert res.record.status == "finished" and "seconds" in res.metrics["stop_reason"]
     assert res.metrics["train_time_s"] < 2.0
 
