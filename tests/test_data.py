@@ -14,7 +14,7 @@ import torch
 from beyondbp.data import available_datasets, load_dataset
 from beyondbp.data.cifar import read_cifar10
 from beyondbp.data.idx import IdxSource, read_idx_dataset
-from beyondbp.errors import DataError, UnknownNameError
+from beyondbp.errors import BeyondBPError, DataError, UnknownNameError
 
 
 def test_registry_lists_builtin_datasets():
@@ -261,3 +261,26 @@ def test_idx_offline_error_says_the_download_failed(tmp_path):
     with pytest.raises(DataError, match="download failed") as e:
         read_idx_dataset(src, [tmp_path / "a"], download=True)
     assert "make it" in str(e.value)
+
+
+def test_crop_flip_is_a_shifted_window_of_the_reflect_padded_image_or_its_mirror():
+    from beyondbp.data.augment import batch_generator, random_crop_flip
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    out = random_crop_flip(x, batch_generator(0, 0, 0))
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
+    for i in range(2):
+        windows = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(9) for dx in range(9)]
+        windows += [w.flip(-1) for w in windows]
+        assert any(torch.equal(out[i], w) for w in windows)
+    # the same (seed, epoch, batch) gives the same batch: resume sees what it would have seen
+    assert torch.equal(out, random_crop_flip(x, batch_generator(0, 0, 0)))
+    assert not torch.equal(out, random_crop_flip(x, batch_generator(0, 0, 1)))
+
+
+def test_crop_flip_refuses_flat_inputs():
+    from beyondbp.data.augment import batch_generator, random_crop_flip
+
+    with pytest.raises(BeyondBPError, match="image batches"):
+        random_crop_flip(torch.zeros(4, 64), batch_generator(0, 0, 0))

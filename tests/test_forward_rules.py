@@ -63,6 +63,35 @@ def test_mono_forward_greedy_trains_one_layer_at_a_time():
     assert not torch.equal(net.blocks[1][0].weight, w1)
 
 
+def test_mono_forward_layer_patience_restores_the_best_epoch_and_moves_on():
+    torch.manual_seed(0)
+    net = build_net("mlp:12x2", (1, 8, 8), 10)
+    opts = {"layer_schedule": "greedy", "epochs_per_layer": 50, "layer_patience": 2}
+    rule = _setup("mono-forward", net, opts)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    rule.step(x, y)
+    rule.end_epoch(0, {"loss": 1.0})  # best so far: this epoch's layer-1 weights are kept
+    best = net.blocks[0][1].weight.detach().clone()
+    for epoch, loss in ((1, 1.5), (2, 1.2)):  # two epochs without improvement
+        assert int(rule.projections.layer) == 0 and rule.done() is None
+        rule.step(x, y)
+        rule.end_epoch(epoch, {"loss": loss})
+    assert int(rule.projections.layer) == 1  # patience ran out: layer 2 trains now
+    assert torch.equal(net.blocks[0][1].weight, best)  # with layer 1's best weights back
+    for epoch in (3, 4, 5):
+        rule.step(x, y)
+        rule.end_epoch(epoch, {"loss": 2.0})
+    assert "complete" in rule.done() and "no improvement" in rule.done()
+
+
+def test_greedy_mono_forward_run_ends_when_its_last_layer_is_done():
+    opts = {"layer_schedule": "greedy", "epochs_per_layer": 3, "lr": 1e-2}
+    res = bb.train("mono-forward", "digits", "mlp:64x2", options=opts, epochs=100,
+                   batch_size=32, patience=None, store=False, **FAST)  # fmt: skip
+    assert res.metrics["epochs"] == 6 and "greedy" in res.metrics["stop_reason"]
+    assert res.metrics["test_acc"] > 0.9
+
+
 def test_dfa_hidden_update_is_the_projected_error_times_the_derivative():
     torch.manual_seed(0)
     net = build_net("mlp:6x2", (1, 8, 8), 10)

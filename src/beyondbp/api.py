@@ -211,13 +211,19 @@ def summarize(
         labels = {r.metrics.get("energy_label") for r in done}
         row["energy_label"] = labels.pop() if len(labels) == 1 else "mixed"
         rows.append(row)
-    # the baseline: bp on the same data and net under the same harness budget
-    by_cell: dict[tuple[str, str, str], dict[str, Any]] = {}
+    # the baseline: bp on the same data and net under the same harness budget; failing that,
+    # bp on the same data and net under its own protocol (a paper comparison where each rule
+    # trains to its own early stopping, e.g. FF with batch 100 against BP with batch 128)
+    by_cell: dict[tuple[str, ...], dict[str, Any]] = {}
     for r in rows:
-        if r["rule"] == "bp":
+        if r["rule"] == "bp" and r["runs"]:
             by_cell.setdefault((r["dataset"], r["net"], r["budget"]), r)
+            by_cell.setdefault((r["dataset"], r["net"]), r)
     for row in rows:
         base = by_cell.get((row["dataset"], row["net"], row["budget"]))
+        row["baseline"] = "bp, same budget" if base else None
+        if base is None and (base := by_cell.get((row["dataset"], row["net"]))) is not None:
+            row["baseline"] = "bp, its own budget"
         for key, name in RATIOS:
             a, b = row.get(key), base.get(key) if base else None
             if a is None or b is None:
@@ -317,13 +323,14 @@ def reproduce(
     jobs: int = 1,
     on_done: Callable[[Cell, RunRecord | None], None] | None = None,
     run: bool = True,
+    rules: Sequence[str] | None = None,
 ) -> ReproduceResult:
     """Run a paper preset and put the paper's numbers next to ours.
 
     Each row gets ``paper_acc`` (%), ``gap`` (ours − paper, points) and ``verdict``: whether the
     paper's number lies inside the range of our seeds, or below / above it. ``quick`` runs the
-    preset's reduced budget with one seed, so anyone can try it in minutes. ``datasets`` and
-    ``nets`` keep only those parts of the preset. ``run=False`` runs nothing: the table of what
+    preset's reduced budget with one seed, so anyone can try it in minutes. ``datasets``,
+    ``nets`` and ``rules`` keep only those parts of the preset. ``run=False`` runs nothing: the table of what
     the store already holds.
     """
     from beyondbp.bench.presets import get_preset
@@ -341,6 +348,8 @@ def reproduce(
             update["datasets"] = [d for d in grid.datasets if d in datasets]
         if nets:
             update["nets"] = [n for n in grid.nets if n in nets]
+        if rules:
+            update["rules"] = [r for r in grid.rules if r in rules]
         if data_dir is not None:
             update["data_dir"] = str(data_dir)
         cells += grid.model_copy(update=update).cells()
@@ -352,19 +361,23 @@ def reproduce(
         records = [r for c in cells if (r := c.find(run_store)) is not None]
     rows = summarize(records)
     for row in rows:
-        paper = preset.paper.get((row["rule"], row["dataset"], row["net"]))
-        accs = [
-            100 * r.metrics["test_acc"]
+        group = [
+            r
             for r in records
             if (r.rule, r.dataset, r.net, setup_key(r))
             == (row["rule"], row["dataset"], row["net"], row["setup"])
-            and r.status == "finished"
         ]
+        paper = preset.paper_number(row["rule"], row["dataset"], row["net"], group[0].options)
+        accs = [100 * r.metrics["test_acc"] for r in group if r.status == "finished"]
         row.update(paper_acc=None, gap=None, verdict="no paper number", paper_time_s=None)
+        row["paper_time_ratio"] = None
         if paper is not None:
             row.update(
                 paper_acc=paper.test_acc, paper_time_s=paper.time_s, paper_energy_wh=paper.energy_wh
             )
+            paper_bp = preset.paper_number("bp", row["dataset"], row["net"], {})
+            if paper.time_s and paper_bp is not None and paper_bp.time_s:
+                row["paper_time_ratio"] = paper.time_s / paper_bp.time_s
             if accs:
                 row["gap"] = statistics.fmean(accs) - paper.test_acc
                 if min(accs) <= paper.test_acc <= max(accs):
@@ -386,9 +399,9 @@ def reproduce_markdown(result: ReproduceResult) -> str:
         f"Source of the paper's numbers: {p.source}.{quick}",
         "",
         "| data | net | rule | runs | ours: test acc % | paper % | gap (points) | verdict "
-        "| train time s | paper time s | energy Wh | epochs | step memory MiB "
-        "(of it allocated by the step) |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| train time s | time ×BP | paper time s | paper time ×BP | energy Wh | epochs "
+        "| GFLOP/step | step memory MiB (of it allocated by the step) |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def num(v: float | None, fmt: str, scale: float = 1.0) -> str:
@@ -414,12 +427,22 @@ def reproduce_markdown(result: ReproduceResult) -> str:
             num(r["gap"], "{:+.2f}"),
             r["verdict"],
             pm(r, "train_time_s", "{:.1f}"),
+            num(r["time_ratio"], "{:.2f}") + ("*" if r["baseline"] == "bp, its own budget" else ""),
             num(r["paper_time_s"], "{}"),
+            num(r["paper_time_ratio"], "{:.2f}"),
             energy,
             num(r["epochs"], "{:.0f}"),
+            num(r["flops_per_step"], "{:.2f}", 1e-9),
             memory,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "time ×BP: our training time over that of bp on the same data and net in this table "
+        "(* bp under its own budget, e.g. another batch size: each rule to its own stopping "
+        "rule, as in the paper). Train time excludes validation passes; the paper's includes "
+        "them.",
+    ]
     if p.notes:
         lines += ["", p.notes]
     return "\n".join(lines) + "\n"

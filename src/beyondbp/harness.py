@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from beyondbp.data import Dataset, Split
+from beyondbp.data.augment import Augmentation, augment_batch
 from beyondbp.measure import (
     EnergyMeter,
     StepProbe,
@@ -57,6 +58,11 @@ class TrainConfig(BaseModel):
     max_examples: int | None = Field(None, ge=1)
     max_seconds: float | None = Field(None, gt=0, description="training wall-time budget")
     steps_per_epoch: int = Field(1, ge=1, description="for rules whose step uses all the data")
+    augment: Augmentation = Field(
+        "none",
+        description="training-batch augmentation: crop-flip = random crop (pad 4, reflect) and "
+        "horizontal flip (the CIFAR protocol)",
+    )
     diverge_loss: float = Field(1e6, gt=0, description="a training loss above this diverged")
     seed: int = 0
     data_seed: int = 0
@@ -258,6 +264,7 @@ class Trainer:
                 if rule.unit == "batch":
                     idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                     x, y = train.x[idx], train.y[idx]
+                    x = augment_batch(x, cfg.augment, cfg.seed, st.epoch, b)
                 else:
                     x, y = train.x, train.y
                 # the second step: optimiser state exists by then, as in every later step
@@ -328,9 +335,9 @@ class Trainer:
         row.update({f"val_{k}": v for k, v in val.items()})
         row["train_time_s"] = st.train_time
         st.history.append(row)
-        self.rule.end_epoch(st.epoch, val)
-        st.epoch, st.batch, st.sums, st.seen = st.epoch + 1, 0, {}, 0
 
+        # the best-epoch snapshot is of the weights just validated, before the rule's end_epoch
+        # may change them (e.g. Mono-Forward restoring a layer's best copy and moving on)
         value = row.get(cfg.monitor)
         if value is not None:
             sign = 1.0 if cfg.monitor == "val_loss" else -1.0
@@ -347,6 +354,10 @@ class Trainer:
                     st.stop_reason = (
                         f"early stop: {cfg.monitor} did not improve for {cfg.patience} epochs"
                     )
+        self.rule.end_epoch(st.epoch, val)
+        st.epoch, st.batch, st.sums, st.seen = st.epoch + 1, 0, {}, 0
+        if st.stop_reason is None:
+            st.stop_reason = self.rule.done()
         if st.stop_reason is None:
             self._budget_reason(st.steps, st.examples, st.train_time)
         return row

@@ -1,7 +1,8 @@
 """Grids of runs: rules × datasets × nets × seeds, each cell in its own process, resumable.
 
 A cell is identified by its content (rule, dataset, net, seed and the *full* options and harness
-settings, defaults filled in), not by when it ran: a finished run with the same content is
+settings, defaults filled in; in the identity itself an entry equal to today's default is left
+out, so a setting added later does not orphan runs made before it existed), not by when it ran: a finished run with the same content is
 found in the store and never recomputed, however it was started (a grid, a preset, or
 ``beyondbp train`` by hand). Killing a grid at any moment loses nothing: a cell's worker holds a
 lock while it runs, writes its record under the cell's fixed id, and a restarted grid resumes
@@ -95,13 +96,34 @@ def load_grid_file(path: str | Path) -> GridSpec:
         raise BeyondBPError(f"grid file {path} does not parse: {e}") from e
 
 
-def _identity(rule: str, dataset: str, net: str, options: dict, config: dict) -> str:
+def _non_default(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The entries that differ from the defaults (a missing default counts as different)."""
+    missing = object()
+    return {k: v for k, v in sorted(values.items()) if defaults.get(k, missing) != v}
+
+
+def _option_defaults(rule: str) -> dict[str, Any]:
+    try:
+        return make_options(get_rule(rule), {}).model_dump()
+    except BeyondBPError:  # a rule no longer registered: keep every option
+        return {}
+
+
+_CONFIG_DEFAULTS = TrainConfig().model_dump()
+
+
+def _identity(
+    rule: str, dataset: str, net: str, options: dict, config: dict, options_of: str | None = None
+) -> str:
+    """A content hash; ``options_of`` names the rule whose defaults ``options`` are compared to
+    (default: ``rule``)."""
+    config = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
     content = {
         "rule": rule,
         "dataset": dataset,
         "net": net,
-        "options": options,
-        "config": {k: v for k, v in sorted(config.items()) if k not in NOT_IDENTITY},
+        "options": _non_default(options, _option_defaults(options_of or rule)) if options else {},
+        "config": _non_default(config, _CONFIG_DEFAULTS),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[
         :12
@@ -117,7 +139,7 @@ def setup_key(r: RunRecord, with_options: bool = True) -> str:
     """What a run's seeds share: its identity without the seed (and, optionally, without the
     rule's options: runs of different rules under the same budget)."""
     config = {k: v for k, v in r.config.items() if k != "seed"}
-    return _identity("", "", "", r.options if with_options else {}, config)[:6]
+    return _identity("", "", "", r.options if with_options else {}, config, r.rule)[:6]
 
 
 @dataclass

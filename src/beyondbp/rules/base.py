@@ -118,6 +118,11 @@ class Rule:
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         """Called after each epoch's validation (learning-rate schedules live here)."""
 
+    def done(self) -> str | None:
+        """Checked after ``end_epoch``: a reason to stop training that the rule itself decides
+        (e.g. its last layer-wise stage has finished), or None to go on."""
+        return None
+
     def modules(self) -> dict[str, nn.Module]:
         """Everything that predicts: the net plus any rule-owned modules that ``predict`` uses
         (projections, heads). The harness checkpoints these and restores the best epoch's."""

@@ -86,10 +86,12 @@ class CaFo(Rule):
         shapes = self.net.feature_shapes(meta.input_shape)
         self.classes = meta.classes
         self.predictors = nn.ModuleList(nn.Linear(s.numel(), meta.classes) for s in shapes)
-        self.epoch = 0
+        # the epoch counter decides what predicts (the DFA auxiliary layer, then the predictors):
+        # a buffer among the modules, so a restored best epoch brings its counter along
+        self.predictors.register_buffer("epoch", torch.tensor(0, device=ctx.device))
         self.opt = make_optimizer(self.predictors.parameters(), o)
         if o.block_training == "dfa":
-            self.aux = nn.Linear(shapes[-1].numel(), meta.classes).to(ctx.device)
+            self.aux = nn.Linear(shapes[-1].numel(), meta.classes)
             self.feedback = feedback_matrices(shapes, meta.classes, ctx.seed).to(ctx.device)
             dfa_params = list(self.net.blocks.parameters()) + list(self.aux.parameters())
             self.dfa_opt = torch.optim.Adam(dfa_params, lr=o.dfa_lr)
@@ -97,7 +99,13 @@ class CaFo(Rule):
         self._reset_normal_equations()
 
     def modules(self) -> dict[str, nn.Module]:
+        if self.options.block_training == "dfa":
+            return {"net": self.net, "predictors": self.predictors, "aux": self.aux}
         return {"net": self.net, "predictors": self.predictors}
+
+    @property
+    def epoch(self) -> int:
+        return int(self.predictors.epoch)
 
     @property
     def training_blocks(self) -> bool:
@@ -175,21 +183,20 @@ class CaFo(Rule):
             self.solve_least_squares()
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
-        self.epoch = epoch + 1
+        self.predictors.epoch.fill_(epoch + 1)
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"opt": self.opt.state_dict(), "epoch": self.epoch,
-                                 "gram": self.gram, "cross": self.cross}  # fmt: skip
+        state: dict[str, Any] = {"opt": self.opt.state_dict(), "gram": self.gram,
+                                 "cross": self.cross}  # fmt: skip
         if self.options.block_training == "dfa":
-            state |= {"aux": self.aux.state_dict(), "dfa_opt": self.dfa_opt.state_dict(),
+            state |= {"dfa_opt": self.dfa_opt.state_dict(),
                       "feedback": self.feedback.state_dict()}  # fmt: skip
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state["opt"])
-        self.epoch, self.gram, self.cross = state["epoch"], state["gram"], state["cross"]
+        self.gram, self.cross = state["gram"], state["cross"]
         if self.options.block_training == "dfa":
-            self.aux.load_state_dict(state["aux"])
             self.dfa_opt.load_state_dict(state["dfa_opt"])
             self.feedback.load_state_dict(state["feedback"])
 

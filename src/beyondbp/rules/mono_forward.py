@@ -6,10 +6,18 @@ Layer i computes ``a_i = block_i(a_{i-1})`` from the *detached* ``a_{i-1}``; a l
 ``L_i = CE(G_i, y)`` updates only ``(block_i, M_i)``. Each layer's backward runs as soon as its
 forward is done, so only one layer's graph is alive at a time: memory does not grow with depth.
 Inference is one forward pass: argmax of the last layer's scores (or of their sum over layers).
+
+Layer schedule: ``joint`` updates every layer on every batch; ``greedy`` trains layer 1, then
+layer 2 on layer 1's frozen output, and so on (Spyra 2025's code). A greedy layer trains for
+``epochs_per_layer`` epochs, or, with ``layer_patience``, until its validation loss has not
+improved for that many epochs; it then gets its best epoch's weights back and the next layer
+starts. The validation loss is that of the rule's prediction, which for ``predict_with=last`` is
+exactly the local loss of the layer in training. Training ends when the last layer is done.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -38,7 +46,15 @@ class Options(OptimOptions):
         description="joint: every layer updates on every batch; greedy: layer 1 for "
         "epochs_per_layer epochs, then layer 2, ... (Spyra's code)",
     )
-    epochs_per_layer: int = Field(12, ge=1, description="greedy schedule only")
+    epochs_per_layer: int = Field(
+        12, ge=1, description="greedy: the most epochs a layer trains (Spyra's tuned value)"
+    )
+    layer_patience: int | None = Field(
+        None,
+        ge=1,
+        description="greedy: move to the next layer when the validation loss has not improved "
+        "for this many epochs (None: always epochs_per_layer)",
+    )
     predict_with: Literal["last", "sum"] = Field(
         "last", description="last layer's scores (the paper) or their sum over layers"
     )
@@ -61,24 +77,30 @@ class MonoForward(Rule):
         self.net = as_blocknet(net)
         widths = [shape.numel() for shape in self.net.feature_shapes(meta.input_shape)]
         self.projections = nn.ModuleList(nn.Linear(w, meta.classes, bias=False) for w in widths)
-        self.epoch = 0
+        # the deepest layer trained so far, the one that predicts: a buffer among the modules, so
+        # the best-epoch weights the harness restores come with the layer they belong to
+        greedy = self.options.layer_schedule == "greedy"
+        start = 0 if greedy else len(widths) - 1
+        self.projections.register_buffer("layer", torch.tensor(start, device=ctx.device))
+        self.stage: dict[str, Any] = {"epochs": 0, "best": None, "bad": 0, "best_state": None}
+        self.finished: str | None = None
         # one optimiser per layer, stepped right after the layer's backward: its gradients are
         # freed before the next layer runs (the same update as one optimiser over all layers)
         self.opts = [
             make_optimizer([*block.parameters(), *proj.parameters()], self.options)
             for block, proj in zip(self.net.blocks, self.projections, strict=True)
         ]
-        self.schedules = [Schedule(opt, self.options, ctx.max_epochs) for opt in self.opts]
+        horizon = self.options.epochs_per_layer if greedy else ctx.max_epochs
+        self.schedules = [Schedule(opt, self.options, horizon) for opt in self.opts]
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net, "projections": self.projections}
 
     def _active_layers(self) -> range:
         """The layers that learn now: all (joint) or one at a time (greedy)."""
-        n = len(self.projections)
         if self.options.layer_schedule == "joint":
-            return range(n)
-        k = min(self.epoch // self.options.epochs_per_layer, n - 1)
+            return range(len(self.projections))
+        k = int(self.projections.layer)
         return range(k, k + 1)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
@@ -100,7 +122,7 @@ class MonoForward(Rule):
         return {"loss": losses[-1], "local_loss_mean": torch.stack(losses).mean()}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        last = self._active_layers().stop - 1
+        last = int(self.projections.layer)
         scores = []
         a = x
         for i, block in enumerate(self.net.blocks[: last + 1]):
@@ -110,17 +132,52 @@ class MonoForward(Rule):
         return torch.stack(scores).sum(0)
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
-        self.epoch = epoch + 1
-        for schedule in self.schedules:
-            schedule.step(val.get("loss"))
+        for i in self._active_layers():
+            self.schedules[i].step(val.get("loss"))
+        if self.options.layer_schedule == "greedy":
+            self._greedy_stage(val.get("loss"))
+
+    def _greedy_stage(self, val_loss: float | None) -> None:
+        """Count the epoch of the layer in training; move on when its budget or patience ends."""
+        o, st = self.options, self.stage
+        k = int(self.projections.layer)
+        st["epochs"] += 1
+        if o.layer_patience is not None and val_loss is not None:
+            if st["best"] is None or val_loss < st["best"]:
+                st["best"], st["bad"] = val_loss, 0
+                st["best_state"] = self._layer_state(k)
+            else:
+                st["bad"] += 1
+        patience_out = o.layer_patience is not None and st["bad"] >= o.layer_patience
+        if st["epochs"] < o.epochs_per_layer and not patience_out:
+            return
+        if st["best_state"] is not None:  # the layer's best validation epoch
+            self.net.blocks[k].load_state_dict(st["best_state"]["block"])
+            self.projections[k].load_state_dict(st["best_state"]["projection"])
+        why = f"no improvement for {o.layer_patience} epochs" if patience_out else "epoch budget"
+        if k + 1 < len(self.projections):
+            self.projections.layer.fill_(k + 1)
+            self.stage = {"epochs": 0, "best": None, "bad": 0, "best_state": None}
+        else:
+            self.finished = f"greedy layer schedule complete (last layer: {why})"
+
+    def _layer_state(self, k: int) -> dict[str, Any]:
+        return {
+            "block": copy.deepcopy(self.net.blocks[k].state_dict()),
+            "projection": copy.deepcopy(self.projections[k].state_dict()),
+        }
+
+    def done(self) -> str | None:
+        return self.finished
 
     def state_dict(self) -> dict[str, Any]:
         return {"opts": [o.state_dict() for o in self.opts],
-                "schedules": [s.state_dict() for s in self.schedules], "epoch": self.epoch}  # fmt: skip
+                "schedules": [s.state_dict() for s in self.schedules],
+                "stage": self.stage, "finished": self.finished}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for opt, st in zip(self.opts, state["opts"], strict=True):
             opt.load_state_dict(st)
         for schedule, st in zip(self.schedules, state["schedules"], strict=True):
             schedule.load_state_dict(st)
-        self.epoch = state["epoch"]
+        self.stage, self.finished = state["stage"], state["finished"]
