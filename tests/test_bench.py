@@ -13,7 +13,7 @@ import pytest
 import beyondbp as bb
 from beyondbp.api import reproduce, reproduce_markdown, summarize
 from beyondbp.bench.grid import GridSpec, load_grid_file, record_key
-from beyondbp.bench.presets import PaperNumber, Preset, register_preset
+from beyondbp.bench.presets import PaperNumber, Preset, get_preset, register_preset
 from beyondbp.bench.report import PLOTS, write_report
 from beyondbp.errors import BeyondBPError
 from beyondbp.runs import RunRecord, RunStore
@@ -160,6 +160,51 @@ def test_summary_statistics_and_ratios_against_bp():
     # other rule at epoch 1 (0.85: 18 s) and epoch 2 (36 s)
     assert bp["reached_target"] == 2 and bp["time_to_target_s"] == pytest.approx((10 + 14) / 2)
     assert other["time_to_target_s"] == pytest.approx((18 + 36) / 2)
+
+
+def test_a_rule_under_its_own_budget_is_compared_with_bp_under_bp_s():
+    other = _record("other", 0.95, 30, 0)
+    other.config = {"batch_size": 100}  # another protocol than bp's: no same-budget bp exists
+    rows = summarize([_record("bp", 0.90, 10, 0), other])
+    row = next(r for r in rows if r["rule"] == "other")
+    assert row["baseline"] == "bp, its own budget" and row["time_ratio"] == pytest.approx(3.0)
+    same = summarize([_record("bp", 0.90, 10, 0), _record("other", 0.95, 20, 0)])
+    assert next(r for r in same if r["rule"] == "other")["baseline"] == "bp, same budget"
+
+
+def test_paper_numbers_can_belong_to_one_variant_of_a_rule():
+    preset = Preset(
+        name="variants", description="", source="", grids=(),
+        paper={("cafo", "mnist", "cnn3", "block_training=rand"): PaperNumber(98.62),
+               ("cafo", "mnist", "cnn3", "block_training=dfa"): PaperNumber(99.02),
+               ("cafo", "mnist", "cnn3", "block_training=dfa, loss=mse"): PaperNumber(97.0),
+               ("bp", "mnist", "cnn3"): PaperNumber(98.94)},
+    )  # fmt: skip
+    number = preset.paper_number
+    assert number("cafo", "mnist", "cnn3", {"block_training": "rand"}).test_acc == 98.62
+    assert (
+        number("cafo", "mnist", "cnn3", {"block_training": "dfa", "loss": "ce"}).test_acc == 99.02
+    )
+    # the key naming the most matching options wins
+    assert number("cafo", "mnist", "cnn3", {"block_training": "dfa", "loss": "mse"}).test_acc == 97
+    assert number("bp", "mnist", "cnn3", {"lr": 0.1}).test_acc == 98.94
+    assert number("cafo", "fashion-mnist", "cnn3", {"block_training": "rand"}) is None
+
+
+def test_spyra2025_preset_has_a_paper_number_for_every_rule_of_the_paper():
+    preset = get_preset("spyra2025")
+    cells = [c for g in preset.grids for c in g.cells()]
+    missing = {
+        (c.rule, c.dataset, c.net)
+        for c in cells
+        if preset.paper_number(c.rule, c.dataset, c.net, c.full_options()) is None
+    }
+    # DFA is not in the paper's table, nor BP on FF's MNIST net (3x1000)
+    assert missing == {
+        ("dfa", "fashion-mnist", "mlp:1000x2"),
+        ("dfa", "mnist", "mlp:1000x2"),
+        ("bp", "mnist", "mlp:1000x3"),
+    }
 
 
 def test_reproduce_puts_the_paper_next_to_ours(tmp_path):

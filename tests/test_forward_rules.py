@@ -183,6 +183,32 @@ def test_ff_layer_update_is_its_own_goodness_loss_with_detached_input():
         torch.testing.assert_close(p.detach(), w)
 
 
+def test_ff_shared_first_layer_gives_the_per_label_goodness_and_neutral_features():
+    torch.manual_seed(0)
+    net = build_net("mlp:12x3", (1, 8, 8), 10)
+    rule = _setup("ff", net, {})
+    assert rule.split_first is not None
+    from beyondbp.rules.ff import embed_label
+
+    x = torch.randn(5, 1, 8, 8)
+
+    def layers(inp):  # the definition: the full blocks on the label-embedded input
+        outs = [net.blocks[0](inp)]
+        for block in net.blocks[1:]:
+            outs.append(block(rule._norm(outs[-1])))
+        return outs
+
+    want = torch.stack(
+        [sum(h.pow(2).sum(1) for h in layers(embed_label(x, torch.full((5,), c), 10))[1:])
+         for c in range(10)], 1)  # fmt: skip
+    torch.testing.assert_close(rule.goodness_per_label(x), want)
+    neutral = layers(embed_label(x, None, 10))
+    for got, ref in zip(rule._layers(x, None), neutral, strict=True):
+        torch.testing.assert_close(got, ref)
+    rule.split_first = None  # the general path (any first block) gives the same numbers
+    torch.testing.assert_close(rule.goodness_per_label(x), want)
+
+
 def test_ff_refuses_conv_nets():
     with pytest.raises(bb.BeyondBPError, match="mlp"):
         _setup("ff", build_net("cnn3:4-4-4", (1, 8, 8), 10), {})

@@ -19,7 +19,7 @@ from torch import nn
 from beyondbp.bench.grid import Cell, GridSpec, run_grid, setup_key
 from beyondbp.data import Dataset, load_dataset
 from beyondbp.errors import BeyondBPError, UnknownNameError
-from beyondbp.harness import EpochCallback, TrainConfig, Trainer, seed_everything
+from beyondbp.harness import EpochCallback, TrainConfig, Trainer, make_config, seed_everything
 from beyondbp.measure import environment
 from beyondbp.nets import build_net
 from beyondbp.rules import Rule, get_rule, make_options
@@ -110,7 +110,7 @@ def train(
     bad = [k for k in config if k not in known]
     if bad:
         raise UnknownNameError("training setting", bad[0], known)
-    cfg = TrainConfig(**config)
+    cfg = make_config(config)
     cfg = cfg.model_copy(update={"device": resolve_device(cfg.device, rule_cls)})
 
     dataset = (

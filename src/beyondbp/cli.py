@@ -125,6 +125,12 @@ def datasets_cmd():
         console.print(f"{name:<14} {desc}{dirs}", highlight=False)
 
 
+AugmentOpt = Annotated[
+    str | None,
+    typer.Option(help="training augmentation: none, crop-flip (pad-4 crop + flip, for CIFAR)"),
+]
+
+
 def _train_config(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
 
@@ -157,6 +163,7 @@ def train(
     seed: Annotated[int, typer.Option(help="run seed (weights, batch order)")] = 0,
     data_seed: Annotated[int, typer.Option(help="seed of the validation split")] = 0,
     max_seconds: Annotated[float | None, typer.Option(help="training time budget")] = None,
+    augment: AugmentOpt = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
     data_dir: Annotated[
         Path | None, typer.Option(help="folder with dataset files [$BEYONDBP_DATA]")
@@ -179,6 +186,7 @@ def train(
         monitor=monitor,
         batch_size=batch_size,
         max_seconds=max_seconds,
+        augment=augment,
     )
     if no_early_stop:
         config["patience"] = None
@@ -234,6 +242,7 @@ def bench(
     epochs: Annotated[int | None, typer.Option()] = None,
     patience: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
+    augment: AugmentOpt = None,
     target_acc: Annotated[
         float | None, typer.Option(help="val accuracy for time-to-target")
     ] = None,
@@ -255,7 +264,9 @@ def bench(
     if grid is not None:
         spec = load_grid_file(grid)
     else:
-        config = _train_config(epochs=epochs, patience=patience, batch_size=batch_size)
+        config = _train_config(
+            epochs=epochs, patience=patience, batch_size=batch_size, augment=augment
+        )
         rule_options: dict[str, dict[str, Any]] = {}
         if options_file is not None:
             from beyondbp.bench.tune import read_options

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 
 class BeyondBPError(Exception):
@@ -23,3 +24,8 @@ class UnknownNameError(BeyondBPError, KeyError):
 
 class DataError(BeyondBPError):
     """A dataset file that is missing, corrupt or inconsistent."""
+
+
+def describe_validation(e: Any) -> str:
+    """A pydantic ValidationError as one line: ``field: problem; ...``."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())

@@ -24,10 +24,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from beyondbp.data import Dataset, Split
 from beyondbp.data.augment import Augmentation, augment_batch
+from beyondbp.errors import BeyondBPError, describe_validation
 from beyondbp.measure import (
     EnergyMeter,
     StepProbe,
@@ -73,6 +74,14 @@ class TrainConfig(BaseModel):
     )
     checkpoint: bool = True
     progress: bool = True
+
+
+def make_config(settings: dict[str, Any]) -> TrainConfig:
+    """Validate harness settings; an unknown setting or a bad value is a clear error."""
+    try:
+        return TrainConfig(**settings)
+    except ValidationError as e:
+        raise BeyondBPError(f"bad training setting: {describe_validation(e)}") from None
 
 
 @dataclass

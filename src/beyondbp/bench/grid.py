@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from beyondbp.errors import BeyondBPError
-from beyondbp.harness import TrainConfig
+from beyondbp.harness import TrainConfig, make_config
 from beyondbp.rules import get_rule, make_options
 from beyondbp.runs import RunRecord, RunStore
 
@@ -158,7 +158,7 @@ class Cell:
     def full_config(self) -> dict[str, Any]:
         from beyondbp.api import resolve_device
 
-        cfg = TrainConfig(**self.config)
+        cfg = make_config(self.config)
         device = resolve_device(cfg.device, get_rule(self.rule))
         return cfg.model_copy(update={"device": device}).model_dump()
 

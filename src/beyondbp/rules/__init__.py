@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from beyondbp.errors import BeyondBPError, UnknownNameError
+from beyondbp.errors import BeyondBPError, UnknownNameError, describe_validation
 from beyondbp.rules.base import Rule, RuleOptions, SetupContext
 
 _REGISTRY: dict[str, type[Rule]] = {}
@@ -71,9 +71,7 @@ def make_options(rule_cls: type[Rule], options: Mapping[str, Any] | None) -> Rul
     try:
         return rule_cls.Options(**options)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
+        problems = describe_validation(e)
         raise BeyondBPError(f"bad option for rule {rule_cls.name!r}: {problems}") from None
 
 

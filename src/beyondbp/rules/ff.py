@@ -7,6 +7,11 @@ activities; ``p(positive) = σ(goodness − θ)`` with a binary cross-entropy pe
 vector is length-normalised before it passes on, and each layer's input is detached: no gradient
 crosses layers, and each layer's backward runs before the next layer's forward.
 
+Inputs with different labels differ only in the label values, so when the first block starts
+with a linear layer its product with the image is computed once per batch and each label adds
+its own column of the weight matrix (the same numbers, one matmul instead of two for training
+and ten for goodness prediction; autograd sums the shared product's gradient).
+
 Prediction: ``goodness`` accumulates each candidate label's goodness over the layers (one forward
 pass per class), ``softmax`` is a linear head on the normalised activities of layers 2..L from a
 neutral-label input (one pass), trained beside the layers on detached features.
@@ -91,17 +96,35 @@ class ForwardForward(Rule):
         self.head_opt = torch.optim.SGD(self.head.parameters(), lr=self.options.head_lr,
                                         momentum=0.9)  # fmt: skip
         self.schedules = [Schedule(opt, self.options, ctx.max_epochs) for opt in self.opts]
+        self.split_first = _split_first_linear(self.net.blocks[0])
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net, "head": self.head}
 
-    def _layers(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each layer's activities for label-embedded input, input normalised between layers."""
-        outs = []
-        h = x
-        for block in self.net.blocks:
-            h = block(self._norm(h) if outs else h)
-            outs.append(h)
+    def _first_layer(self, x: torch.Tensor, labels: list[torch.Tensor | None]) -> torch.Tensor:
+        """The first block's activities for ``x`` under each set of labels (None: neutral),
+        concatenated along the batch."""
+        if self.split_first is None:
+            return self.net.blocks[0](
+                torch.cat([embed_label(x, lab, self.classes) for lab in labels])
+            )
+        linear, rest = self.split_first
+        c = self.classes
+        image = x.flatten(1).clone()
+        image[:, :c] = 0
+        shared = linear(image)  # W·image + b, once for every label
+        label_cols = linear.weight[:, :c].T  # (classes, units): what each one-hot label adds
+        parts = [
+            shared + (label_cols.mean(0) if lab is None else label_cols[lab]) for lab in labels
+        ]
+        return rest(torch.cat(parts))
+
+    def _layers(self, x: torch.Tensor, labels: torch.Tensor | None) -> list[torch.Tensor]:
+        """Each layer's activities for ``x`` with ``labels`` written in, input normalised
+        between layers."""
+        outs = [self._first_layer(x, [labels])]
+        for block in self.net.blocks[1:]:
+            outs.append(block(self._norm(outs[-1])))
         return outs
 
     def _norm(self, h: torch.Tensor) -> torch.Tensor:
@@ -114,13 +137,17 @@ class ForwardForward(Rule):
     @torch.no_grad()
     def goodness_per_label(self, x: torch.Tensor) -> torch.Tensor:
         """(N, classes): goodness summed over layers ``goodness_from``.., for every label."""
-        scores = []
-        for c in range(self.classes):
-            labels = torch.full((len(x),), c, device=x.device, dtype=torch.long)
-            layers = self._layers(embed_label(x, labels, self.classes))
-            start = min(self.options.goodness_from, len(layers) - 1)
-            scores.append(sum(h.pow(2).sum(1) for h in layers[start:]))
-        return torch.stack(scores, 1)
+        n = len(x)
+        labels = [
+            torch.full((n,), c, device=x.device, dtype=torch.long) for c in range(self.classes)
+        ]
+        h = self._first_layer(x, labels)  # (classes · N, units): every label in one batch
+        layers = [h]
+        for block in self.net.blocks[1:]:
+            layers.append(block(self._norm(layers[-1])))
+        start = min(self.options.goodness_from, len(layers) - 1)
+        goodness = sum(h.pow(2).sum(1) for h in layers[start:])
+        return goodness.view(self.classes, n).T
 
     def negative_labels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Labels that are never the true one."""
@@ -134,11 +161,12 @@ class ForwardForward(Rule):
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         o = self.options
         neg = self.negative_labels(x, y)
-        h = torch.cat([embed_label(x, y, self.classes), embed_label(x, neg, self.classes)])
         target = torch.cat([torch.ones(len(y)), torch.zeros(len(y))]).to(x.device)
         losses = []
+        h = self._first_layer(x, [y, neg])  # positive and negative data in one batch
         for i, block in enumerate(self.net.blocks):
-            h = block(self._norm(h.detach()) if i else h)
+            if i:
+                h = block(self._norm(h.detach()))
             logits = h.pow(2).sum(1) - self.thresholds[i]
             loss = F.binary_cross_entropy_with_logits(logits, target)
             if o.peer_norm > 0:
@@ -165,7 +193,7 @@ class ForwardForward(Rule):
         return logs
 
     def _head_features(self, x: torch.Tensor) -> torch.Tensor:
-        layers = self._layers(embed_label(x, None, self.classes))
+        layers = self._layers(x, None)
         used = layers[1:] or layers
         return torch.cat([self._norm(h) for h in used], 1)
 
@@ -190,3 +218,13 @@ class ForwardForward(Rule):
             schedule.load_state_dict(st)
         self.head_opt.load_state_dict(state["head_opt"])
         self.running = [r.to(self.running[0].device) for r in state["running"]]
+
+
+def _split_first_linear(block: nn.Module) -> tuple[nn.Linear, nn.Module] | None:
+    """(the linear layer, what follows it) when a block is [Flatten,] Linear, ...; else None."""
+    if not isinstance(block, nn.Sequential):
+        return None
+    layers = [m for m in block if not isinstance(m, nn.Flatten)]
+    if not layers or not isinstance(layers[0], nn.Linear) or isinstance(block[-1], nn.Flatten):
+        return None
+    return layers[0], nn.Sequential(*layers[1:])
