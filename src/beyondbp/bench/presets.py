@@ -147,7 +147,7 @@ register_preset(
 # paper does not state (its Optuna results for FF and CaFo) are ours, chosen as written below.
 _MF = {"layer_schedule": "greedy", "layer_patience": 4}  # Spyra's code: greedy, patience 4-10
 _MF_CONFIG = {**_BP_CONFIG, "epochs": 100}  # the rule ends the run when its last layer is done
-_FF = {"optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.0}  # Spyra: FF (AdamW)
+_FF = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine"}  # Spyra: AdamW
 _FF_CONFIG = {"batch_size": 100, "epochs": 60, "patience": 20, "monitor": "val_acc"}
 _CAFO = {"aggregate": "logits"}  # Spyra sums the predictors' logits
 _CAFO_CONFIG = {**_BP_CONFIG, "epochs": 20}
@@ -246,8 +246,9 @@ register_preset(
         },
         quick={"epochs": 1, "max_steps": 50},
         notes=_SPYRA_NOTES
-        + " Not in the paper's table: DFA (no number). Chosen by us: FF AdamW lr 3e-4, 60 "
-        "epochs, patience 20 on val acc (Hinton's 60 epochs; Spyra's patience); CaFo predictors "
+        + " Not in the paper's table: DFA (no number). Chosen by us: FF AdamW lr 1e-3 with a "
+        "cosine schedule, 60 epochs, patience 20 on val acc (Hinton's 60 epochs; Spyra's "
+        "patience), softmax head SGD lr 1e-3; CaFo predictors "
         "Adam 1e-3 for 20 epochs, CaFo-DFA 10 DFA epochs (Adam 1e-4) first. Mono-Forward uses "
         "Spyra's tuned lr and epochs per layer, greedy, per-layer patience 4 on the local "
         "validation loss.",

@@ -48,7 +48,12 @@ class Options(OptimOptions):
     predict: Literal["softmax", "goodness"] = Field(
         "softmax", description="linear head on a neutral-label pass, or goodness over the labels"
     )
-    head_lr: float = Field(1e-2, gt=0, description="learning rate of the softmax head (SGD)")
+    head_lr: float = Field(
+        1e-3,
+        gt=0,
+        description="learning rate of the softmax head (SGD, momentum 0.9); its input is "
+        "thousands of unit-RMS values, so 1e-2 is already noisy",
+    )
     goodness_from: int = Field(
         1, ge=0, description="first layer (0-based) whose goodness counts in goodness prediction"
     )
