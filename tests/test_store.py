@@ -40,8 +40,12 @@ def test_save_get_list_export(tmp_path):
     assert full[0]["metrics"]["curve"] == [1, 2]
     with pytest.raises(BeyondBPError, match="csv, json"):
         store.export("xml")
+    ckpt = store.checkpoint_dir(recs[0].id)
+    ckpt.mkdir(parents=True)
+    (ckpt / "last.pt").write_bytes(b"x")
     assert store.delete(recs[0].id[:-1]).id == recs[0].id
     assert [r.seed for r in store.list()] == [1, 2]
+    assert not ckpt.exists()  # a deleted run's cell starts afresh, not from its old checkpoint
 
 
 def test_save_replaces_the_same_run(tmp_path):

@@ -137,7 +137,7 @@ def train(
     record.metrics.setdefault("params", sum(p.numel() for p in model.parameters()))
     if dataset.meta.notes:
         record.metrics["data_notes"] = dataset.meta.notes
-    ckpt_dir = run_store.path.parent / "checkpoints" / record.id if run_store else None
+    ckpt_dir = run_store.checkpoint_dir(record.id) if run_store else None
     rule_obj = rule_cls(opts)
     trainer = Trainer(rule_obj, model, dataset, cfg, record, run_store, ckpt_dir, callbacks)
     trainer.fit(resume=resume is not None)

@@ -131,6 +131,17 @@ AugmentOpt = Annotated[
 ]
 
 
+def _seed_list(count: int | None, listed: str | None) -> list[int] | None:
+    if listed is not None:
+        try:
+            return [int(s) for s in _split(listed) or []]
+        except ValueError:
+            raise typer.BadParameter(
+                f"--seed-list wants integers like 1,2; got {listed!r}"
+            ) from None
+    return None if count is None else list(range(count))
+
+
 def _train_config(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
 
@@ -341,6 +352,9 @@ def reproduce(
     nets: Annotated[str | None, typer.Option(help="only these nets")] = None,
     rules: Annotated[str | None, typer.Option(help="only these rules")] = None,
     seeds: Annotated[int | None, typer.Option(help="number of seeds (0..N-1)")] = None,
+    seed_list: Annotated[
+        str | None, typer.Option(help="these seeds only, e.g. 1,2 (instead of --seeds)")
+    ] = None,
     jobs: Annotated[int, typer.Option(help="cells run in parallel")] = 1,
     data_dir: Annotated[Path | None, typer.Option()] = None,
     store: StoreOpt = None,
@@ -365,7 +379,7 @@ def reproduce(
         datasets=_split(data),
         nets=_split(nets),
         rules=_split(rules),
-        seeds=None if seeds is None else list(range(seeds)),
+        seeds=_seed_list(seeds, seed_list),
         data_dir=data_dir,
         store=store if store is not None else True,
         jobs=jobs,

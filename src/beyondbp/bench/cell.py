@@ -35,7 +35,7 @@ def main(payload: str) -> int:
             return 0
         config = {**cell.config, "progress": False}
         try:
-            ckpt = store.path.parent / "checkpoints" / (record.id if record else "") / "last.pt"
+            ckpt = store.checkpoint_dir(record.id if record else "") / "last.pt"
             if record is not None and ckpt.is_file():
                 api.train(
                     record.rule,

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import sqlite3
 import time
 import uuid
@@ -142,13 +143,19 @@ class RunStore:
             ).fetchall()
         return [self._record(r) for r in rows]
 
+    def checkpoint_dir(self, run_id: str) -> Path:
+        """Where a run's checkpoints live: ``checkpoints/<run id>/`` beside the store file."""
+        return self.path.parent / "checkpoints" / run_id
+
     def delete(self, run_id: str) -> RunRecord:
-        """Remove one run (id or unique prefix) from the store; returns what was removed."""
+        """Remove one run (id or unique prefix) and its checkpoints from the store; returns what
+        was removed. A grid then runs that cell again from the start."""
         record = self.get(run_id)
         with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM runs WHERE id = ?", (record.id,))
             db.execute("COMMIT")
+        shutil.rmtree(self.checkpoint_dir(record.id), ignore_errors=True)
         return record
 
     def export(self, fmt: Literal["csv", "json"], **where: Any) -> str:
