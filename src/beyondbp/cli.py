@@ -392,17 +392,9 @@ def reproduce(
     text = api.reproduce_markdown(result)
     console.print(Markdown(text))
     if out is not None:
-        from beyondbp.measure import environment
+        from beyondbp.measure import provenance_markdown
 
-        env = environment("cpu")
-        provenance = [
-            "",
-            f"Command: `beyondbp {' '.join(sys.argv[1:])}`  ",
-            f"Machine: {env['cpu']} ({env['cpu_count']} cores, torch threads "
-            f"{env['torch_threads']}), {env['platform']}  ",
-            "Versions: "
-            + ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "beyondbp", "git_commit")),
-        ]
+        provenance = ["", *provenance_markdown(f"beyondbp {' '.join(sys.argv[1:])}")]
         out.write_text(text + "\n".join(provenance) + "\n")
 
 

@@ -18,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from beyondbp.measure.energy import EnergyMeter, EnergyReading
-from beyondbp.measure.env import environment
+from beyondbp.measure.env import environment, provenance_markdown
 from beyondbp.measure.flops import matmul_peak_gflops
 from beyondbp.measure.memory import LiveTensorTracker, peak_rss_bytes, tensor_bytes
 
@@ -31,6 +31,7 @@ __all__ = [
     "environment",
     "matmul_peak_gflops",
     "peak_rss_bytes",
+    "provenance_markdown",
     "sync",
     "tensor_bytes",
 ]

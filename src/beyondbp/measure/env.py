@@ -76,3 +76,16 @@ def environment(device: str | torch.device = "cpu") -> dict[str, object]:
         "codecarbon": _version("codecarbon"),
         "git_commit": git_commit(),
     }
+
+
+def provenance_markdown(command: str, device: str | torch.device = "cpu") -> list[str]:
+    """Markdown lines that say how a result file was made: the command, the machine, versions."""
+    env = environment(device)
+    gpu = f", GPU {env['gpu']}" if env["gpu"] else ""
+    return [
+        f"Command: `{command}`  ",
+        f"Machine: {env['cpu']} ({env['cpu_count']} cores, torch threads "
+        f"{env['torch_threads']}){gpu}, {env['platform']}  ",
+        "Versions: "
+        + ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "beyondbp", "git_commit")),
+    ]
