@@ -84,8 +84,10 @@ def make_rule(name: str, options: Mapping[str, Any] | None = None) -> Rule:
 from beyondbp.rules import bp as _bp  # noqa: E402, F401
 from beyondbp.rules import cafo as _cafo  # noqa: E402, F401
 from beyondbp.rules import dfa as _dfa  # noqa: E402, F401
+from beyondbp.rules import drtp as _drtp  # noqa: E402, F401
 from beyondbp.rules import ff as _ff  # noqa: E402, F401
 from beyondbp.rules import mono_forward as _mono_forward  # noqa: E402, F401
+from beyondbp.rules import tpsgd as _tpsgd  # noqa: E402, F401
 
 __all__ = [
     "Rule",

@@ -1,0 +1,119 @@
+"""Target-projection SGD, tpSGD (Lomnitz et al., AAAI-23, arXiv 2208.08503, "Learning with Local
+Gradients at the Edge"): every layer learns by its own SGD towards a local target that is a fixed
+random projection of the label.
+
+Block k's output h_k is pulled towards ``P_k y*`` with the ℓ2 loss ``‖h_k − P_k y*‖²`` or the ℓ1
+loss (whose gradient is ``sign(h_k − P_k y*)``); the output layer uses cross-entropy, ℓ2 or ℓ1
+against the one-hot label. Each block's input is detached, its backward and its optimiser step run
+as soon as its forward pass is done: forward passes only across layers, nothing kept from one
+layer for the next. DRTP is the special case whose signal ignores h_k. P_k is fixed and drawn from
+the run seed (``target_scale / sqrt(classes)`` standard deviation).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from beyondbp.data.core import DatasetMeta
+from beyondbp.nets import as_blocknet
+from beyondbp.rules import register
+from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
+from beyondbp.rules.dfa import feedback_matrices
+from beyondbp.rules.optim import OptimOptions, Schedule, make_optimizer
+
+LocalLoss = Literal["l2", "l1"]
+
+
+class Options(OptimOptions):
+    local_loss: LocalLoss = Field("l2", description="loss of each hidden block to its target")
+    output_loss: Literal["ce", "l2", "l1"] = Field(
+        "ce", description="loss of the output layer against the label"
+    )
+    target_scale: float = Field(
+        1.0, gt=0, description="P_k entries have std target_scale / sqrt(classes)"
+    )
+
+
+def local_loss(h: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean over the batch of the summed per-example loss."""
+    diff = (h - target).flatten(1)
+    per_example = diff.pow(2).sum(1) if kind == "l2" else diff.abs().sum(1)
+    return per_example.mean()
+
+
+@register(
+    "tpsgd", "target-projection SGD: layer-wise SGD to random label projections (Lomnitz 2022)"
+)
+class TpSGD(Rule):
+    Options = Options
+    search_space: ClassVar[dict[str, Distribution]] = {
+        "lr": LogUniform(1e-5, 1e-1),
+        "weight_decay": LogUniform(1e-8, 1e-3),
+        "target_scale": LogUniform(0.1, 10.0),
+        "local_loss": Categorical(("l2", "l1")),
+    }
+    options: Options
+
+    def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
+        o = self.options
+        self.net = as_blocknet(net)
+        self.classes = meta.classes
+        self.targets = feedback_matrices(
+            self.net.feature_shapes(meta.input_shape), meta.classes, ctx.seed, "gaussian",
+            o.target_scale,
+        ).to(ctx.device)  # fmt: skip
+        # one optimiser per layer, stepped right after the layer's backward
+        layers = [*self.net.blocks, self.net.head]
+        self.opts = [make_optimizer(layer.parameters(), o) for layer in layers]
+        self.schedules = [Schedule(opt, o, ctx.max_epochs) for opt in self.opts]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        o = self.options
+        onehot = F.one_hot(y, self.classes).to(x.dtype)
+        a, losses = x, []
+        for k, block in enumerate(self.net.blocks):
+            h = block(a.detach())
+            loss = local_loss(h, self.targets.signal(k, onehot, like=h), o.local_loss)
+            self._update(k, loss)
+            losses.append(loss.detach())
+            a = h.detach()
+        logits = self.net.head(a)
+        out = self._output_loss(logits, y, onehot)
+        self._update(len(self.net.blocks), out)
+        return {"loss": out.detach(), "local_loss_mean": torch.stack(losses).mean(),
+                "correct": (logits.detach().argmax(1) == y).sum()}  # fmt: skip
+
+    def _update(self, k: int, loss: torch.Tensor) -> None:
+        loss.backward()
+        self.opts[k].step()
+        self.opts[k].zero_grad(set_to_none=True)
+
+    def _output_loss(self, logits: torch.Tensor, y: torch.Tensor, onehot: torch.Tensor):  # type: ignore[no-untyped-def]
+        if self.options.output_loss == "ce":
+            return F.cross_entropy(logits, y)
+        return local_loss(logits, onehot, self.options.output_loss)
+
+    def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        onehot = F.one_hot(y, self.classes).to(scores.dtype)
+        return self._output_loss(scores, y, onehot) * len(y)
+
+    def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
+        for schedule in self.schedules:
+            schedule.step(val.get("loss"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"opts": [o.state_dict() for o in self.opts],
+                "schedules": [s.state_dict() for s in self.schedules],
+                "targets": self.targets.state_dict()}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for opt, st in zip(self.opts, state["opts"], strict=True):
+            opt.load_state_dict(st)
+        for schedule, st in zip(self.schedules, state["schedules"], strict=True):
+            schedule.load_state_dict(st)
+        self.targets.load_state_dict(state["targets"])
