@@ -10,6 +10,9 @@ Spec strings:
   ``mlp:1000x2:tanh`` for another activation: relu, tanh, sigmoid, gelu).
 - ``cnn3``: the 3-block CNN of CaFo / Spyra 2025: Conv3x3 pad 1 → ReLU → MaxPool 2 → BatchNorm,
   channels 32/128/512 (``cnn3:16-32-64`` for other widths).
+- ``noprop``: the NoProp net (T = 10 denoising blocks, one-hot class embeddings);
+  ``noprop:20`` for T = 20, ``noprop:10:learned-20`` for learned 20-dimensional embeddings.
+  Trained by the ``noprop`` rule block by block, or end to end by ``bp``.
 """
 
 from __future__ import annotations
@@ -108,13 +111,15 @@ def cnn3(
 
 _MLP = re.compile(r"^mlp:(?P<widths>\d+(x\d+|(-\d+)*))?(:(?P<act>\w+))?$")
 _CNN3 = re.compile(r"^cnn3(:(?P<channels>\d+(-\d+)*))?$")
+_NOPROP = re.compile(r"^noprop(:(?P<steps>\d+))?(:(?P<embed>onehot|learned)(-(?P<dim>\d+))?)?$")
 NET_SPECS = {
     "mlp:WIDTHxDEPTH[:act]": "MLP, e.g. mlp:1000x2 (or mlp:1000-500, mlp:1000x2:tanh)",
     "cnn3[:C1-C2-C3]": "3-block CNN of CaFo/Spyra: conv3x3-ReLU-maxpool-BN, 32/128/512 channels",
+    "noprop[:T][:onehot|learned-D]": "NoProp: T denoising blocks (default 10), class embeddings",
 }
 
 
-def build_net(spec: str, input_shape: Sequence[int], classes: int) -> BlockNet:
+def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
     """Build a net from its spec string for the given input shape and number of classes."""
     if m := _MLP.match(spec):
         widths_s = m["widths"] or ""
@@ -127,6 +132,11 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> BlockNet:
     if m := _CNN3.match(spec):
         channels = [int(v) for v in m["channels"].split("-")] if m["channels"] else (32, 128, 512)
         return cnn3(input_shape, classes, channels)
+    if m := _NOPROP.match(spec):
+        from beyondbp.nets.noprop import NoPropNet
+
+        dim = int(m["dim"]) if m["dim"] else None
+        return NoPropNet(input_shape, classes, int(m["steps"] or 10), m["embed"] or "onehot", dim)
     raise BeyondBPError(
         f"unknown net spec {spec!r}; valid forms: "
         + "; ".join(f"{k} ({v})" for k, v in NET_SPECS.items())

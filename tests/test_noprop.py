@@ -1,0 +1,101 @@
+"""NoProp-DT: the noise schedule and noising against their closed forms, the inference chain with a
+perfect denoiser, block-local updates, and digits accuracy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import beyondbp as bb
+from beyondbp.data import load_dataset
+from beyondbp.errors import BeyondBPError
+from beyondbp.nets import build_net
+from beyondbp.nets.noprop import NoPropNet, noprop_alpha_bar, posterior_coefficients
+from beyondbp.rules import make_rule
+from beyondbp.rules.base import SetupContext
+
+from .conftest import FAST
+
+
+def test_schedule_runs_from_noise_to_nearly_clean_with_finite_snr():
+    ab = noprop_alpha_bar(10)
+    assert ab.shape == (11,) and torch.all(ab.diff() > 0)
+    assert ab[0] < 1e-3 and 0.9 < ab[-1] < 1.0
+
+
+def test_noising_matches_its_closed_form():
+    torch.manual_seed(0)
+    net = NoPropNet((1, 8, 8), 10, steps=5, embedding="learned", embed_dim=4)
+    y = torch.full((200_000,), 3)
+    g = torch.Generator().manual_seed(1)
+    for t in (0, 2, 5):
+        z = net.noised(y, t, generator=g).detach()
+        ab = net.alpha_bar[t]
+        torch.testing.assert_close(z.mean(0), ab.sqrt() * net.embed[3].detach(), atol=6e-3, rtol=0)
+        torch.testing.assert_close(z.var(0), (1 - ab).expand(4), atol=1e-2, rtol=0)
+
+
+def test_inference_chain_with_a_perfect_denoiser_returns_the_label_embedding():
+    torch.manual_seed(0)
+    net = NoPropNet((1, 8, 8), 10, steps=10, embedding="learned", embed_dim=6)
+    y = torch.tensor([0, 3, 7] * 20_000)
+    u = net.embed[y].detach()
+    net.denoise = lambda t, x, z: (None, u)  # a denoiser that always returns u_y
+    x = torch.zeros(len(y), 1, 8, 8)
+    # the means: the chain lands on sqrt(ᾱ_T) u_y, the label embedding up to the last noise level
+    mean_chain = net.chain(x).detach()
+    torch.testing.assert_close(mean_chain, net.alpha_bar[-1].sqrt() * u, atol=0.05, rtol=0)
+    # sampling: z_T ~ q(z_T | y) (z_0 ~ N(0, I) ≈ q(z_0 | y) since ᾱ_0 ≈ 0)
+    z = net.chain(x, sample=True).detach()
+    noise = z - net.alpha_bar[-1].sqrt() * u
+    torch.testing.assert_close(noise.mean(0), torch.zeros(6), atol=5e-3, rtol=0)
+    torch.testing.assert_close(noise.var(0), (1 - net.alpha_bar[-1]).expand(6), atol=2e-3, rtol=0)
+    # nearest embedding of the final latent is the true label
+    nearest = torch.cdist(mean_chain, net.embed.detach()).argmin(1)
+    assert torch.equal(nearest, y)
+
+
+def test_posterior_coefficients_compose_the_closed_form():
+    ab = noprop_alpha_bar(10)
+    a, b, c = posterior_coefficients(ab)
+    # with u known, the mean of z_t given z_{t-1} ~ q(z_{t-1}|y) is sqrt(ᾱ_t) u and its variance 1 − ᾱ_t
+    mean = a + b * ab[:-1].sqrt()
+    var = b**2 * (1 - ab[:-1]) + c
+    torch.testing.assert_close(mean, ab[1:].sqrt())
+    torch.testing.assert_close(var, 1 - ab[1:])
+
+
+def _rule(net, **options):
+    meta = load_dataset("digits").meta
+    rule = make_rule("noprop", options)
+    rule.setup(net, meta, SetupContext(torch.device("cpu"), 0, 1, 10, 8))
+    return rule
+
+
+def test_a_step_trains_one_block_and_no_gradient_crosses_blocks():
+    torch.manual_seed(0)
+    net = build_net("noprop:4", (1, 8, 8), 10)
+    rule = _rule(net)
+    before = [{k: v.clone() for k, v in b.state_dict().items()} for b in net.blocks]
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    torch.manual_seed(5)
+    t = int(torch.randint(1, 5, ()))  # the block the step will sample
+    torch.manual_seed(5)
+    rule.step(x, y)
+    for i, block in enumerate(net.blocks):
+        changed = any(not torch.equal(v, before[i][k]) for k, v in block.state_dict().items())
+        assert changed == (i == t - 1), (i, t)
+        has_grad = any(p.grad is not None for p in block.parameters())
+        assert not has_grad  # gradients freed after the step
+
+
+def test_noprop_refuses_other_nets():
+    with pytest.raises(BeyondBPError, match="--net noprop"):
+        _rule(build_net("mlp:8", (1, 8, 8), 10))
+
+
+@pytest.mark.parametrize("spec", ["noprop:3", "noprop:3:learned-8"])
+def test_noprop_learns_digits(spec):
+    res = bb.train("noprop", "digits", spec, epochs=15, batch_size=32, patience=None,
+                   store=False, **FAST)  # fmt: skip
+    assert res.metrics["test_acc"] >= 0.9, res.metrics
