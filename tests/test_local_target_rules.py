@@ -134,3 +134,22 @@ def test_tpsgd_learns_digits(net, options):
     res = bb.train("tpsgd", "digits", net, options=options, epochs=20, batch_size=32,
                    patience=None, store=False, **FAST)  # fmt: skip
     assert res.metrics["test_acc"] >= 0.9, res.metrics
+
+
+def test_a_detached_recurrent_state_cuts_the_gradient_through_time():
+    from beyondbp.nets.recurrent import RecurrentBlock
+
+    torch.manual_seed(0)
+    block = RecurrentBlock("gru", 4, 5)
+    x = torch.randn(3, 6, 4, requires_grad=True)
+    (grad,) = torch.autograd.grad(block(x, detach_state=True)[:, -1].sum(), x)
+    assert grad[:, :-1].abs().sum() == 0 and grad[:, -1].abs().sum() > 0  # only its own input
+    (grad,) = torch.autograd.grad(block(x)[:, -1].sum(), x)
+    assert grad[:, 0].abs().sum() > 0  # backprop through time reaches the first step
+
+
+@pytest.mark.parametrize("options,want", [({}, 0.75), ({"bptt_in_layer": True}, 0.85)])
+def test_tpsgd_learns_digits_row_by_row_with_a_gru(options, want):
+    res = bb.train("tpsgd", "digits", "gru:64", options={"optimizer": "adam", "lr": 1e-3, **options},
+                   epochs=10, batch_size=32, patience=None, store=False, **FAST)  # fmt: skip
+    assert res.metrics["test_acc"] >= want, res.metrics

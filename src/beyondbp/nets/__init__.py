@@ -10,6 +10,8 @@ Spec strings:
   ``mlp:1000x2:tanh`` for another activation: relu, tanh, sigmoid, gelu).
 - ``cnn3``: the 3-block CNN of CaFo / Spyra 2025: Conv3x3 pad 1 → ReLU → MaxPool 2 → BatchNorm,
   channels 32/128/512 (``cnn3:16-32-64`` for other widths).
+- ``gru:128`` / ``rnn:128``: a recurrent net reading the image row by row (sequential MNIST), one
+  GRU (or tanh RNN) layer of 128 units; ``gru:128x2`` for two layers; the last state is classified.
 - ``noprop``: the NoProp net (T = 10 denoising blocks, one-hot class embeddings);
   ``noprop:20`` for T = 20, ``noprop:10:learned-20`` for learned 20-dimensional embeddings.
   Trained by the ``noprop`` rule block by block, or end to end by ``bp``.
@@ -111,10 +113,12 @@ def cnn3(
 
 _MLP = re.compile(r"^mlp:(?P<widths>\d+(x\d+|(-\d+)*))?(:(?P<act>\w+))?$")
 _CNN3 = re.compile(r"^cnn3(:(?P<channels>\d+(-\d+)*))?$")
+_RNN = re.compile(r"^(?P<cell>rnn|gru)(:(?P<width>\d+)(x(?P<depth>\d+))?)?$")
 _NOPROP = re.compile(r"^noprop(:(?P<steps>\d+))?(:(?P<embed>onehot|learned)(-(?P<dim>\d+))?)?$")
 NET_SPECS = {
     "mlp:WIDTHxDEPTH[:act]": "MLP, e.g. mlp:1000x2 (or mlp:1000-500, mlp:1000x2:tanh)",
     "cnn3[:C1-C2-C3]": "3-block CNN of CaFo/Spyra: conv3x3-ReLU-maxpool-BN, 32/128/512 channels",
+    "gru|rnn[:WIDTH[xDEPTH]]": "recurrent net reading images row by row, e.g. gru:128",
     "noprop[:T][:onehot|learned-D]": "NoProp: T denoising blocks (default 10), class embeddings",
 }
 
@@ -132,6 +136,11 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
     if m := _CNN3.match(spec):
         channels = [int(v) for v in m["channels"].split("-")] if m["channels"] else (32, 128, 512)
         return cnn3(input_shape, classes, channels)
+    if m := _RNN.match(spec):
+        from beyondbp.nets.recurrent import recurrent
+
+        widths = [int(m["width"] or 128)] * int(m["depth"] or 1)
+        return recurrent(input_shape, widths, classes, m["cell"])
     if m := _NOPROP.match(spec):
         from beyondbp.nets.noprop import NoPropNet
 
