@@ -99,3 +99,52 @@ def test_noprop_learns_digits(spec):
     res = bb.train("noprop", "digits", spec, epochs=15, batch_size=32, patience=None,
                    store=False, **FAST)  # fmt: skip
     assert res.metrics["test_acc"] >= 0.9, res.metrics
+
+
+def test_fm_flow_with_a_perfect_denoiser_lands_on_the_label_embedding():
+    torch.manual_seed(0)
+    net = NoPropNet((1, 8, 8), 10, steps=7, embedding="learned", embed_dim=5, kind="fm")
+    y = torch.tensor([1, 4, 9])
+    u = net.embed[y].detach()
+    net.denoise_at = lambda t, x, z: (None, u)
+    x = torch.zeros(3, 1, 8, 8)
+    for solver in ("euler", "heun"):  # the straight path is followed exactly, step by step
+        torch.testing.assert_close(net.integrate(x, solver, sample=True).detach(), u)
+    assert torch.equal(net.scores(x).argmax(1), y)
+
+
+def test_ct_flow_with_a_perfect_denoiser_keeps_the_noise_and_reaches_the_last_level():
+    torch.manual_seed(0)
+    net = NoPropNet((1, 8, 8), 10, steps=400, embedding="learned", embed_dim=5, kind="ct")
+    y = torch.tensor([2, 6])
+    u = net.embed[y].detach()
+    net.denoise_at = lambda t, x, z: (None, u)
+    ab0, ab1 = (torch.sigmoid(net.log_snr(torch.tensor(v))).detach() for v in (0.0, 1.0))
+    eps0 = (0 - ab0.sqrt() * u) / (1 - ab0).sqrt()  # the noise implied by z_0 = 0
+    z1 = net.integrate(torch.zeros(2, 1, 8, 8), "heun").detach()
+    torch.testing.assert_close(z1, ab1.sqrt() * u + (1 - ab1).sqrt() * eps0, atol=2e-3, rtol=0)
+
+
+def test_variant_must_match_the_net():
+    with pytest.raises(BeyondBPError, match="noprop:ct"):
+        _rule(build_net("noprop:3", (1, 8, 8), 10), variant="ct")
+
+
+@pytest.mark.parametrize("spec,epochs,want", [("noprop:10:fm", 8, 0.9), ("noprop:10:ct", 12, 0.8)])
+def test_continuous_noprop_learns_digits(spec, epochs, want):
+    res = bb.train("noprop", "digits", spec, epochs=epochs, batch_size=32, patience=None,
+                   store=False, **FAST)  # fmt: skip
+    assert res.metrics["test_acc"] >= want, res.metrics
+
+
+def test_prototype_embeddings_are_the_training_images_nearest_their_class_means():
+    data = load_dataset("digits")
+    net = build_net("noprop:3:prototype", data.meta.input_shape, 10)
+    rule = make_rule("noprop", {})
+    rule.setup(net, data.meta, SetupContext(torch.device("cpu"), 0, 1, 10, 8, train=data.train))
+    flat, y = data.train.x.flatten(1), data.train.y
+    for c in range(10):
+        members = flat[y == c]
+        want = members[(members - members.mean(0)).pow(2).sum(1).argmin()]
+        assert torch.equal(net.embed[c].detach(), want)
+    assert net.embed.requires_grad  # learned from there on

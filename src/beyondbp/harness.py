@@ -193,7 +193,9 @@ class Trainer:
             steps_per_epoch = cfg.steps_per_epoch
         seed_everything(cfg.seed)
         self.net.to(self.device)
-        ctx = SetupContext(self.device, cfg.seed, steps_per_epoch, cfg.epochs, cfg.batch_size)
+        ctx = SetupContext(
+            self.device, cfg.seed, steps_per_epoch, cfg.epochs, cfg.batch_size, train=train
+        )
         self.rule.setup(self.net, self.data.meta, ctx)
         for m in self.rule.modules().values():
             m.to(self.device)

@@ -13,7 +13,10 @@ Spec strings:
 - ``gru:128`` / ``rnn:128``: a recurrent net reading the image row by row (sequential MNIST), one
   GRU (or tanh RNN) layer of 128 units; ``gru:128x2`` for two layers; the last state is classified.
 - ``noprop``: the NoProp net (T = 10 denoising blocks, one-hot class embeddings);
-  ``noprop:20`` for T = 20, ``noprop:10:learned-20`` for learned 20-dimensional embeddings.
+  ``noprop:20`` for T = 20, ``noprop:10:learned-20`` for learned 20-dimensional embeddings, ``noprop:10:prototype`` for
+  learned embeddings initialised with one training image per class;
+  ``noprop:ct`` / ``noprop:fm`` for the continuous-time variants (``noprop:100:ct``: 100 ODE
+  steps at inference instead of 1000).
   Trained by the ``noprop`` rule block by block, or end to end by ``bp``.
 """
 
@@ -114,12 +117,15 @@ def cnn3(
 _MLP = re.compile(r"^mlp:(?P<widths>\d+(x\d+|(-\d+)*))?(:(?P<act>\w+))?$")
 _CNN3 = re.compile(r"^cnn3(:(?P<channels>\d+(-\d+)*))?$")
 _RNN = re.compile(r"^(?P<cell>rnn|gru)(:(?P<width>\d+)(x(?P<depth>\d+))?)?$")
-_NOPROP = re.compile(r"^noprop(:(?P<steps>\d+))?(:(?P<embed>onehot|learned)(-(?P<dim>\d+))?)?$")
+_NOPROP = re.compile(
+    r"^noprop(:(?P<steps>\d+))?(:(?P<kind>dt|ct|fm))?(:(?P<embed>onehot|learned|prototype)(-(?P<dim>\d+))?)?$"
+)
 NET_SPECS = {
     "mlp:WIDTHxDEPTH[:act]": "MLP, e.g. mlp:1000x2 (or mlp:1000-500, mlp:1000x2:tanh)",
     "cnn3[:C1-C2-C3]": "3-block CNN of CaFo/Spyra: conv3x3-ReLU-maxpool-BN, 32/128/512 channels",
     "gru|rnn[:WIDTH[xDEPTH]]": "recurrent net reading images row by row, e.g. gru:128",
-    "noprop[:T][:onehot|learned-D]": "NoProp: T denoising blocks (default 10), class embeddings",
+    "noprop[:T][:dt|ct|fm][:onehot|learned-D|prototype]": "NoProp: T denoising blocks (DT, default 10) "
+    "or one time-conditioned block and T ODE steps (CT, FM; default 1000)",
 }
 
 
@@ -145,7 +151,9 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
         from beyondbp.nets.noprop import NoPropNet
 
         dim = int(m["dim"]) if m["dim"] else None
-        return NoPropNet(input_shape, classes, int(m["steps"] or 10), m["embed"] or "onehot", dim)
+        kind = m["kind"] or "dt"
+        steps = int(m["steps"] or (10 if kind == "dt" else 1000))  # the paper's T
+        return NoPropNet(input_shape, classes, steps, m["embed"] or "onehot", dim, kind)
     raise BeyondBPError(
         f"unknown net spec {spec!r}; valid forms: "
         + "; ".join(f"{k} ({v})" for k, v in NET_SPECS.items())

@@ -13,6 +13,13 @@ finite, which the DT loss weights need).
 
 ``forward(x)`` is the deterministic chain (means, no sampled noise, ``z_0 = 0``) followed by the
 classifier, so backprop can train the very same architecture end to end as the baseline.
+
+Continuous time (``kind="ct"`` or ``"fm"``): one block, told the time t ∈ [0, 1] by a sinusoidal
+feature, predicts the clean embedding at every t; inference integrates an ODE from t = 0 to 1 in
+``steps`` Euler or Heun steps. CT: ``z_t = sqrt(ᾱ(t)) u_y + sqrt(1 − ᾱ(t)) ε`` with a learnable
+schedule, log SNR(t) = γ(t) = γ_0 + softplus(θ)·t (increasing), and the deterministic (DDIM) flow
+of that family as the ODE. FM (flow matching): ``z_t = t u_y + (1 − t) z_0``, ``z_0 ~ N(0, I)``,
+velocity ``(û − z_t) / (1 − t)``; the prediction is the class whose embedding is nearest ``z_1``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from beyondbp.errors import BeyondBPError
@@ -62,24 +70,42 @@ class DenoiseBlock(nn.Module):
     class logits."""
 
     def __init__(
-        self, input_shape: Sequence[int], embed_dim: int, classes: int, width: int = 256
+        self,
+        input_shape: Sequence[int],
+        embed_dim: int,
+        classes: int,
+        width: int = 256,
+        time_dim: int = 0,
     ) -> None:
         super().__init__()
+        self.time_dim = time_dim
         c, h, w = input_shape
         convs: list[nn.Module] = []
         for out in (32, 64, 128):
             convs += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.2)]
             c, h, w = out, h // 2, w // 2
         self.image = nn.Sequential(*convs, nn.Flatten(), _dense(c * h * w, width))
-        self.latent_in = _dense(embed_dim, width)
+        self.latent_in = _dense(embed_dim + time_dim, width)
         self.latent_hidden = _dense(width, width)
         self.joint = nn.Sequential(_dense(2 * width, width), _dense(width, 128))
         self.out = nn.Linear(128, classes)
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.time_dim:
+            assert t is not None, "a continuous-time block needs the time t"
+            z = torch.cat([z, time_features(t, self.time_dim).expand(len(z), -1)], 1)
         h = self.latent_in(z)
         h = h + self.latent_hidden(h)  # the skip connection of the latent path
         return self.out(self.joint(torch.cat([self.image(x), h], 1)))
+
+
+def time_features(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of t ∈ [0, 1] (shape (N,) or scalar) → (N, dim)."""
+    freqs = torch.exp(torch.linspace(0, math.log(1000.0), dim // 2, device=t.device))
+    angles = t.reshape(-1, 1).to(freqs.dtype) * freqs * math.pi
+    return torch.cat([angles.sin(), angles.cos()], 1)
 
 
 def _dense(n_in: int, n_out: int) -> nn.Module:
@@ -96,24 +122,51 @@ class NoPropNet(nn.Module):
         steps: int = 10,
         embedding: str = "onehot",
         embed_dim: int | None = None,
+        kind: str = "dt",
+        time_dim: int = 16,
     ) -> None:
         super().__init__()
+        if kind not in ("dt", "ct", "fm"):
+            raise BeyondBPError(f"unknown NoProp kind {kind!r}; valid: dt, ct, fm")
         if len(input_shape) != 3:
             raise BeyondBPError(
                 f"the NoProp net needs image input (C, H, W), got shape {tuple(input_shape)}"
             )
-        if embedding not in ("onehot", "learned"):
-            raise BeyondBPError(f"unknown NoProp embedding {embedding!r}; valid: onehot, learned")
-        d = classes if embedding == "onehot" else (embed_dim or classes)
-        self.steps, self.classes, self.embedding = steps, classes, embedding
-        self.blocks = nn.ModuleList(DenoiseBlock(input_shape, d, classes) for _ in range(steps))
+        if embedding not in ("onehot", "learned", "prototype"):
+            raise BeyondBPError(
+                f"unknown NoProp embedding {embedding!r}; valid: onehot, learned, prototype"
+            )
+        d = {"onehot": classes, "learned": embed_dim or classes,
+             "prototype": math.prod(input_shape)}[embedding]  # fmt: skip
+        self.steps, self.classes, self.embedding, self.kind = steps, classes, embedding, kind
+        if kind == "dt":
+            self.blocks = nn.ModuleList(DenoiseBlock(input_shape, d, classes) for _ in range(steps))
+        else:  # one time-conditioned block; ``steps`` are ODE steps at inference
+            self.blocks = nn.ModuleList([DenoiseBlock(input_shape, d, classes, time_dim=time_dim)])
+        # CT's learnable schedule: log SNR(t) = gamma0 + softplus(gamma_slope) · t
+        self.gamma0 = nn.Parameter(torch.tensor(-7.0), requires_grad=kind == "ct")
+        self.gamma_slope = nn.Parameter(torch.tensor(math.log(math.expm1(12.0))),
+                                        requires_grad=kind == "ct")  # fmt: skip
+        # prototype: learned, initialised by init_prototypes() from the training images
         w = torch.eye(classes) if embedding == "onehot" else torch.randn(classes, d) * 0.1
-        self.embed = nn.Parameter(w, requires_grad=embedding == "learned")
+        self.embed = nn.Parameter(w, requires_grad=embedding != "onehot")
         self.classifier = nn.Linear(d, classes)
         alpha_bar = noprop_alpha_bar(steps)
         a, b, c = posterior_coefficients(alpha_bar)
         for name, value in (("alpha_bar", alpha_bar), ("a", a), ("b", b), ("c", c)):
             self.register_buffer(name, value.float(), persistent=False)
+
+    @torch.no_grad()
+    def init_prototypes(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Set each class's embedding to a prototype: the training image of that class nearest
+        to the class mean (a real image, flattened)."""
+        flat = x.flatten(1).to(self.embed.dtype)
+        for c in range(self.classes):
+            members = flat[y == c]
+            if len(members) == 0:
+                raise BeyondBPError(f"class {c} has no training example to be its prototype")
+            nearest = (members - members.mean(0)).pow(2).sum(1).argmin()
+            self.embed[c] = members[nearest]
 
     def denoise(
         self, t: int, x: torch.Tensor, z: torch.Tensor
@@ -142,5 +195,53 @@ class NoPropNet(nn.Module):
                 z = z + self.c[t - 1].sqrt() * torch.randn_like(z)
         return z
 
+    # -- continuous time ------------------------------------------------------------------------
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """γ(t), increasing: ᾱ(t) = sigmoid(γ(t)) (CT)."""
+        return self.gamma0 + F.softplus(self.gamma_slope) * t
+
+    def denoise_at(self, t: torch.Tensor, x: torch.Tensor, z: torch.Tensor):  # type: ignore[no-untyped-def]
+        """The time-conditioned block: (logits, û) at time(s) t."""
+        logits = self.blocks[0](x, z, t)
+        return logits, logits.softmax(1) @ self.embed
+
+    def velocity(self, t: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """dz/dt of the inference ODE at time t (a scalar tensor in [0, 1))."""
+        _, u_hat = self.denoise_at(t, x, z)
+        if self.kind == "fm":
+            return (u_hat - z) / (1 - t)
+        ab = torch.sigmoid(self.log_snr(t))
+        d_ab = ab * (1 - ab) * F.softplus(self.gamma_slope)  # dᾱ/dt
+        eps_hat = (z - ab.sqrt() * u_hat) / (1 - ab).sqrt()
+        return d_ab / (2 * ab.sqrt()) * u_hat - d_ab / (2 * (1 - ab).sqrt()) * eps_hat
+
+    def integrate(
+        self, x: torch.Tensor, solver: str = "heun", sample: bool = False
+    ) -> torch.Tensor:
+        """z_1 from z_0 (N(0, I) draws, or 0 when ``sample`` is False) in ``steps`` steps."""
+        n, d = len(x), self.embed.shape[1]
+        z = torch.randn(n, d, device=x.device) if sample else x.new_zeros(n, d)
+        grid = torch.linspace(0, 1, self.steps + 1, device=x.device)
+        for k in range(self.steps):
+            t0, t1 = grid[k], grid[k + 1]
+            h = t1 - t0
+            f0 = self.velocity(t0, x, z)
+            if solver == "euler" or (self.kind == "fm" and k == self.steps - 1):
+                z = z + h * f0  # (FM's velocity is singular at t = 1: the last step is Euler)
+            else:
+                z_pred = z + h * f0
+                z = z + h / 2 * (f0 + self.velocity(t1.clamp(max=1 - 1e-4), x, z_pred))
+        return z
+
+    def scores(self, x: torch.Tensor, solver: str = "heun", sample: bool = False) -> torch.Tensor:
+        """Class scores: the classifier on z_T / z_1 (DT, CT), or minus the squared distance
+        of z_1 to each class embedding (FM)."""
+        if self.kind == "dt":
+            return self.classifier(self.chain(x, sample=sample))
+        z = self.integrate(x, solver, sample)
+        if self.kind == "fm":
+            return -torch.cdist(z, self.embed).pow(2)
+        return self.classifier(z)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.chain(x))
+        return self.scores(x)

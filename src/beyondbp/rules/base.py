@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from beyondbp.data.core import DatasetMeta
+from beyondbp.data.core import DatasetMeta, Split
 
 
 class RuleOptions(BaseModel):
@@ -70,6 +70,7 @@ class SetupContext:
     steps_per_epoch: int
     max_epochs: int
     batch_size: int
+    train: Split | None = None  # the training split, for data-dependent initialisation
 
 
 class Rule:
