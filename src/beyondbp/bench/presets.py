@@ -259,7 +259,8 @@ register_preset(
         "Adam 1e-3 for 20 epochs, CaFo-DFA 10 DFA epochs (Adam 1e-4) first. Mono-Forward runs twice: "
         "Spyra's protocol (tuned lr and epochs per layer, greedy, per-layer patience 4 on the "
         "local validation loss) and ours (joint: all layers on every batch, with BP's recipe "
-        "and budget: AdamW 1e-3, weight decay 0.05, cosine over 30 epochs).",
+        "and budget: AdamW at Spyra's tuned lr 3.87e-4, weight decay 0.05, cosine over 30 "
+        "epochs).",
     )
 )
 
