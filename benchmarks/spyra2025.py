@@ -4,11 +4,11 @@ CaFo-DFA and DFA against BP on the same nets, ours next to the published numbers
     bash benchmarks/spyra2025_queue.sh > benchmarks/runs/spyra2025_queue.log 2>&1 &   # runs
     python benchmarks/spyra2025.py                                                    # tables
 
-The queue runs the `spyra2025` preset in parts (seed 0 of every cell alone, then seeds 1-2 two
-at a time) into benchmarks/runs/bp_baselines.sqlite; this script only tabulates what the store
-holds. Writes benchmarks/results/spyra2025.{md,json}: accuracy over all seeds, and the cost table
-(time, energy and memory as multiples of BP's) from the seed-0 runs alone, which trained one at a
-time on an otherwise idle machine.
+The queue runs the `spyra2025` preset in parts (seed 0 of every cell in one lane, seeds 1-2 in
+another, one thread per run, each lane pinned to its own core) into
+benchmarks/runs/bp_baselines.sqlite; this script only tabulates what the store holds. Writes
+benchmarks/results/spyra2025.{md,json}: accuracy over all seeds, and the cost table (time, energy
+and memory as multiples of BP's) from the seed-0 runs.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from beyondbp.measure import provenance_markdown
 HERE = Path(__file__).resolve().parent
 
 COST_NOTE = (
-    "Times are training time only (validation passes are timed apart); each seed-0 run trained "
-    "alone on the machine with torch's default threads. Targets of issue 4: FF's time at most "
+    "Times are training time only (validation passes are timed apart). Every seed-0 run trained "
+    "with one torch thread on a core of its own (two lanes pinned with taskset, one per core; "
+    "each run's thread count is in its record's env, see spyra2025.json). Targets of issue 4: FF's time at most "
     "4x BP's on the same data and net (Spyra: 13x on Fashion-MNIST), Mono-Forward's at most "
     "1.0x (Spyra: 1.18x on Fashion-MNIST). Each rule trains under its own protocol (budget, "
     "batch size, stopping rule) as in the paper; `*` marks a ratio against BP under BP's own "
@@ -47,6 +48,10 @@ def main() -> None:
     command = "python benchmarks/spyra2025.py " + " ".join(sys.argv[1:])
     md = [
         api.reproduce_markdown(accuracy),
+        "The times above mix conditions (the session-1 BP seeds 1-2 overlapped other work, "
+        "seeds 1-2 of the later runs trained two at a time): read accuracy there, and time "
+        "ratios in the cost table below.",
+        "",
         "## Cost: seed 0, each run alone",
         "",
         cost_md,
@@ -54,8 +59,9 @@ def main() -> None:
         "",
         *provenance_markdown(command),
         "",
-        "Runs made by `benchmarks/spyra2025_queue.sh` (see its header); seeds 1-2 trained two at "
-        "a time with one thread each, so their times are not comparable with seed 0's.",
+        "Runs made by `benchmarks/spyra2025_queue.sh` (see its header; the machine line above is "
+        "the tabulating process's). Seeds 1-2 trained in the second lane, whose core also ran "
+        "development work at times, so their times are not comparable with seed 0's.",
         "",
         "Energy on this machine is a CodeCarbon estimate (no RAPL or NVML counter is readable "
         "here): CPU power modelled from the CPU's power class, plus RAM; not a measurement.",

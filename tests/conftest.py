@@ -28,3 +28,16 @@ def shared_data() -> Path:
 
 
 FAST = dict(progress=False, energy=False)
+
+
+def setup_rule(rule_name: str, net, options: dict, seed: int = 0):  # type: ignore[no-untyped-def]
+    """A rule set up on ``net`` for digits-shaped data (1x8x8, 10 classes), as the harness would."""
+    import torch
+
+    from beyondbp.data import load_dataset
+    from beyondbp.rules import make_rule
+    from beyondbp.rules.base import SetupContext
+
+    rule = make_rule(rule_name, options)
+    rule.setup(net, load_dataset("digits").meta, SetupContext(torch.device("cpu"), seed, 1, 10, 8))
+    return rule

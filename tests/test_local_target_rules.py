@@ -10,21 +10,15 @@ import torch
 import torch.nn.functional as F
 
 import beyondbp as bb
-from beyondbp.data import load_dataset
 from beyondbp.nets import build_net
-from beyondbp.rules import make_rule
-from beyondbp.rules.base import SetupContext
 
-from .conftest import FAST
+from .conftest import FAST, setup_rule
 
 SGD = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "nesterov": False}
 
 
 def _setup(rule_name: str, net, options: dict, seed: int = 0):
-    meta = load_dataset("digits").meta
-    rule = make_rule(rule_name, {**SGD, **options})
-    rule.setup(net, meta, SetupContext(torch.device("cpu"), seed, 1, 10, 8))
-    return rule
+    return setup_rule(rule_name, net, {**SGD, **options}, seed)
 
 
 def test_drtp_hidden_update_is_the_projected_target_times_the_derivative():

@@ -14,7 +14,7 @@ from beyondbp.nets.noprop import NoPropNet, noprop_alpha_bar, posterior_coeffici
 from beyondbp.rules import make_rule
 from beyondbp.rules.base import SetupContext
 
-from .conftest import FAST
+from .conftest import FAST, setup_rule
 
 
 def test_schedule_runs_from_noise_to_nearly_clean_with_finite_snr():
@@ -66,10 +66,7 @@ def test_posterior_coefficients_compose_the_closed_form():
 
 
 def _rule(net, **options):
-    meta = load_dataset("digits").meta
-    rule = make_rule("noprop", options)
-    rule.setup(net, meta, SetupContext(torch.device("cpu"), 0, 1, 10, 8))
-    return rule
+    return setup_rule("noprop", net, options)
 
 
 def test_a_step_trains_one_block_and_no_gradient_crosses_blocks():

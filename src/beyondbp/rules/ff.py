@@ -31,7 +31,7 @@ from beyondbp.errors import BeyondBPError
 from beyondbp.nets import as_blocknet
 from beyondbp.rules import register
 from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
-from beyondbp.rules.optim import OptimOptions, Schedule, make_optimizer
+from beyondbp.rules.optim import LayerOptimizers, OptimOptions
 
 
 class Options(OptimOptions):
@@ -97,10 +97,10 @@ class ForwardForward(Rule):
         self.head = nn.Linear(head_in, meta.classes)
         self.running = [torch.zeros(w, device=ctx.device) for w in self.widths]
         # one optimiser per layer, stepped right after the layer's backward (frees its gradients)
-        self.opts = [make_optimizer(block.parameters(), self.options) for block in self.net.blocks]
+        groups = [block.parameters() for block in self.net.blocks]
+        self.layers = LayerOptimizers(groups, self.options, ctx.max_epochs)
         self.head_opt = torch.optim.SGD(self.head.parameters(), lr=self.options.head_lr,
                                         momentum=0.9)  # fmt: skip
-        self.schedules = [Schedule(opt, self.options, ctx.max_epochs) for opt in self.opts]
         self.split_first = _split_first_linear(self.net.blocks[0])
 
     def modules(self) -> dict[str, nn.Module]:
@@ -179,8 +179,7 @@ class ForwardForward(Rule):
                 self.running[i] = mean.detach()
                 loss = loss + o.peer_norm * (mean.mean() - mean).pow(2).mean()
             loss.backward()  # frees this layer's graph before the next layer runs
-            self.opts[i].step()
-            self.opts[i].zero_grad(set_to_none=True)
+            self.layers.step(i)
             losses.append(loss.detach())
         logs = {"loss": torch.stack(losses).mean()}
         if o.predict == "softmax":
@@ -208,19 +207,14 @@ class ForwardForward(Rule):
         return self.head(self._head_features(x))
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
-        for schedule in self.schedules:
-            schedule.step(val.get("loss"))
+        self.layers.end_epoch(val.get("loss"))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"opts": [o.state_dict() for o in self.opts],
-                "schedules": [s.state_dict() for s in self.schedules],
-                "head_opt": self.head_opt.state_dict(), "running": self.running}  # fmt: skip
+        return {**self.layers.state_dict(), "head_opt": self.head_opt.state_dict(),
+                "running": self.running}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for opt, st in zip(self.opts, state["opts"], strict=True):
-            opt.load_state_dict(st)
-        for schedule, st in zip(self.schedules, state["schedules"], strict=True):
-            schedule.load_state_dict(st)
+        self.layers.load_state_dict(state)
         self.head_opt.load_state_dict(state["head_opt"])
         self.running = [r.to(self.running[0].device) for r in state["running"]]
 

@@ -36,7 +36,7 @@ from beyondbp.rules.base import (
     Rule,
     SetupContext,
 )
-from beyondbp.rules.optim import OptimOptions, Schedule, make_optimizer
+from beyondbp.rules.optim import LayerOptimizers, OptimOptions
 
 
 class Options(OptimOptions):
@@ -86,12 +86,12 @@ class MonoForward(Rule):
         self.finished: str | None = None
         # one optimiser per layer, stepped right after the layer's backward: its gradients are
         # freed before the next layer runs (the same update as one optimiser over all layers)
-        self.opts = [
-            make_optimizer([*block.parameters(), *proj.parameters()], self.options)
+        groups = [
+            [*block.parameters(), *proj.parameters()]
             for block, proj in zip(self.net.blocks, self.projections, strict=True)
         ]
         horizon = self.options.epochs_per_layer if greedy else ctx.max_epochs
-        self.schedules = [Schedule(opt, self.options, horizon) for opt in self.opts]
+        self.layers = LayerOptimizers(groups, self.options, horizon)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net, "projections": self.projections}
@@ -112,8 +112,7 @@ class MonoForward(Rule):
                 a = block(a.detach())
                 loss = F.cross_entropy(self.projections[i](a.flatten(1)), y)
                 loss.backward()  # frees this layer's graph before the next layer runs
-                self.opts[i].step()
-                self.opts[i].zero_grad(set_to_none=True)
+                self.layers.step(i)
                 losses.append(loss.detach())
             else:
                 with torch.no_grad():
@@ -132,8 +131,7 @@ class MonoForward(Rule):
         return torch.stack(scores).sum(0)
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
-        for i in self._active_layers():
-            self.schedules[i].step(val.get("loss"))
+        self.layers.end_epoch(val.get("loss"), self._active_layers())
         if self.options.layer_schedule == "greedy":
             self._greedy_stage(val.get("loss"))
 
@@ -171,13 +169,8 @@ class MonoForward(Rule):
         return self.finished
 
     def state_dict(self) -> dict[str, Any]:
-        return {"opts": [o.state_dict() for o in self.opts],
-                "schedules": [s.state_dict() for s in self.schedules],
-                "stage": self.stage, "finished": self.finished}  # fmt: skip
+        return {**self.layers.state_dict(), "stage": self.stage, "finished": self.finished}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for opt, st in zip(self.opts, state["opts"], strict=True):
-            opt.load_state_dict(st)
-        for schedule, st in zip(self.schedules, state["schedules"], strict=True):
-            schedule.load_state_dict(st)
+        self.layers.load_state_dict(state)
         self.stage, self.finished = state["stage"], state["finished"]

@@ -38,7 +38,7 @@ from beyondbp.errors import BeyondBPError
 from beyondbp.nets.noprop import NoPropNet, snr
 from beyondbp.rules import register
 from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
-from beyondbp.rules.optim import OptimOptions, Schedule, make_optimizer
+from beyondbp.rules.optim import LayerOptimizers, OptimOptions
 
 
 class Options(OptimOptions):
@@ -89,11 +89,10 @@ class NoProp(Rule):
         if net.embedding == "prototype" and ctx.train is not None:
             net.init_prototypes(ctx.train.x, ctx.train.y)
         self.eta = o.eta if o.eta is not None else (0.1 if net.kind == "dt" else 1.0)
-        self.opts = [make_optimizer(block.parameters(), o) for block in net.blocks]
+        groups = [list(block.parameters()) for block in net.blocks]
         head = [p for p in (*net.classifier.parameters(), net.embed, net.gamma0, net.gamma_slope)
                 if p.requires_grad]  # fmt: skip
-        self.opts.append(make_optimizer(head, o))
-        self.schedules = [Schedule(opt, o, ctx.max_epochs) for opt in self.opts]
+        self.layers = LayerOptimizers([*groups, head], o, ctx.max_epochs)  # blocks, then the head
         # T · η/2 · (SNR(t) − SNR(t−1)) for t = 1..T
         self.weights = (net.steps * self.eta / 2 * snr(net.alpha_bar.double()).diff()).float()
 
@@ -112,9 +111,8 @@ class NoProp(Rule):
         if net.embed.requires_grad:  # KL(q(z_0|y) ‖ N(0, I)), the part that depends on u_y
             loss = loss + 0.5 * net.alpha_bar[0] * u_y.pow(2).sum(1).mean()
         loss.backward()
-        for opt in (self.opts[t - 1], self.opts[-1]):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        self.layers.step(t - 1)
+        self.layers.step(len(net.blocks))
         return {"loss": loss.detach(), "denoise_loss": denoise.detach(),
                 "classifier_loss": classify.detach()}  # fmt: skip
 
@@ -145,9 +143,8 @@ class NoProp(Rule):
             loss = denoise + classify + kl
             logs = {"denoise_loss": denoise.detach(), "classifier_loss": classify.detach()}
         loss.backward()
-        for opt in self.opts:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        for i in range(len(net.blocks) + 1):
+            self.layers.step(i)
         return {"loss": loss.detach(), **logs}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,15 +153,10 @@ class NoProp(Rule):
         return self.net.scores(x, self.options.solver, sample)
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
-        for schedule in self.schedules:
-            schedule.step(val.get("loss"))
+        self.layers.end_epoch(val.get("loss"))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"opts": [o.state_dict() for o in self.opts],
-                "schedules": [s.state_dict() for s in self.schedules]}  # fmt: skip
+        return self.layers.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for opt, st in zip(self.opts, state["opts"], strict=True):
-            opt.load_state_dict(st)
-        for schedule, st in zip(self.schedules, state["schedules"], strict=True):
-            schedule.load_state_dict(st)
+        self.layers.load_state_dict(state)

@@ -66,3 +66,38 @@ class Schedule:
     def load_state_dict(self, state: dict) -> None:
         if self.sched is not None:
             self.sched.load_state_dict(state)  # type: ignore[attr-defined]
+
+
+class LayerOptimizers:
+    """One optimiser and schedule per parameter group (a layer, a block, a head), each stepped on
+    its own right after that group's backward, so its gradients are freed before the next group
+    runs. Used by the layer-local rules."""
+
+    def __init__(
+        self,
+        groups: Iterable[Iterable[torch.nn.Parameter]],
+        o: OptimOptions,
+        max_epochs: int,
+    ) -> None:
+        self.opts = [make_optimizer(group, o) for group in groups]
+        self.schedules = [Schedule(opt, o, max_epochs) for opt in self.opts]
+
+    def step(self, i: int) -> None:
+        """Apply group i's gradients and free them."""
+        self.opts[i].step()
+        self.opts[i].zero_grad(set_to_none=True)
+
+    def end_epoch(self, val_loss: float | None, groups: Iterable[int] | None = None) -> None:
+        """Advance the schedules (of ``groups`` only, if given)."""
+        for i in range(len(self.opts)) if groups is None else groups:
+            self.schedules[i].step(val_loss)
+
+    def state_dict(self) -> dict:
+        return {"opts": [opt.state_dict() for opt in self.opts],
+                "schedules": [s.state_dict() for s in self.schedules]}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        for opt, st in zip(self.opts, state["opts"], strict=True):
+            opt.load_state_dict(st)
+        for schedule, st in zip(self.schedules, state["schedules"], strict=True):
+            schedule.load_state_dict(st)

@@ -31,7 +31,7 @@ from beyondbp.nets.recurrent import RecurrentBlock
 from beyondbp.rules import register
 from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
 from beyondbp.rules.dfa import feedback_matrices
-from beyondbp.rules.optim import OptimOptions, Schedule, make_optimizer
+from beyondbp.rules.optim import LayerOptimizers, OptimOptions
 
 LocalLoss = Literal["l2", "l1"]
 
@@ -86,8 +86,7 @@ class TpSGD(Rule):
         ).to(ctx.device)
         # one optimiser per layer, stepped right after the layer's backward
         layers = [*self.net.blocks, self.net.head]
-        self.opts = [make_optimizer(layer.parameters(), o) for layer in layers]
-        self.schedules = [Schedule(opt, o, ctx.max_epochs) for opt in self.opts]
+        self.layers = LayerOptimizers((layer.parameters() for layer in layers), o, ctx.max_epochs)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         o = self.options
@@ -114,8 +113,7 @@ class TpSGD(Rule):
 
     def _update(self, k: int, loss: torch.Tensor) -> None:
         loss.backward()
-        self.opts[k].step()
-        self.opts[k].zero_grad(set_to_none=True)
+        self.layers.step(k)
 
     def _output_loss(self, logits: torch.Tensor, y: torch.Tensor, onehot: torch.Tensor):  # type: ignore[no-untyped-def]
         if self.options.output_loss == "ce":
@@ -127,17 +125,11 @@ class TpSGD(Rule):
         return self._output_loss(scores, y, onehot) * len(y)
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
-        for schedule in self.schedules:
-            schedule.step(val.get("loss"))
+        self.layers.end_epoch(val.get("loss"))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"opts": [o.state_dict() for o in self.opts],
-                "schedules": [s.state_dict() for s in self.schedules],
-                "targets": self.targets.state_dict()}  # fmt: skip
+        return {**self.layers.state_dict(), "targets": self.targets.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for opt, st in zip(self.opts, state["opts"], strict=True):
-            opt.load_state_dict(st)
-        for schedule, st in zip(self.schedules, state["schedules"], strict=True):
-            schedule.load_state_dict(st)
+        self.layers.load_state_dict(state)
         self.targets.load_state_dict(state["targets"])
