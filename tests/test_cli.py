@@ -95,3 +95,11 @@ def test_bench_compares_rules(tmp_path):
     assert out.exit_code == 0, out.stdout
     (row,) = json.loads(out.stdout)
     assert row["runs"] == 2 and row["time_ratio"] == 1.0 and row["delta_acc"] == 0.0
+
+
+def test_a_grid_over_all_rules_leaves_out_rules_that_cannot_train_its_nets():
+    from beyondbp.cli import _rules_for
+
+    plain = _rules_for(["mlp:256x2"])
+    assert "bp" in plain and "ff" in plain and "noprop" not in plain
+    assert "noprop" in _rules_for(["mlp:256x2", "noprop:3"])

@@ -131,6 +131,13 @@ AugmentOpt = Annotated[
 ]
 
 
+def _rules_for(nets: list[str]) -> list[str]:
+    """All rules that can train at least one of these nets (the default of a grid)."""
+    from beyondbp.rules import available_rules
+
+    return [n for n, cls in available_rules().items() if any(cls.works_on(s) for s in nets)]
+
+
 def _seed_list(count: int | None, listed: str | None) -> list[int] | None:
     if listed is not None:
         try:
@@ -288,7 +295,7 @@ def bench(
         for rule_name, opts in _rule_options(set_ or []).items():
             rule_options.setdefault(rule_name, {}).update(opts)
         spec = GridSpec(
-            rules=_split(rules) or list(available_rules()),
+            rules=_split(rules) or _rules_for(_split(nets) or ["mlp:1000x2"]),
             datasets=_split(data) or ["digits"],
             nets=_split(nets) or ["mlp:1000x2"],
             seeds=list(range(seeds)),

@@ -119,6 +119,12 @@ class Rule:
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         """Called after each epoch's validation (learning-rate schedules live here)."""
 
+    @classmethod
+    def works_on(cls, net_spec: str) -> bool:
+        """Whether the rule can train the net of this spec (rules that need a special net, like
+        NoProp, say no to the others; a grid over "all rules" leaves them out)."""
+        return True
+
     def done(self) -> str | None:
         """Checked after ``end_epoch``: a reason to stop training that the rule itself decides
         (e.g. its last layer-wise stage has finished), or None to go on."""

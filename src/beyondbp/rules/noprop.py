@@ -72,6 +72,10 @@ class NoProp(Rule):
     }
     options: Options
 
+    @classmethod
+    def works_on(cls, net_spec: str) -> bool:
+        return net_spec.startswith("noprop")
+
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         if not isinstance(net, NoPropNet):
             raise BeyondBPError(
