@@ -68,12 +68,7 @@ def main() -> None:
     ]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "spyra2025.md").write_text("\n".join(md) + "\n")
-    runs = [
-        {"id": r.id, "status": r.status, "rule": r.rule, "dataset": r.dataset, "net": r.net,
-         "seed": r.seed, "options": r.options, "config": r.config, "metrics": r.metrics,
-         "history": r.history, "env": r.env}
-        for r in accuracy.records
-    ]  # fmt: skip
+    runs = [dataclasses.asdict(r) for r in accuracy.records]  # as `beyondbp runs export` does
     out = {"command": command, "summary": accuracy.rows, "cost_seed0": cost.rows, "runs": runs}
     (HERE / "results" / "spyra2025.json").write_text(json.dumps(out, indent=1) + "\n")
     print("\n".join(md))
