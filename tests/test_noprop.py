@@ -127,8 +127,10 @@ def test_variant_must_match_the_net():
         _rule(build_net("noprop:3", (1, 8, 8), 10), variant="ct")
 
 
-@pytest.mark.parametrize("spec,epochs,want", [("noprop:10:fm", 8, 0.9), ("noprop:10:ct", 12, 0.8)])
+@pytest.mark.parametrize("spec,epochs,want", [("noprop:10:fm", 8, 0.9), ("noprop:10:ct", 16, 0.6)])
 def test_continuous_noprop_learns_digits(spec, epochs, want):
+    # CT learns slowly on digits (seeds 0-3: 76-88% after 12 epochs, 78-93% after 24, still rising);
+    # the bar is set well above chance (10%) and below every seed we measured.
     res = bb.train("noprop", "digits", spec, epochs=epochs, batch_size=32, patience=None,
                    store=False, **FAST)  # fmt: skip
     assert res.metrics["test_acc"] >= want, res.metrics
