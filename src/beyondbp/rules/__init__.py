@@ -86,9 +86,11 @@ from beyondbp.rules import cafo as _cafo  # noqa: E402, F401
 from beyondbp.rules import dfa as _dfa  # noqa: E402, F401
 from beyondbp.rules import drtp as _drtp  # noqa: E402, F401
 from beyondbp.rules import ff as _ff  # noqa: E402, F401
+from beyondbp.rules import mezo as _mezo  # noqa: E402, F401
 from beyondbp.rules import mono_forward as _mono_forward  # noqa: E402, F401
 from beyondbp.rules import noprop as _noprop  # noqa: E402, F401
 from beyondbp.rules import tpsgd as _tpsgd  # noqa: E402, F401
+from beyondbp.rules import zo_adam as _zo_adam  # noqa: E402, F401
 
 __all__ = [
     "Rule",
