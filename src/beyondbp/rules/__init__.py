@@ -86,6 +86,7 @@ from beyondbp.rules import cafo as _cafo  # noqa: E402, F401
 from beyondbp.rules import deep_ga as _deep_ga  # noqa: E402, F401
 from beyondbp.rules import dfa as _dfa  # noqa: E402, F401
 from beyondbp.rules import drtp as _drtp  # noqa: E402, F401
+from beyondbp.rules import es as _es  # noqa: E402, F401
 from beyondbp.rules import ff as _ff  # noqa: E402, F401
 from beyondbp.rules import mezo as _mezo  # noqa: E402, F401
 from beyondbp.rules import mono_forward as _mono_forward  # noqa: E402, F401

@@ -17,6 +17,7 @@ prompt, a token embedding, a layer), as in the paper, chosen with ``params``.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, ClassVar
 
@@ -145,8 +146,9 @@ class ZOAdam(Rule):
             i += n
 
     def state_dict(self) -> dict[str, Any]:
-        return {"t": self.t, "theta": self.theta.detach().clone(), "opt": self.opt.state_dict(),
-                "history": self.history, "basis": self.basis}  # fmt: skip
+        return {"t": self.t, "theta": self.theta.detach().clone(),
+                "opt": copy.deepcopy(self.opt.state_dict()),
+                "history": self.history.clone(), "basis": self.basis}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.t = int(state["t"])
