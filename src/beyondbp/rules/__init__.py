@@ -83,6 +83,7 @@ def make_rule(name: str, options: Mapping[str, Any] | None = None) -> Rule:
 # Importing the rule modules registers them.
 from beyondbp.rules import bp as _bp  # noqa: E402, F401
 from beyondbp.rules import cafo as _cafo  # noqa: E402, F401
+from beyondbp.rules import de as _de  # noqa: E402, F401
 from beyondbp.rules import deep_ga as _deep_ga  # noqa: E402, F401
 from beyondbp.rules import dfa as _dfa  # noqa: E402, F401
 from beyondbp.rules import drtp as _drtp  # noqa: E402, F401
