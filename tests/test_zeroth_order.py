@@ -203,3 +203,14 @@ def test_zeroth_order_rules_learn_digits(rule, options, bar):
     res = bb.train(rule, "digits", "mlp:32", options=options, epochs=20, batch_size=16,
                    patience=None, store=False, **FAST)  # fmt: skip
     assert res.metrics["test_acc"] >= bar, res.metrics
+
+
+def test_mezo_step_memory_is_close_to_inference_memory():
+    """Peak bytes of a MeZO step: inference plus one perturbed copy of a weight; backprop's is
+    far more (activations kept for backward, gradients, Adam's moments)."""
+    kw = dict(epochs=1, batch_size=64, store=False, **FAST)
+    mezo = bb.train("mezo", "digits", "mlp:256x2", options={"lr": 1e-3}, **kw).metrics
+    bp = bb.train("bp", "digits", "mlp:256x2", **kw).metrics
+    largest = 256 * 256 * 4  # bytes of the biggest weight matrix
+    assert mezo["peak_step_bytes"] <= mezo["inference_step_bytes"] + largest + 4096
+    assert bp["step_to_inference_memory"] > 2 * mezo["step_to_inference_memory"] / 1.36

@@ -71,6 +71,15 @@ def _result_table(r: RunRecord) -> Table:
         ("test time", _fmt(m.get("test_time_s"), "{:.3f} s")),
         ("peak memory (process RSS)", _fmt_bytes(m.get("peak_rss_bytes"))),
         ("peak memory (training step)", _fmt_bytes(m.get("peak_step_bytes"))),
+        (
+            "peak memory (inference, same batch)",
+            _fmt_bytes(m.get("inference_step_bytes"))
+            + (
+                f" (step/inference {m['step_to_inference_memory']:.2f}x)"
+                if m.get("step_to_inference_memory")
+                else ""
+            ),
+        ),
         ("energy", _energy(m)),
         ("FLOPs per training step", _fmt(m.get("flops_per_step"), "{:.3g}")),
         (

@@ -290,6 +290,7 @@ class Trainer:
                         "step_resident_bytes": probe.resident_bytes,
                         "step_transient_bytes": probe.peak_bytes - probe.resident_bytes,
                         "probe_batch": len(y),
+                        "inference_step_bytes": self._inference_bytes(x[: cfg.batch_size]),
                     }
                 n = len(y)
                 for k, v in logs.items():
@@ -410,6 +411,18 @@ class Trainer:
         resident += [self.rule.state_dict(), x, y]
         return StepProbe(resident)
 
+    def _inference_bytes(self, x: torch.Tensor) -> int:
+        """Peak bytes of predicting one batch (weights, the batch, activations), the yardstick
+        for a training step's memory (MeZO's claim: training memory ≈ inference memory)."""
+        resident = [m.state_dict() for m in self.rule.modules().values()] + [x]
+        self.rule.train_mode(False)
+        try:
+            with torch.no_grad(), StepProbe(resident) as probe:
+                self.rule.predict(x)
+        finally:
+            self.rule.train_mode(True)
+        return probe.peak_bytes
+
     def _finish_metrics(self, wall: float, energy: EnergyMeter) -> None:
         st, m = self.state, self.record.metrics
         reading = energy.reading
@@ -454,6 +467,9 @@ class Trainer:
             m["step_resident_bytes"] = st.probe["step_resident_bytes"]
             m["step_transient_bytes"] = st.probe["step_transient_bytes"]
             m["peak_step_bytes_method"] = "live tensors during the second training step"
+            if st.probe.get("inference_step_bytes"):
+                m["inference_step_bytes"] = st.probe["inference_step_bytes"]
+                m["step_to_inference_memory"] = m["peak_step_bytes"] / m["inference_step_bytes"]
         self.record.history = list(st.history)
 
     # -- checkpoints ------------------------------------------------------------------------------

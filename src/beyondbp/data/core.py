@@ -92,6 +92,7 @@ class RawData:
     mean: tuple[float, ...] | None = None  # None: computed from the training split
     std: tuple[float, ...] | None = None
     notes: str = ""
+    normalise: bool = True  # False: inputs are kept as they are (token ids)
 
 
 Loader = Callable[[list[Path], bool], RawData]
@@ -191,7 +192,9 @@ def _finish(name: str, raw: RawData, val_size: float | int, data_seed: int) -> D
         t = torch.from_numpy(np.ascontiguousarray(x))
         return t.to(torch.float32).mul_(1 / 255) if t.dtype == torch.uint8 else t.float()
 
-    if raw.mean is None:
+    if not raw.normalise:  # token ids and the like: no scaling, no statistics
+        mean, std = (0.0,), (1.0,)
+    elif raw.mean is None:
         # Like the standard MNIST constants: statistics of the whole official training set
         # (never the test set), so they do not depend on the validation split.
         x_all = pixels(x_train)
@@ -203,6 +206,8 @@ def _finish(name: str, raw: RawData, val_size: float | int, data_seed: int) -> D
         mean, std = raw.mean, raw.std
 
     def norm(x: np.ndarray) -> torch.Tensor:
+        if not raw.normalise:
+            return torch.from_numpy(np.ascontiguousarray(x))
         t = pixels(x)
         shape = (1, -1) + (1,) * (t.ndim - 2)
         return t.sub_(torch.tensor(mean).view(shape)).div_(torch.tensor(std).view(shape))

@@ -120,10 +120,13 @@ _RNN = re.compile(r"^(?P<cell>rnn|gru)(:(?P<width>\d+)(x(?P<depth>\d+))?)?$")
 _NOPROP = re.compile(
     r"^noprop(:(?P<steps>\d+))?(:(?P<kind>dt|ct|fm))?(:(?P<embed>onehot|learned|prototype)(-(?P<dim>\d+))?)?$"
 )
+_MINILM = re.compile(r"^minilm(:prompt-(?P<prompt>\d+))?$")
 NET_SPECS = {
     "mlp:WIDTHxDEPTH[:act]": "MLP, e.g. mlp:1000x2 (or mlp:1000-500, mlp:1000x2:tanh)",
     "cnn3[:C1-C2-C3]": "3-block CNN of CaFo/Spyra: conv3x3-ReLU-maxpool-BN, 32/128/512 channels",
     "gru|rnn[:WIDTH[xDEPTH]]": "recurrent net reading images row by row, e.g. gru:128",
+    "minilm[:prompt-N]": "all-MiniLM-L6-v2 sentence-pair classifier (text datasets), optionally "
+    "with N soft-prompt vectors",
     "noprop[:T][:dt|ct|fm][:onehot|learned-D|prototype]": "NoProp: T denoising blocks (DT, default 10) "
     "or one time-conditioned block and T ODE steps (CT, FM; default 1000)",
 }
@@ -154,6 +157,15 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
         kind = m["kind"] or "dt"
         steps = int(m["steps"] or (10 if kind == "dt" else 1000))  # the paper's T
         return NoPropNet(input_shape, classes, steps, m["embed"] or "onehot", dim, kind)
+    if m := _MINILM.match(spec):
+        from beyondbp.nets.text import MiniLMClassifier
+
+        if len(input_shape) != 2 or input_shape[0] != 3:
+            raise BeyondBPError(
+                f"minilm reads token tensors (3, L) of a text dataset (e.g. msrp); got input "
+                f"shape {tuple(input_shape)}"
+            )
+        return MiniLMClassifier(classes, int(m["prompt"] or 0))
     raise BeyondBPError(
         f"unknown net spec {spec!r}; valid forms: "
         + "; ".join(f"{k} ({v})" for k, v in NET_SPECS.items())

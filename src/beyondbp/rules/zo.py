@@ -83,19 +83,24 @@ class Target:
         g = torch.Generator(device=dev).manual_seed(mix_seed(seed, self.index))
         return torch.randn(self.shape, generator=g, device=dev, dtype=torch.float32)
 
-    def shifted(self, delta: torch.Tensor) -> torch.Tensor:
-        """A new tensor: the parameter with ``delta`` (fp32) added to the trained part."""
+    def shifted(self, seed: int, scale: float) -> torch.Tensor:
+        """A new tensor: the parameter with scale·z(seed) added to the trained part (in fp32 or
+        wider, then cast back). Built in the noise's own buffer: one extra tensor at most."""
         p = self.param.detach()
+        delta = self.noise(seed).mul_(scale)
         if self.rows is None:
-            return (_wide(p) + delta).to(p.dtype)
+            return delta.add_(_wide(p)).to(p.dtype)
         out = p.clone()
-        out[self.rows] = (_wide(p[self.rows]) + delta).to(p.dtype)
+        out[self.rows] = delta.add_(_wide(p[self.rows])).to(p.dtype)
         return out
 
     def add_(self, delta: torch.Tensor) -> None:
         """In place: trained part += delta, accumulated in fp32 (for bf16/fp16 weights)."""
         v = self.value
-        v.copy_((_wide(v) + delta).to(v.dtype))
+        if v.dtype in (torch.float32, torch.float64):
+            v.add_(delta)
+        else:
+            v.copy_((_wide(v) + delta).to(v.dtype))
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
@@ -166,7 +171,7 @@ def perturbed(targets: list[Target], seed: int, scale: float) -> Iterator[None]:
         for pname, t in entries:
             w = cache.get(t.index)
             if w is None:
-                w = t.shifted(scale * t.noise(seed))
+                w = t.shifted(seed, scale)
                 if _reused(module):
                     cache[t.index] = w
             module._parameters[pname] = w  # type: ignore[assignment]
