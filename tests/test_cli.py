@@ -102,4 +102,5 @@ def test_a_grid_over_all_rules_leaves_out_rules_that_cannot_train_its_nets():
 
     plain = _rules_for(["mlp:256x2"])
     assert "bp" in plain and "ff" in plain and "noprop" not in plain
+    assert not {"mezo", "zo-adam", "deep-ga", "es", "de", "de-init"} & set(plain)  # --rules only
     assert "noprop" in _rules_for(["mlp:256x2", "noprop:3"])

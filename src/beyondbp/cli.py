@@ -141,10 +141,16 @@ AugmentOpt = Annotated[
 
 
 def _rules_for(nets: list[str]) -> list[str]:
-    """All rules that can train at least one of these nets (the default of a grid)."""
+    """The default rules of a grid: every rule that can train at least one of these nets, except
+    the zeroth-order and population rules (name them with --rules): their defaults target LLM
+    fine-tuning or RL populations and would take hours and learn little on these nets."""
     from beyondbp.rules import available_rules
 
-    return [n for n, cls in available_rules().items() if any(cls.works_on(s) for s in nets)]
+    return [
+        n
+        for n, cls in available_rules().items()
+        if cls.default_grid and any(cls.works_on(s) for s in nets)
+    ]
 
 
 def _seed_list(count: int | None, listed: str | None) -> list[int] | None:
@@ -255,7 +261,12 @@ def _rule_options(items: list[str]) -> dict[str, dict[str, Any]]:
 
 @app.command()
 def bench(
-    rules: Annotated[str | None, typer.Option(help="comma-separated rules [default: all]")] = None,
+    rules: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated rules [default: all but the zeroth-order and population ones]"
+        ),
+    ] = None,
     data: Annotated[str, typer.Option("--data", "-d", help="comma-separated datasets")] = "digits",
     nets: Annotated[str, typer.Option(help="comma-separated net specs")] = "mlp:1000x2,cnn3",
     seeds: Annotated[int, typer.Option(help="number of seeds (0..N-1)")] = 3,

@@ -87,6 +87,10 @@ class Rule:
     search_space: ClassVar[dict[str, Distribution]] = {}
     unit: ClassVar[Literal["batch", "dataset"]] = "batch"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    # False: left out of a grid that names no rules (``bench`` without --rules). For rules whose
+    # defaults target another regime (LLM fine-tuning, populations for RL) and that would take
+    # hours and learn little on the default MLPs.
+    default_grid: ClassVar[bool] = True
 
     def __init__(self, options: RuleOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()

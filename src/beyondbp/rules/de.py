@@ -63,6 +63,7 @@ class Options(RuleOptions):
 )
 class DifferentialEvolution(Rule):
     Options = Options
+    default_grid = False  # zeroth-order / population: not in a bench without --rules
     search_space: ClassVar[dict[str, Distribution]] = {
         "f": Uniform(0.1, 1.0),
         "cr": Uniform(0.0, 1.0),

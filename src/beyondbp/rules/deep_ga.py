@@ -76,6 +76,7 @@ class Options(RuleOptions):
 @register("deep-ga", "Deep GA: seed-list genomes, truncation selection, elitism; novelty search")
 class DeepGA(Rule):
     Options = Options
+    default_grid = False  # zeroth-order / population: not in a bench without --rules
     search_space: ClassVar[dict[str, Distribution]] = {
         "sigma": LogUniform(1e-4, 1e-1),
         "truncation": IntUniform(2, 100, log=True),

@@ -72,6 +72,7 @@ class Options(RuleOptions):
 )
 class EvolutionStrategy(Rule):
     Options = Options
+    default_grid = False  # zeroth-order / population: not in a bench without --rules
     search_space: ClassVar[dict[str, Distribution]] = {
         "sigma": LogUniform(1e-3, 0.5),
         "lr": LogUniform(1e-3, 0.3),

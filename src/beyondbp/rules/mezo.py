@@ -38,6 +38,7 @@ class Options(ZOOptions):
 @register("mezo", "MeZO: in-place zeroth-order SGD (SPSA), forward passes only, inference memory")
 class MeZO(Rule):
     Options = Options
+    default_grid = False  # zeroth-order / population: not in a bench without --rules
     search_space: ClassVar[dict[str, Distribution]] = {
         "lr": LogUniform(1e-7, 1e-1),
         "eps": LogUniform(1e-4, 1e-1),

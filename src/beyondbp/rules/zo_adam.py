@@ -56,6 +56,7 @@ class Options(ZOOptions):
 @register("zo-adam", "ZO-Adam: one-sided zeroth-order estimates, Adam, Subspace Gradient (ZOODiP)")
 class ZOAdam(Rule):
     Options = Options
+    default_grid = False  # zeroth-order / population: not in a bench without --rules
     search_space: ClassVar[dict[str, Distribution]] = {
         "lr": LogUniform(1e-4, 1e-1),
         "eps": LogUniform(1e-4, 1e-1),
