@@ -242,3 +242,28 @@ def test_de_refuses_a_population_it_cannot_hold(monkeypatch):
     monkeypatch.setattr(de, "MAX_POPULATION_BYTES", 10_000)
     with pytest.raises(BeyondBPError, match="deep-ga"):
         setup_rule("de", bb.build_net("mlp:32", (1, 8, 8), 10), {})
+
+
+@pytest.fixture
+def local_ray():  # type: ignore[no-untyped-def]
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_workers_give_the_same_run_and_send_only_seeds(local_ray):
+    def run(workers: int) -> tuple[torch.Tensor, object]:
+        net = bb.build_net("mlp:16", (1, 8, 8), 10)
+        options = {**SMALL, "novelty": 0.5, "archive_prob": 0.2, "workers": workers}
+        rule = setup_rule("deep-ga", net, options)
+        for s in range(4):
+            rule.step(*_batch(s))
+        return FlatNet(net).get(), rule
+
+    local, _ = run(0)
+    remote, rule = run(2)
+    assert torch.equal(local, remote)
+    pool = rule.remote
+    weights_per_generation = SMALL["population"] * FlatNet(rule.net).d * 4
+    assert 0 < pool.bytes_sent / 4 < weights_per_generation / 50  # seeds, not weights

@@ -65,6 +65,10 @@ class Options(RuleOptions):
         0.01, ge=0, le=1, description="chance that an offspring's behaviour joins the archive"
     )
     probe: int = Field(64, ge=1, description="examples whose class probabilities are a behaviour")
+    workers: int = Field(
+        0, ge=0, description="Ray actors evaluating the population (0: in this process); only "
+        "seeds and losses travel"
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _fits(self) -> Options:
@@ -96,6 +100,7 @@ class DeepGA(Rule):
         self.recent: list[tuple[torch.Tensor, torch.Tensor]] = []  # the elite's re-evaluation data
         self.archive = torch.zeros(0, 0, device=self.flat.device)
         self.probe_x = ctx.train.x[: self.options.probe].to(self.flat.device) if ctx.train else None
+        self.remote = None  # Ray actors, started on the first generation when workers > 0
 
     def train_mode(self, training: bool) -> None:
         for m in self.modules().values():
@@ -148,14 +153,27 @@ class DeepGA(Rule):
         if self.probe_x is None:  # no training split given: the first batch's examples
             self.probe_x = x[: o.probe]
         pop = self._offspring()
-        losses, behaviours = [], []
-        chunk = max(1, (64 << 20) // (4 * self.flat.d))
-        for i in range(0, len(pop), chunk):
-            w = self._weights(pop[i : i + chunk])
-            losses.append(self.flat.losses(w, x, y))
-            if o.novelty > 0:
-                behaviours.append(self.flat.scores(w, self.probe_x).softmax(-1).flatten(1))
-        loss = torch.cat(losses)
+        logs: dict[str, Any] = {}
+        if o.workers > 0:
+            if self.remote is None:
+                from beyondbp.rules.remote import RayPopulation
+
+                self.remote = RayPopulation(self.net, o.workers)
+            sent = self.remote.bytes_sent
+            loss, b = self.remote.evaluate(
+                [g for g, _ in pop], x, y, self.probe_x if o.novelty > 0 else None
+            )
+            logs["genome_bytes_sent"] = float(self.remote.bytes_sent - sent)
+            behaviours = [b] if b is not None else []
+        else:
+            losses, behaviours = [], []
+            chunk = max(1, (64 << 20) // (4 * self.flat.d))
+            for i in range(0, len(pop), chunk):
+                w = self._weights(pop[i : i + chunk])
+                losses.append(self.flat.losses(w, x, y))
+                if o.novelty > 0:
+                    behaviours.append(self.flat.scores(w, self.probe_x).softmax(-1).flatten(1))
+            loss = torch.cat(losses)
         if not torch.isfinite(loss).all():
             loss = torch.nan_to_num(loss, nan=math.inf)
         fitness = -loss
@@ -183,7 +201,7 @@ class DeepGA(Rule):
         self.flat.set_(self.elite_flat)
         self.gen += 1
         return {"loss": float(reeval[best]), "best_batch_loss": float(loss.min()),
-                "mean_batch_loss": float(loss[torch.isfinite(loss)].mean())}  # fmt: skip
+                "mean_batch_loss": float(loss[torch.isfinite(loss)].mean()), **logs}  # fmt: skip
 
     def _novelty(self, b: torch.Tensor) -> torch.Tensor:
         """Mean distance to the k nearest behaviours among the archive and the others here."""
