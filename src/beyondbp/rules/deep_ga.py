@@ -43,10 +43,8 @@ from beyondbp.rules.base import (
     SetupContext,
     Uniform,
 )
-from beyondbp.rules.population import FlatNet
+from beyondbp.rules.population import FlatNet, Genome, rebuild
 from beyondbp.rules.zo import mix_seed
-
-Genome = tuple[tuple[int, float], ...]
 
 
 class Options(RuleOptions):
@@ -109,13 +107,7 @@ class DeepGA(Rule):
     # -- genomes -------------------------------------------------------------------------------
     def rebuild(self, genome: Genome) -> torch.Tensor:
         """A genome's weights from its seeds alone."""
-        theta = self.flat.init([genome[0][0]])[0]
-        for s, sigma in genome[1:]:
-            theta = self._mutate(theta, s, sigma)
-        return theta
-
-    def _mutate(self, theta: torch.Tensor, seed: int, sigma: float) -> torch.Tensor:
-        return theta + sigma * self.flat.noise(seed)
+        return rebuild(self.flat, genome)
 
     def _offspring(self) -> list[tuple[Genome, int]]:
         """(genome, parent index or -1 for a fresh initialisation or the elite) of this generation."""
@@ -138,8 +130,7 @@ class DeepGA(Rule):
         rows = []
         for genome, parent in items:
             if parent >= 0:
-                s, sigma = genome[-1]
-                rows.append(self._mutate(self.parent_flats[parent], s, sigma))
+                rows.append(rebuild(self.flat, genome, base=self.parent_flats[parent]))
             elif parent == -2:
                 rows.append(self.elite_flat)
             else:

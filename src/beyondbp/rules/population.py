@@ -78,3 +78,22 @@ class FlatNet:
         return (
             F.cross_entropy(s.reshape(p * n, c), y.repeat(p), reduction="none").view(p, n).mean(1)
         )
+
+
+Genome = tuple[tuple[int, float], ...]  # ((init seed, 0), (mutation seed, σ), ...)
+
+
+def mutate(flat: FlatNet, theta: torch.Tensor, seed: int, sigma: float) -> torch.Tensor:
+    """θ + σ·ε(seed): one Deep GA mutation (the same ops wherever it runs: bit-identical)."""
+    return theta + sigma * flat.noise(seed)
+
+
+def rebuild(flat: FlatNet, genome: Genome, base: torch.Tensor | None = None) -> torch.Tensor:
+    """A genome's weights from its seeds: the init seed's weights, then each mutation in order;
+    or, given ``base`` (the weights of ``genome[:-1]``), just the last mutation."""
+    if base is not None:
+        return mutate(flat, base, *genome[-1])
+    theta = flat.init([genome[0][0]])[0]
+    for s, sigma in genome[1:]:
+        theta = mutate(flat, theta, s, sigma)
+    return theta

@@ -23,9 +23,7 @@ import torch
 from torch import nn
 
 from beyondbp.errors import BeyondBPError
-from beyondbp.rules.population import FlatNet
-
-Genome = tuple[tuple[int, float], ...]
+from beyondbp.rules.population import FlatNet, Genome, rebuild
 
 
 class GenomeBuilder:
@@ -39,16 +37,9 @@ class GenomeBuilder:
         hit = self.cache.get(genome)
         if hit is not None:
             return hit
-        if len(genome) > 1 and genome[:-1] in self.cache:
-            base = self.cache[genome[:-1]]
-        else:
-            base = self.flat.init([genome[0][0]])[0]
-            for s, sigma in genome[1:-1]:
-                base = base + sigma * self.flat.noise(s)
-        if len(genome) == 1:
-            return base
-        s, sigma = genome[-1]
-        return base + sigma * self.flat.noise(s)
+        return rebuild(
+            self.flat, genome, base=self.cache.get(genome[:-1]) if len(genome) > 1 else None
+        )
 
     def evaluate(
         self, genomes: list[Genome], x: torch.Tensor, y: torch.Tensor, probe: torch.Tensor | None
