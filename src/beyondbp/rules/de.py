@@ -119,7 +119,7 @@ class DifferentialEvolution(Rule):
         return torch.where(take, mutant, target)
 
     def _losses(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        chunk = max(1, (64 << 20) // (4 * self.flat.d))
+        chunk = self.flat.chunk
         out = torch.cat([self.flat.losses(c, x, y) for c in w.split(chunk)])
         return torch.nan_to_num(out, nan=float("inf"))
 

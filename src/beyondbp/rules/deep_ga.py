@@ -158,7 +158,7 @@ class DeepGA(Rule):
             behaviours = [b] if b is not None else []
         else:
             losses, behaviours = [], []
-            chunk = max(1, (64 << 20) // (4 * self.flat.d))
+            chunk = self.flat.chunk
             for i in range(0, len(pop), chunk):
                 w = self._weights(pop[i : i + chunk])
                 losses.append(self.flat.losses(w, x, y))

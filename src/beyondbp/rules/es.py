@@ -107,7 +107,7 @@ class EvolutionStrategy(Rule):
         seeds = [mix_seed(self.seed, self.t, i) for i in range(m)]
         theta = self.theta.detach()
         losses = []
-        chunk = max(1, (64 << 20) // (8 * self.flat.d))
+        chunk = max(1, self.flat.chunk // 2)  # ± pairs: two vectors per seed
         for i in range(0, m, chunk):
             eps = torch.stack([self.flat.noise(s) for s in seeds[i : i + chunk]])
             pop = torch.cat([theta + o.sigma * eps, theta - o.sigma * eps])
@@ -133,7 +133,8 @@ class EvolutionStrategy(Rule):
     # -- EvoTorch ------------------------------------------------------------------------------
     def _objective(self, solutions: torch.Tensor) -> torch.Tensor:
         assert self.batch is not None
-        return self.flat.losses(solutions, *self.batch)
+        x, y = self.batch
+        return torch.cat([self.flat.losses(c, x, y) for c in solutions.split(self.flat.chunk)])
 
     def _evotorch_searcher(self):  # type: ignore[no-untyped-def]
         o, d = self.options, self.flat.d

@@ -26,6 +26,11 @@ class FlatNet:
         self.d = sum(self.sizes)
         self.device = next(net.parameters()).device
 
+    @property
+    def chunk(self) -> int:
+        """Individuals per batched pass: their weights stay within 64 MiB."""
+        return max(1, (64 << 20) // (4 * self.d))
+
     def get(self) -> torch.Tensor:
         return torch.nn.utils.parameters_to_vector(self.net.parameters()).detach().float()
 

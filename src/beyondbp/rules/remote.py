@@ -47,7 +47,7 @@ class GenomeBuilder:
         keep = {g for g in genomes} | {g[:-1] for g in genomes}
         self.cache = {g: w for g, w in self.cache.items() if g in keep}
         losses, behaviours = [], []
-        chunk = max(1, (64 << 20) // (4 * self.flat.d))
+        chunk = self.flat.chunk
         for i in range(0, len(genomes), chunk):
             part = genomes[i : i + chunk]
             w = torch.stack([self.build(g) for g in part])
