@@ -87,7 +87,8 @@ class Target:
         """A new tensor: the parameter with scale·z(seed) added to the trained part (in fp32 or
         wider, then cast back). Built in the noise's own buffer: one extra tensor at most."""
         p = self.param.detach()
-        delta = self.noise(seed).mul_(scale)
+        wide = torch.promote_types(p.dtype, torch.float32)  # fp64 weights stay fp64
+        delta = self.noise(seed).to(wide).mul_(scale)
         if self.rows is None:
             return delta.add_(_wide(p)).to(p.dtype)
         out = p.clone()
