@@ -91,6 +91,9 @@ class Rule:
     # defaults target another regime (LLM fine-tuning, populations for RL) and that would take
     # hours and learn little on the default MLPs.
     default_grid: ClassVar[bool] = True
+    # True: the rule only evaluates its net (zeroth-order, populations): eval mode throughout,
+    # no dropout, fixed norm statistics
+    evaluates_only: ClassVar[bool] = False
 
     def __init__(self, options: RuleOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -143,7 +146,7 @@ class Rule:
     def train_mode(self, training: bool) -> None:
         """Switch train/eval behaviour (dropout, batch norm) of everything the rule drives."""
         for m in self.modules().values():
-            m.train(training)
+            m.train(training and not self.evaluates_only)
 
     # -- learning state beyond modules() (optimisers, fixed random matrices, counters) ---------
     def state_dict(self) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class Options(RuleOptions):
 class DifferentialEvolution(Rule):
     Options = Options
     default_grid = False  # zeroth-order / population: not in a bench without --rules
+    evaluates_only = True
     search_space: ClassVar[dict[str, Distribution]] = {
         "f": Uniform(0.1, 1.0),
         "cr": Uniform(0.0, 1.0),
@@ -92,10 +93,6 @@ class DifferentialEvolution(Rule):
             self.pop = base + o.init_std * noise
         self.best = 0
 
-    def train_mode(self, training: bool) -> None:
-        for m in self.modules().values():
-            m.eval()
-
     def _gen(self, tag: int) -> torch.Generator:
         return torch.Generator(device=self.flat.device).manual_seed(
             mix_seed(self.seed, self.t, tag)
@@ -119,9 +116,7 @@ class DifferentialEvolution(Rule):
         return torch.where(take, mutant, target)
 
     def _losses(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        chunk = self.flat.chunk
-        out = torch.cat([self.flat.losses(c, x, y) for c in w.split(chunk)])
-        return torch.nan_to_num(out, nan=float("inf"))
+        return torch.nan_to_num(self.flat.losses(w, x, y), nan=float("inf"))
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         o, pop = self.options, self.pop
@@ -205,11 +200,9 @@ class DEInit(DifferentialEvolution):
         if self.t < self.options.generations:  # once backprop runs, the net has moved on
             super()._carry_best()
 
-    def train_mode(self, training: bool) -> None:
-        if self.t < self.options.generations:
-            super().train_mode(training)
-        else:
-            Rule.train_mode(self, training)
+    @property
+    def evaluates_only(self) -> bool:  # type: ignore[override]
+        return self.t < self.options.generations  # backprop trains in train mode
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         if self.t < self.options.generations:

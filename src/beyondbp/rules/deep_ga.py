@@ -79,6 +79,7 @@ class Options(RuleOptions):
 class DeepGA(Rule):
     Options = Options
     default_grid = False  # zeroth-order / population: not in a bench without --rules
+    evaluates_only = True
     search_space: ClassVar[dict[str, Distribution]] = {
         "sigma": LogUniform(1e-4, 1e-1),
         "truncation": IntUniform(2, 100, log=True),
@@ -99,10 +100,6 @@ class DeepGA(Rule):
         self.archive = torch.zeros(0, 0, device=self.flat.device)
         self.probe_x = ctx.train.x[: self.options.probe].to(self.flat.device) if ctx.train else None
         self.remote = None  # Ray actors, started on the first generation when workers > 0
-
-    def train_mode(self, training: bool) -> None:
-        for m in self.modules().values():
-            m.eval()  # individuals are evaluated, never trained: no dropout, fixed norm stats
 
     # -- genomes -------------------------------------------------------------------------------
     def rebuild(self, genome: Genome) -> torch.Tensor:

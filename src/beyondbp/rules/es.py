@@ -73,6 +73,7 @@ class Options(RuleOptions):
 class EvolutionStrategy(Rule):
     Options = Options
     default_grid = False  # zeroth-order / population: not in a bench without --rules
+    evaluates_only = True
     search_space: ClassVar[dict[str, Distribution]] = {
         "sigma": LogUniform(1e-3, 0.5),
         "lr": LogUniform(1e-3, 0.3),
@@ -95,10 +96,6 @@ class EvolutionStrategy(Rule):
             self.opt = torch.optim.Adam([self.theta], lr=lr, weight_decay=o.weight_decay)
         else:
             self.searcher = self._evotorch_searcher()
-
-    def train_mode(self, training: bool) -> None:
-        for m in self.modules().values():
-            m.eval()
 
     # -- OpenAI-ES ----------------------------------------------------------------------------
     def _openai_es_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
@@ -133,8 +130,7 @@ class EvolutionStrategy(Rule):
     # -- EvoTorch ------------------------------------------------------------------------------
     def _objective(self, solutions: torch.Tensor) -> torch.Tensor:
         assert self.batch is not None
-        x, y = self.batch
-        return torch.cat([self.flat.losses(c, x, y) for c in solutions.split(self.flat.chunk)])
+        return self.flat.losses(solutions, *self.batch)
 
     def _evotorch_searcher(self):  # type: ignore[no-untyped-def]
         o, d = self.options, self.flat.d

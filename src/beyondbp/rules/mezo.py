@@ -39,6 +39,7 @@ class Options(ZOOptions):
 class MeZO(Rule):
     Options = Options
     default_grid = False  # zeroth-order / population: not in a bench without --rules
+    evaluates_only = True
     search_space: ClassVar[dict[str, Distribution]] = {
         "lr": LogUniform(1e-7, 1e-1),
         "eps": LogUniform(1e-4, 1e-1),
@@ -52,10 +53,6 @@ class MeZO(Rule):
         self.seed = ctx.seed
         self.t = 0  # steps taken: the step's seeds derive from (run seed, t, direction)
         self.total_steps = ctx.steps_per_epoch * ctx.max_epochs
-
-    def train_mode(self, training: bool) -> None:
-        for m in self.modules().values():
-            m.eval()  # MeZO's forward passes run in eval mode
 
     def lr(self) -> float:
         o = self.options

@@ -77,12 +77,15 @@ class FlatNet:
 
     @torch.no_grad()
     def losses(self, flats: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy on (x, y) of each of P weight vectors: (P,)."""
-        s = self.scores(flats, x)
-        p, n, c = s.shape
-        return (
-            F.cross_entropy(s.reshape(p * n, c), y.repeat(p), reduction="none").view(p, n).mean(1)
-        )
+        """Mean cross-entropy on (x, y) of each of P weight vectors: (P,), in chunks of
+        :attr:`chunk` individuals."""
+        out = []
+        for part in flats.split(self.chunk):
+            s = self.scores(part, x)
+            p, n, c = s.shape
+            ce = F.cross_entropy(s.reshape(p * n, c), y.repeat(p), reduction="none")
+            out.append(ce.view(p, n).mean(1))
+        return torch.cat(out)
 
 
 Genome = tuple[tuple[int, float], ...]  # ((init seed, 0), (mutation seed, σ), ...)

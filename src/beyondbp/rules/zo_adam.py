@@ -57,6 +57,7 @@ class Options(ZOOptions):
 class ZOAdam(Rule):
     Options = Options
     default_grid = False  # zeroth-order / population: not in a bench without --rules
+    evaluates_only = True
     search_space: ClassVar[dict[str, Distribution]] = {
         "lr": LogUniform(1e-4, 1e-1),
         "eps": LogUniform(1e-4, 1e-1),
@@ -84,17 +85,14 @@ class ZOAdam(Rule):
         self.basis = torch.zeros(0, self.d, device=dev)  # V: rows are the removed directions
         self.seed, self.t = ctx.seed, 0
 
-    def train_mode(self, training: bool) -> None:
-        for m in self.modules().values():
-            m.eval()
-
     def _noise(self, seed: int) -> torch.Tensor:
         return torch.cat([t.noise(seed).flatten() for t in self.targets])
 
     def estimate(self, loss_fn) -> tuple[torch.Tensor, float]:  # type: ignore[no-untyped-def]
         """ĝ (flat, d) and L₀ at the current weights."""
         o = self.options
-        base = loss_at(loss_fn, self.targets, 0, 0.0)
+        with torch.no_grad():
+            base = float(loss_fn())
         g = torch.zeros(self.d, device=self.theta.device)
         for j in range(o.directions):
             s = mix_seed(self.seed, self.t, j)
