@@ -1,0 +1,399 @@
+"""Convex training of two-layer ReLU networks: what ``convex-admm``, ``convex-gated`` and
+``convex-scp`` share (the data matrix, activation patterns, the accelerated proximal solver and
+the recovery of an ordinary network from a convex solution).
+
+Notation (Pilanci & Ergen 2020; Bai, Gautam & Sojoudi 2022, arXiv 2201.01965). ``X`` (n × d) is
+the flattened training data with a column of ones appended (the hidden biases), ``Y`` (n × c) the
+one-hot targets. A gate ``g`` ∈ R^d gives the activation pattern ``D = diag(1[X g ≥ 0])``. Each
+class k has its own scalar-output network ("one output per class"); all classes share the
+patterns. With P patterns, weight-decay training of a two-layer ReLU net with squared loss is
+
+    min  ½ ‖Σ_i D_i X (V_i − W_i) − Y‖²_F + β Σ_{i,k} (‖v_ik‖₂ + ‖w_ik‖₂)
+    s.t. (2D_i − I) X v_ik ≥ 0,  (2D_i − I) X w_ik ≥ 0,
+
+where ``V_i``, ``W_i`` are d × c (column k is class k's block). With all patterns it is exact;
+with P sampled patterns it is the approximate (sampled) program. A solution maps to neurons
+``u = v / √‖v‖`` with output weight ``+√‖v‖`` to its class (``−√‖w‖`` for w). Gated ReLU drops
+the cone constraints (and W): ``½ ‖Σ_i D_i X W_i − Y‖² + β Σ ‖w_ik‖``, a group lasso.
+
+The loss is summed over examples, as in Bai et al. Divide β by n·c to compare with ``scnn``, whose
+squared loss is ``‖·‖² / (2 n c)``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from beyondbp.errors import BeyondBPError
+
+
+def design_matrix(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(n, ...) inputs → (n, d + 1): flattened, with a column of ones (the hidden bias)."""
+    flat = x.reshape(len(x), -1).to(dtype)
+    return torch.cat([flat, torch.ones(len(x), 1, dtype=dtype, device=x.device)], dim=1)
+
+
+def one_hot(y: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
+    return F.one_hot(y, classes).to(dtype)
+
+
+def sample_gates(
+    X: torch.Tensor, count: int, seed: int, rounds: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``count`` distinct, non-empty activation patterns from Gaussian gates.
+
+    Returns ``(gates, D)``: gates (d, P) and patterns D (n, P) as 0/1 in X's dtype. Duplicate and
+    all-zero patterns are dropped and new gates drawn (up to ``rounds`` draws), so P < count only
+    when the data has fewer patterns than asked for.
+    """
+    g = torch.Generator().manual_seed(seed)
+    gates: list[torch.Tensor] = []
+    seen: set[bytes] = set()
+    for _ in range(rounds):
+        need = count - len(gates)
+        if need <= 0:
+            break
+        cand = torch.randn(X.shape[1], 2 * need, generator=g, dtype=torch.float64)
+        patt = (X @ cand.to(X)) >= 0
+        for j in range(cand.shape[1]):
+            col = patt[:, j]
+            key = col.cpu().numpy().tobytes()
+            if key in seen or not bool(col.any()):
+                continue
+            seen.add(key)
+            gates.append(cand[:, j])
+            if len(gates) == count:
+                break
+    if not gates:
+        raise BeyondBPError("no non-empty activation pattern found; is the training set empty?")
+    G = torch.stack(gates, 1).to(X)
+    return G, (X @ G >= 0).to(X.dtype)
+
+
+def enumerate_patterns(X: torch.Tensor, limit: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every activation pattern ``1[X u ≥ 0]`` of the data (the exact convex program).
+
+    Builds the hyperplane arrangement one example at a time: a partial sign vector is kept if a
+    linear program finds u with ``s_j x_jᵀ u ≥ 1`` for all examples so far (the sign of x_jᵀu at
+    the witness u of the parent cell is feasible without a program). The count grows like
+    n^rank(X), so this is for small problems; more than ``limit`` patterns is an error.
+    Returns ``(gates, D)`` like :func:`sample_gates` (each gate a witness inside its cell).
+    """
+    from scipy.optimize import linprog
+
+    A = X.detach().cpu().double().numpy()
+    n, d = A.shape
+
+    def witness(signs: list[float], j_max: int) -> np.ndarray | None:
+        rows = -np.asarray(signs)[:, None] * A[:j_max]
+        res = linprog(
+            np.zeros(d), A_ub=rows, b_ub=-np.ones(j_max), bounds=[(None, None)] * d,
+            method="highs",
+        )  # fmt: skip
+        return res.x if res.status == 0 else None
+
+    # cells: (sign list, witness u); start from the cell of the first example
+    cells: list[tuple[list[float], np.ndarray]] = []
+    first = A[0] / max(float(A[0] @ A[0]), 1e-300)
+    if not np.any(A[0]):
+        raise BeyondBPError("enumerate_patterns: the first example is all zeros")
+    cells = [([1.0], first), ([-1.0], -first)]
+    for j in range(1, n):
+        nxt: list[tuple[list[float], np.ndarray]] = []
+        for signs, u in cells:
+            side = float(A[j] @ u)
+            if abs(side) >= 1e-9:  # the witness already lies on one side: that child exists
+                s_keep = 1.0 if side > 0 else -1.0
+                if abs(side) < 1.0:  # scaled up, every margin stays ≥ 1 and this one reaches 1
+                    u = u / abs(side)
+                nxt.append(([*signs, s_keep], u))
+                other = witness([*signs, -s_keep], j + 1)
+                if other is not None:
+                    nxt.append(([*signs, -s_keep], other))
+            else:
+                for s in (1.0, -1.0):
+                    w = witness([*signs, s], j + 1)
+                    if w is not None:
+                        nxt.append(([*signs, s], w))
+            if len(nxt) > 2 * limit:
+                raise BeyondBPError(
+                    f"the data has more than {limit} activation patterns: the exact program is "
+                    "too large; sample patterns instead (patterns=N)"
+                )
+        cells = nxt
+    D = np.array([[s > 0 for s in signs] for signs, _ in cells], dtype=np.float64).T
+    keep = D.any(0)
+    if keep.sum() > limit:
+        raise BeyondBPError(
+            f"the data has {int(keep.sum())} activation patterns (limit {limit}); sample "
+            "patterns instead (patterns=N)"
+        )
+    G = np.stack([u for (_, u), k in zip(cells, keep, strict=True) if k], 1)
+    return (
+        torch.as_tensor(G, dtype=X.dtype, device=X.device),
+        torch.as_tensor(D[:, keep], dtype=X.dtype, device=X.device),
+    )
+
+
+def patterned(X: torch.Tensor, D: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Σ_i D_i X W_i for W (P, d, c): the (n, c) output of the convex model."""
+    return torch.einsum("np,nd,pdc->nc", D, X, W)
+
+
+def patterned_t(X: torch.Tensor, D: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`patterned`: (P, d, c) blocks Xᵀ D_i R."""
+    return torch.einsum("np,nd,nc->pdc", D, X, R)
+
+
+def group_norms(W: torch.Tensor) -> torch.Tensor:
+    """‖w_ik‖₂ for W (P, d, c): a (P, c) tensor."""
+    return torch.linalg.vector_norm(W, dim=1)
+
+
+def group_shrink(Z: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The prox of threshold·Σ‖z_ik‖₂: block soft-thresholding of (P, d, c) blocks."""
+    norms = group_norms(Z).clamp_min(1e-300)
+    return Z * (1 - threshold / norms).clamp_min(0).unsqueeze(1)
+
+
+def soft_threshold(Z: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The prox of threshold·‖z‖₁."""
+    return Z.sign() * (Z.abs() - threshold).clamp_min(0)
+
+
+# -- accelerated proximal gradient ------------------------------------------------------------
+@dataclass
+class FistaState:
+    """Iterates of monotone FISTA (Beck & Teboulle 2009, MFISTA)."""
+
+    x: torch.Tensor  # the accepted iterate (objective never increases)
+    y: torch.Tensor  # the extrapolated point
+    t: float = 1.0
+    objective: float = math.inf
+    iterations: int = 0
+
+
+def fista_step(
+    st: FistaState,
+    smooth: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    objective: Callable[[torch.Tensor], float],
+    prox: Callable[[torch.Tensor, float], torch.Tensor],
+    lipschitz: float,
+) -> float:
+    """One MFISTA iteration; returns the gradient-mapping norm L‖y − prox(y − ∇f(y)/L)‖.
+
+    ``smooth(w)`` returns (f(w), ∇f(w)); ``objective(w)`` the full objective; ``prox(z, τ)`` the
+    prox of τ·(the non-smooth term). The accepted iterate is the better of the new prox point
+    and the previous iterate, so the objective decreases monotonically while the rate stays
+    O(1/k²).
+    """
+    _, grad = smooth(st.y)
+    z = prox(st.y - grad / lipschitz, 1.0 / lipschitz)
+    gmap = lipschitz * float(torch.linalg.vector_norm(st.y - z))
+    fz = objective(z)
+    x_prev = st.x
+    if fz <= st.objective:
+        st.x, st.objective = z, fz
+    t_next = (1 + math.sqrt(1 + 4 * st.t * st.t)) / 2
+    st.y = st.x + (st.t / t_next) * (z - st.x) + ((st.t - 1) / t_next) * (st.x - x_prev)
+    st.t = t_next
+    st.iterations += 1
+    return gmap
+
+
+def power_iteration(
+    apply: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...], like: torch.Tensor,
+    seed: int, iters: int = 50,
+) -> float:  # fmt: skip
+    """The largest eigenvalue of a symmetric PSD operator (an upper estimate, 1 % margin)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(shape, generator=g, dtype=torch.float64).to(like)
+    v = v / torch.linalg.vector_norm(v)
+    lam = 0.0
+    for _ in range(iters):
+        w = apply(v)
+        lam = float(torch.linalg.vector_norm(w))
+        if lam == 0:
+            return 1.0
+        v = w / lam
+    return 1.01 * lam
+
+
+# -- the network the convex solution becomes ---------------------------------------------------
+_TWO_LAYER = re.compile(r"^mlp:\d+(:relu)?$")
+
+
+def is_two_layer_spec(net_spec: str) -> bool:
+    """Whether a net spec is a one-hidden-layer ReLU MLP (``mlp:M``), what convex rules train."""
+    return bool(_TWO_LAYER.match(net_spec))
+
+
+def two_layer_parts(net: nn.Module, rule: str) -> tuple[nn.Linear, nn.Linear]:
+    """The hidden and output layers of a one-hidden-layer ReLU MLP (``mlp:M``), or an error."""
+    from beyondbp.nets import BlockNet
+
+    hint = f"{rule} trains a two-layer ReLU net: use --net mlp:M (one hidden layer of M units)"
+    if not isinstance(net, BlockNet) or len(net.blocks) != 1:
+        raise BeyondBPError(f"{hint}; got {type(net).__name__}")
+    block = list(net.blocks[0].children())
+    linears = [m for m in block if isinstance(m, nn.Linear)]
+    if len(linears) != 1 or not any(isinstance(m, (nn.ReLU, GatedLinear)) for m in block):
+        raise BeyondBPError(f"{hint}; got block {net.blocks[0]}")
+    if not isinstance(net.head, nn.Linear):
+        raise BeyondBPError(f"{hint}; got head {net.head}")
+    return linears[0], net.head
+
+
+@torch.no_grad()
+def write_relu_net(
+    hidden: nn.Linear, head: nn.Linear, neurons: torch.Tensor, out: torch.Tensor
+) -> int:
+    """Write neurons into a two-layer net: ``neurons`` (m, d+1) hidden weights with the bias last,
+    ``out`` (m, c) output weights. Rows past m are zeroed. Returns m."""
+    m = len(neurons)
+    if m > hidden.out_features:
+        raise BeyondBPError(
+            f"the convex solution has {m} neurons but the net has {hidden.out_features}; "
+            "use a wider net (--net mlp:M with M ≥ the neuron count) or fewer patterns"
+        )
+    hidden.weight.zero_()
+    hidden.bias.zero_()
+    head.weight.zero_()
+    head.bias.zero_()
+    hidden.weight[:m] = neurons[:, :-1].to(hidden.weight)
+    hidden.bias[:m] = neurons[:, -1].to(hidden.bias)
+    head.weight[:, :m] = out.T.to(head.weight)
+    return m
+
+
+def relu_neurons(V: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neurons of the ReLU solution (V, W), each (P, d, c), without the zero groups:
+    u = v/√‖v‖ with output +√‖v‖ to class k, and u = w/√‖w‖ with output −√‖w‖."""
+    _P, d, c = V.shape
+    neurons, outs = [], []
+    for blocks, sign in ((V, 1.0), (W, -1.0)):
+        norms = group_norms(blocks)  # (P, c)
+        idx = torch.nonzero(norms > 0)
+        for i, k in idx.tolist():
+            r = math.sqrt(float(norms[i, k]))
+            neurons.append(blocks[i, :, k] / r)
+            o = torch.zeros(c, dtype=V.dtype, device=V.device)
+            o[k] = sign * r
+            outs.append(o)
+    if not neurons:
+        return V.new_zeros(0, d), V.new_zeros(0, c)
+    return torch.stack(neurons), torch.stack(outs)
+
+
+class GatedLinear(nn.Module):
+    """Gated ReLU units: ``1[⟨g_j, x⟩ + g_j0 ≥ 0] · (⟨w_j, x⟩ + b_j)``, gates fixed.
+
+    The hidden layer of a gated-ReLU net (Mishkin et al. 2022): ``linear`` holds the trained
+    values, ``gates`` (units × (d+1), bias last) the fixed gate vectors.
+    """
+
+    def __init__(self, d_in: int, units: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_in, units)
+        self.register_buffer("gates", torch.zeros(units, d_in + 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = (x @ self.gates[:, :-1].T + self.gates[:, -1]) >= 0
+        return gate.to(x.dtype) * self.linear(x)
+
+
+def squared_eval_loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """½‖scores − one_hot(y)‖², summed over the batch: the convex rules' training loss."""
+    target = F.one_hot(y, scores.shape[1]).to(scores.dtype)
+    return 0.5 * ((scores - target) ** 2).sum()
+
+
+# -- rules solved by accelerated proximal gradient ---------------------------------------------
+class ProximalConvexRule:
+    """Mixin for convex rules solved by MFISTA (``convex-gated``, ``convex-scp``).
+
+    A subclass sets ``self._prep`` in :meth:`prepare` (from the whole training set, inside the
+    first training step so that the set-up is timed) and implements :meth:`smooth`,
+    :meth:`objective`, :meth:`prox`, :meth:`lipschitz`, :meth:`initial` and :meth:`recover`.
+    One harness step runs ``options.iterations_per_step`` iterations. Training stops when the
+    gradient mapping is below ``options.tol`` relative to its value at zero (the optimality
+    measure of a composite problem: zero exactly at a minimiser).
+    """
+
+    options: Any
+    _prep: dict[str, Any] | None
+    fista: FistaState | None
+    converged: bool
+
+    def prepare(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def smooth(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def objective(self, w: torch.Tensor) -> float:
+        raise NotImplementedError
+
+    def prox(self, z: torch.Tensor, tau: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def lipschitz(self) -> float:
+        raise NotImplementedError
+
+    def initial(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def recover(self, w: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def proximal_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        if self._prep is None:
+            self._prep = self.prepare(x, y)
+            self._prep["L"] = self.lipschitz()
+            zero = self.initial()
+            _, g0 = self.smooth(zero)
+            self._prep["scale"] = max(self._prep["L"] * float(
+                torch.linalg.vector_norm(zero - self.prox(zero - g0 / self._prep["L"], 1.0 / self._prep["L"]))
+            ), 1e-300)  # fmt: skip
+            if self.fista is None:
+                self.fista = FistaState(x=zero, y=zero.clone(), objective=self.objective(zero))
+        st, p = self.fista, self._prep
+        assert st is not None
+        gmap = math.inf
+        for _ in range(self.options.iterations_per_step):
+            gmap = fista_step(st, self.smooth, self.objective, self.prox, p["L"])
+        rel = gmap / p["scale"]
+        self.converged = rel < self.options.tol
+        return {"loss": st.objective / p["n"], "objective": st.objective, "optimality": rel}
+
+    def finish_epoch(self) -> None:
+        if self.fista is not None:
+            self.recover(self.fista.x)
+
+    def done(self) -> str | None:
+        if self.converged:
+            assert self.fista is not None
+            return (
+                f"converged: gradient mapping below {self.options.tol} after "
+                f"{self.fista.iterations} iterations"
+            )
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        st = self.fista
+        if st is None:
+            return {"fista": None}
+        return {"fista": {"x": st.x.clone(), "y": st.y.clone(), "t": st.t,
+                          "objective": st.objective, "iterations": st.iterations}}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fista = FistaState(**state["fista"]) if state["fista"] is not None else None
