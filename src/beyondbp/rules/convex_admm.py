@@ -143,8 +143,12 @@ class ConvexADMM(Rule):
                 "dtype=float64 or a larger rho"
             )
         FtY = patterned_t(X, D, Y)
-        return {"X": X, "Y": Y, "D": D, "E": 2 * D - 1, "gates": gates, "chol_a": chol_a,
-                "chol_b": chol_b, "FtY": torch.stack([FtY, -FtY]), "n": n}  # fmt: skip
+        # both triangles stored contiguous: two triangular solves are ~3x faster than
+        # cholesky_solve on CPU, which re-lays the factor out on every call
+        return {"X": X, "Y": Y, "D": D, "E": 2 * D - 1, "gates": gates,
+                "chol_a": (chol_a, chol_a.mT.contiguous()),
+                "chol_b": (chol_b, chol_b.mT.contiguous()),
+                "FtY": torch.stack([FtY, -FtY]), "n": n}  # fmt: skip
 
     def _G(self, U: torch.Tensor) -> torch.Tensor:
         """G u for u (2, P, d, c): (2, P, n, c)."""
@@ -164,9 +168,9 @@ class ConvexADMM(Rule):
         assert p is not None
         _, P, d, c = rhs.shape
         ra = (rhs[0] - rhs[1]).reshape(P * d, c)
-        a = torch.cholesky_solve(ra, p["chol_a"]).reshape(P, d, c)
+        a = _chol_solve(ra, p["chol_a"]).reshape(P, d, c)
         rb = (rhs[0] + rhs[1]).permute(1, 0, 2).reshape(d, P * c)
-        b = torch.cholesky_solve(rb, p["chol_b"]).reshape(d, P, c).permute(1, 0, 2)
+        b = _chol_solve(rb, p["chol_b"]).reshape(d, P, c).permute(1, 0, 2)
         return torch.stack([(a + b) / 2, (b - a) / 2])
 
     def _init_iterates(self) -> dict[str, torch.Tensor]:
@@ -249,6 +253,13 @@ class ConvexADMM(Rule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.it, self.iterations = state["iterates"], state["iterations"]
         self.converged = state["converged"]
+
+
+def _chol_solve(rhs: torch.Tensor, factor: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(L Lᵀ)⁻¹ rhs from (L, Lᵀ)."""
+    lower, upper = factor
+    z = torch.linalg.solve_triangular(lower, rhs, upper=False)
+    return torch.linalg.solve_triangular(upper, z, upper=True)
 
 
 def _norm(*parts: torch.Tensor) -> float:

@@ -1,0 +1,218 @@
+"""Convex two-layer ReLU training against the peer library ``scnn`` (pyscnn) and backprop.
+
+For each dataset, on the same data (beyondbp's normalised training split with a bias column),
+the same regularisation and the same activation patterns:
+
+- gated ReLU: ``convex-gated`` (monotone FISTA) vs scnn's R-FISTA on scnn's ConvexGatedReLU built
+  with our gates;
+- ReLU: ``convex-admm`` vs scnn's augmented Lagrangian (AL) on ConvexReLU with our patterns;
+- ``convex-scp`` (sampled neurons, lasso) and ``bp`` (Adam on mlp:M, the library defaults) for
+  accuracy at the same width M.
+
+Objectives are ours, ½‖·‖² + β Σ‖·‖ (summed loss), β = λ·n·c where λ is scnn's regulariser
+strength (scnn divides the squared loss by 2nc). "time to scnn's objective" is the training time
+after which our objective first reached scnn's final one (ADMM: of its sparse iterate, which may
+violate the cone constraints slightly: its violation is listed).
+
+    pip install --no-deps pyscnn linalg_backends && pip install tqdm opt_einsum
+    python benchmarks/convex_compare.py --data digits,mnist,fashion-mnist [--width 200]
+
+writes benchmarks/results/convex_compare.{json,md} (rows are kept: a rerun adds or replaces rows
+of the datasets it ran). Runs one torch thread (BEYONDBP_THREADS, default 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import beyondbp as bb
+from beyondbp.data import load_dataset
+from beyondbp.measure import provenance_markdown
+from beyondbp.rules.convex import design_matrix, patterned, sample_gates
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "convex_compare.json"
+
+
+def objective_gated(X, Y, D, W, beta) -> float:
+    r = patterned(X, D, W) - Y
+    return 0.5 * float((r * r).sum()) + beta * float(torch.linalg.vector_norm(W, dim=1).sum())
+
+
+def objective_relu(X, Y, D, V, W, beta) -> tuple[float, float]:
+    r = patterned(X, D, V - W) - Y
+    reg = torch.linalg.vector_norm(V, dim=1).sum() + torch.linalg.vector_norm(W, dim=1).sum()
+    E = (2 * D - 1).T[:, :, None]
+    gv = torch.cat([torch.einsum("nd,pdc->pnc", X, B) * E for B in (V, W)])
+    violation = float((-gv).clamp_min(0).max()) / max(float(gv.abs().max()), 1e-300)
+    return 0.5 * float((r * r).sum()) + beta * float(reg), violation
+
+
+def ours(rule: str, data: str, width: int, options: dict, epochs: int, data_dir: str) -> dict:
+    r = bb.train(rule, data=data, net=f"mlp:{width}", options=options, epochs=epochs,
+                 patience=None, data_dir=data_dir, store=False, progress=False)  # fmt: skip
+    hist = [(h["train_time_s"], h.get("train_objective")) for h in r.record.history]
+    last = r.record.history[-1]
+    return {
+        "test_acc": r.metrics["test_acc"],
+        "train_time_s": r.metrics["train_time_s"],
+        "objective": last.get("train_objective"),
+        "violation": last.get("train_violation"),
+        "iterations": len(hist) * options.get("iterations_per_step", 10),
+        "curve": hist,
+        "stop": r.metrics.get("stop_reason"),
+    }
+
+
+def time_to(curve: list, target: float) -> float | None:
+    for t, obj in curve:
+        if obj is not None and obj <= target * (1 + 1e-6):
+            return t
+    return None
+
+
+def scnn_run(kind: str, X, Y, gates, lam: float, max_iters: int) -> tuple[Any, float]:
+    from scnn.metrics import Metrics
+    from scnn.models import ConvexGatedReLU, ConvexReLU
+    from scnn.optimize import optimize_model
+    from scnn.regularizers import NeuronGL1
+    from scnn.solvers import AL, RFISTA
+
+    G = gates.numpy()
+    if kind == "gated":
+        model = ConvexGatedReLU(G, c=Y.shape[1])
+        solver = RFISTA(model, max_iters=max_iters)
+    else:
+        model = ConvexReLU(G, c=Y.shape[1])
+        solver = AL(model, max_primal_iters=max_iters, max_dual_iters=max_iters)
+    t0 = time.perf_counter()
+    model, _ = optimize_model(model, solver, Metrics(), X.numpy(), Y.numpy(),
+                              regularizer=NeuronGL1(lam), return_convex=True,
+                              unitize_data=False, dtype="float64", seed=0)  # fmt: skip
+    return model, time.perf_counter() - t0
+
+
+def run_dataset(name: str, args: argparse.Namespace) -> list[dict]:
+    data = load_dataset(name, args.data_dir)
+    X = design_matrix(data.train.x, torch.float64)
+    Y = torch.nn.functional.one_hot(data.train.y, data.meta.classes).double()
+    Xt = design_matrix(data.test.x, torch.float64)
+    n, c = len(X), data.meta.classes
+    beta = args.lam * n * c
+    M = args.width
+    rows: list[dict] = []
+
+    def row(method: str, **kw: Any) -> None:
+        rows.append({"data": name, "method": method, "width": M, "lam": args.lam, "beta": beta,
+                     "n": n, **kw})  # fmt: skip
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "curve"}), flush=True)
+
+    # gated ReLU: our FISTA vs scnn's R-FISTA on the same gates
+    P_g = M // c
+    g_opts = {"patterns": P_g, "beta": beta, "dtype": "float64"}
+    mine = ours("convex-gated", name, M, g_opts, args.epochs, args.data_dir)
+    gates, _ = sample_gates(X, P_g, seed=0)  # the rule's gates (run seed 0)
+    model, secs = scnn_run("gated", X, Y, gates, args.lam, args.max_iters)
+    # scnn returns the same gates in another order: use its order
+    gates = torch.tensor(model.G)
+    D = (X @ gates > 0).double()
+    W = torch.tensor(model.parameters[0]).permute(1, 2, 0)  # (c, p, d) -> (p, d, c)
+    obj = objective_gated(X, Y, D, W, beta)
+    Dt = (Xt @ gates > 0).double()
+    acc = float((patterned(Xt, Dt, W).argmax(1) == data.test.y).double().mean())
+    row("scnn gated (R-FISTA)", test_acc=acc, train_time_s=secs, objective=obj)
+    row("convex-gated (ours)", **mine, time_to_scnn=time_to(mine["curve"], obj))
+
+    mine = ours("convex-scp", name, M, {"beta": beta}, args.epochs, args.data_dir)
+    row("convex-scp (ours)", **mine)
+    r = bb.train("bp", data=name, net=f"mlp:{M}", epochs=args.bp_epochs, data_dir=args.data_dir,
+                 store=False, progress=False)  # fmt: skip
+    row(f"bp (Adam, {args.bp_epochs} epochs, patience 10)", test_acc=r.metrics["test_acc"],
+        train_time_s=r.metrics["train_time_s"])  # fmt: skip
+
+    # ReLU: our ADMM vs scnn's augmented Lagrangian on the same patterns (scnn's AL last: slow)
+    P_r = M // (2 * c)
+    rho = beta if args.rho is None else args.rho
+    a_opts = {"patterns": P_r, "beta": beta, "rho": rho}
+    mine = ours("convex-admm", name, M, a_opts, args.admm_epochs, args.data_dir)
+    row(f"convex-admm (ours, ρ = {rho:.3g})", **mine)
+    gates, _ = sample_gates(X, P_r, seed=0)
+    model, secs = scnn_run("relu", X, Y, gates, args.lam, args.max_iters)
+    D = (X @ torch.tensor(model.G) > 0).double()
+    V = torch.tensor(model.parameters[0]).permute(1, 2, 0)
+    Wn = torch.tensor(model.parameters[1]).permute(1, 2, 0)
+    obj, violation = objective_relu(X, Y, D, V, Wn, beta)
+    pred = torch.einsum("nd,pdc->pnc", Xt, V).relu().sum(0)
+    pred = pred - torch.einsum("nd,pdc->pnc", Xt, Wn).relu().sum(0)
+    acc = float((pred.argmax(1) == data.test.y).double().mean())
+    row("scnn relu (AL)", test_acc=acc, train_time_s=secs, objective=obj, violation=violation)
+    rows[-2]["time_to_scnn"] = time_to(mine["curve"], obj)
+    return rows
+
+
+def fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+def write(rows: list[dict], command: str) -> None:
+    md = [
+        "# Convex two-layer ReLU training vs scnn and backprop",
+        "",
+        "Same data, regularisation and activation patterns for ours and scnn's solvers; bp at the "
+        "same width. Objective: ½‖·‖² + β Σ‖·‖ summed over the training split, divided by n here "
+        "(β = λ·n·c). Times are training only (no validation passes), one CPU thread.",
+        "",
+        "| data | width | λ | method | test acc % | train time s | objective / n | violation "
+        "| iterations | time to scnn's objective s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        obj = r.get("objective")
+        md.append(
+            f"| {r['data']} | {r['width']} | {r['lam']:g} | {r['method']} | "
+            f"{100 * r['test_acc']:.2f} | {r['train_time_s']:.1f} | "
+            f"{fmt(obj / r['n'] if obj is not None else None, '.6g')} | "
+            f"{fmt(r.get('violation'), '.1e')} | {fmt(r.get('iterations'), 'd')} | "
+            f"{fmt(r.get('time_to_scnn'), '.1f') if 'time_to_scnn' in r else ''} |"
+        )
+    md += ["", *provenance_markdown(command)]
+    (HERE / "results" / "convex_compare.md").write_text("\n".join(md) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="digits")
+    ap.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
+    ap.add_argument("--width", type=int, default=200)
+    ap.add_argument("--lam", type=float, default=1e-4, help="scnn's λ (ours: β = λ n c)")
+    ap.add_argument("--rho", type=float, default=None, help="ADMM's ρ (default: ρ = β)")
+    ap.add_argument("--epochs", type=int, default=100, help="FISTA: 10 iterations per epoch")
+    ap.add_argument("--admm-epochs", type=int, default=30, help="ADMM: 10 iterations per epoch")
+    ap.add_argument("--bp-epochs", type=int, default=30)
+    ap.add_argument("--max-iters", type=int, default=10000, help="scnn's iteration limit")
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("BEYONDBP_THREADS", "1")))
+    rows = json.loads(OUT.read_text()) if OUT.exists() else []
+    for name in args.data.split(","):
+        new = run_dataset(name, args)
+        rows = [r for r in rows if r["data"] != name] + new
+        OUT.write_text(json.dumps(rows, indent=1))
+        write(rows, " ".join(["python", *sys.argv]))
+    print((HERE / "results" / "convex_compare.md").read_text())
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
