@@ -205,6 +205,11 @@ def train(
     resume: Annotated[str | None, typer.Option(help="continue the run with this id")] = None,
     progress: Annotated[bool, typer.Option(help="live progress bar")] = True,
     energy: Annotated[bool, typer.Option(help="measure or estimate energy")] = True,
+    attack_eps: Annotated[
+        float | None,
+        typer.Option(help="also test under FGSM and PGD ℓ∞ attacks of this radius (pixels)"),
+    ] = None,
+    attack_steps: Annotated[int | None, typer.Option(help="PGD steps [default: 20]")] = None,
 ):
     """Train one model with one rule; print the result table and store the run."""
     from beyondbp.bench.tune import read_options
@@ -220,6 +225,8 @@ def train(
         batch_size=batch_size,
         max_seconds=max_seconds,
         augment=augment,
+        attack_eps=attack_eps,
+        attack_steps=attack_steps,
     )
     if no_early_stop:
         config["patience"] = None

@@ -36,6 +36,7 @@ from beyondbp.measure import (
     matmul_peak_gflops,
     peak_rss_bytes,
 )
+from beyondbp.measure.robustness import input_box, robust_accuracy
 from beyondbp.rules.base import Rule, SetupContext, is_diverged
 from beyondbp.runs import RunRecord, RunStore, atomic_save, load_checkpoint
 
@@ -65,6 +66,11 @@ class TrainConfig(BaseModel):
         "horizontal flip (the CIFAR protocol)",
     )
     diverge_loss: float = Field(1e6, gt=0, description="a training loss above this diverged")
+    attack_eps: float | None = Field(
+        None, gt=0, description="also test under ℓ∞ attacks (FGSM, PGD) of this radius, in "
+        "raw input units (pixels in [0, 1])"
+    )  # fmt: skip
+    attack_steps: int = Field(20, ge=1, description="PGD steps of the robust test")
     seed: int = 0
     data_seed: int = 0
     device: str = "cpu"
@@ -402,6 +408,19 @@ class Trainer:
             test_time_s=watch.total,
             tested_epoch=st.best_epoch if cfg.restore_best and st.best_epoch else st.epoch,
         )
+        if cfg.attack_eps is not None:
+            self.rule.train_mode(False)
+            split = self.data.test
+            robust = robust_accuracy(
+                self.rule.predict, self.rule.eval_loss, split.x, split.y, cfg.attack_eps,
+                input_box(self.data.meta), cfg.attack_steps, cfg.eval_batch_size, cfg.seed,
+            )  # fmt: skip
+            self.record.metrics.update(
+                attack_eps=cfg.attack_eps,
+                attack_steps=cfg.attack_steps,
+                test_fgsm_acc=robust["fgsm"],
+                test_pgd_acc=robust["pgd"],
+            )
 
     # -- measurement ----------------------------------------------------------------------------
     def _probe(self, x: torch.Tensor, y: torch.Tensor) -> StepProbe:

@@ -85,6 +85,7 @@ from beyondbp.rules import bp as _bp  # noqa: E402, F401
 from beyondbp.rules import cafo as _cafo  # noqa: E402, F401
 from beyondbp.rules import convex_admm as _convex_admm  # noqa: E402, F401
 from beyondbp.rules import convex_gated as _convex_gated  # noqa: E402, F401
+from beyondbp.rules import convex_robust as _convex_robust  # noqa: E402, F401
 from beyondbp.rules import convex_scp as _convex_scp  # noqa: E402, F401
 from beyondbp.rules import de as _de  # noqa: E402, F401
 from beyondbp.rules import deep_ga as _deep_ga  # noqa: E402, F401

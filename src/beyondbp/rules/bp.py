@@ -5,7 +5,7 @@ The baseline every other rule is reported against (Δaccuracy, time, energy and 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,8 @@ from pydantic import Field
 from torch import nn
 
 from beyondbp.data.core import DatasetMeta
+from beyondbp.errors import BeyondBPError
+from beyondbp.measure.robustness import fgsm, input_box, pgd
 from beyondbp.rules import register
 from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
 from beyondbp.rules.optim import OptimOptions, Schedule, make_optimizer
@@ -21,6 +23,15 @@ from beyondbp.rules.optim import OptimOptions, Schedule, make_optimizer
 class Options(OptimOptions):
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    adversarial: Literal["none", "fgsm", "pgd"] = Field(
+        "none", description="train on ℓ∞ adversarial examples of each batch (Madry et al. 2018: "
+        "pgd; Goodfellow et al. 2015: fgsm)"
+    )  # fmt: skip
+    adv_eps: float | None = Field(
+        None, gt=0, description="attack radius in raw input units (pixels in [0, 1])"
+    )
+    adv_steps: int = Field(10, ge=1, description="PGD steps")
+    adv_alpha: float | None = Field(None, gt=0, description="PGD step; None: 2.5·eps/steps")
 
 
 @register("bp", "Backpropagation: end-to-end gradient descent (Adam/AdamW/SGD), the baseline")
@@ -37,9 +48,29 @@ class Backprop(Rule):
         self.net = net
         self.opt = make_optimizer(net.parameters(), self.options)
         self.schedule = Schedule(self.opt, self.options, ctx.max_epochs)
+        if self.options.adversarial != "none" and self.options.adv_eps is None:
+            raise BeyondBPError(
+                f"bp: adversarial={self.options.adversarial} needs adv_eps (the ℓ∞ radius in "
+                "raw input units, e.g. --set adv_eps=0.1)"
+            )
+        self.box = input_box(meta)
+
+    def _adversarial(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        o, net = self.options, self.net
+        assert net is not None and o.adv_eps is not None
+
+        def loss(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(scores, target)
+
+        if o.adversarial == "fgsm":
+            return fgsm(net, loss, x, y, o.adv_eps, self.box)
+        # the random start draws from torch's global generator, which checkpoints carry
+        return pgd(net, loss, x, y, o.adv_eps, self.box, o.adv_steps, o.adv_alpha)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         assert self.net is not None
+        if self.options.adversarial != "none":
+            x = self._adversarial(x, y)
         self.opt.zero_grad(set_to_none=True)
         scores = self.net(x)
         loss = F.cross_entropy(scores, y, label_smoothing=self.options.label_smoothing)
