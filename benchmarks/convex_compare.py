@@ -17,8 +17,9 @@ violate the cone constraints slightly: its violation is listed).
     pip install --no-deps pyscnn linalg_backends && pip install tqdm opt_einsum
     python benchmarks/convex_compare.py --data digits,mnist,fashion-mnist [--width 200]
 
-writes benchmarks/results/convex_compare.{json,md} (rows are kept: a rerun adds or replaces rows
-of the datasets it ran). Runs one torch thread (BEYONDBP_THREADS, default 1).
+writes benchmarks/results/convex_compare.{json,md} after every measured row (a rerun replaces the
+rows of the datasets it runs, keeps the others). Runs one torch thread (BEYONDBP_THREADS, default
+1).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict]:
         rows.append({"data": name, "method": method, "width": M, "lam": args.lam, "beta": beta,
                      "n": n, **kw})  # fmt: skip
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "curve"}), flush=True)
+        save(name, rows, args)  # each row lands as soon as it is measured
 
     # gated ReLU: our FISTA vs scnn's R-FISTA on the same gates
     P_g = M // c
@@ -204,13 +206,19 @@ def main() -> None:
     ap.add_argument("--max-iters", type=int, default=10000, help="scnn's iteration limit")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("BEYONDBP_THREADS", "1")))
-    rows = json.loads(OUT.read_text()) if OUT.exists() else []
     for name in args.data.split(","):
-        new = run_dataset(name, args)
-        rows = [r for r in rows if r["data"] != name] + new
-        OUT.write_text(json.dumps(rows, indent=1))
-        write(rows, " ".join(["python", *sys.argv]))
+        run_dataset(name, args)
     print((HERE / "results" / "convex_compare.md").read_text())
+
+
+def save(name: str, new: list[dict], args: argparse.Namespace) -> None:
+    """Replace the rows of dataset ``name`` by ``new`` (atomically), keep the others."""
+    rows = json.loads(OUT.read_text()) if OUT.exists() else []
+    rows = [r for r in rows if r["data"] != name] + new
+    tmp = OUT.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    tmp.replace(OUT)
+    write(rows, " ".join(["python", *sys.argv]))
 
 
 if __name__ == "__main__":
