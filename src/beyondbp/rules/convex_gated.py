@@ -49,6 +49,9 @@ class Options(RuleOptions):
     )
     beta: float = Field(1e-3, ge=0, description="group-lasso weight β")
     iterations_per_step: int = Field(10, ge=1, description="FISTA iterations per harness step")
+    line_search: bool = Field(
+        True, description="adaptive step (backtracking from 1.2x the last step); False: 1/L"
+    )
     tol: float = Field(1e-6, gt=0, description="relative gradient-mapping norm to stop at")
     dtype: Literal["float32", "float64"] = "float32"
 
@@ -105,6 +108,9 @@ class ConvexGated(ProximalConvexRule, Rule):
         assert p is not None
         r = patterned(p["X"], p["D"], w) - p["Y"]
         return 0.5 * float((r * r).sum()) + self.options.beta * float(group_norms(w).sum())
+
+    def penalty(self, w: torch.Tensor) -> float:
+        return self.options.beta * float(group_norms(w).sum())
 
     def prox(self, z: torch.Tensor, tau: float) -> torch.Tensor:
         return group_shrink(z, self.options.beta * tau)

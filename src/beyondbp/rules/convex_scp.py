@@ -43,6 +43,9 @@ class Options(RuleOptions):
     neurons: int | None = Field(None, ge=1, description="sampled hidden neurons N; None: width")
     beta: float = Field(1e-3, ge=0, description="ℓ1 weight β on the output weights")
     iterations_per_step: int = Field(10, ge=1, description="FISTA iterations per harness step")
+    line_search: bool = Field(
+        True, description="adaptive step (backtracking from 1.2x the last step); False: 1/L"
+    )
     tol: float = Field(1e-6, gt=0, description="relative gradient-mapping norm to stop at")
     dtype: Literal["float32", "float64"] = "float64"
 
@@ -97,6 +100,9 @@ class ConvexSCP(ProximalConvexRule, Rule):
 
     def objective(self, w: torch.Tensor) -> float:
         return float(self.smooth(w)[0]) + self.options.beta * float(w.abs().sum())
+
+    def penalty(self, w: torch.Tensor) -> float:
+        return self.options.beta * float(w.abs().sum())
 
     def prox(self, z: torch.Tensor, tau: float) -> torch.Tensor:
         return soft_threshold(z, self.options.beta * tau)
