@@ -104,3 +104,15 @@ def test_a_grid_over_all_rules_leaves_out_rules_that_cannot_train_its_nets():
     assert "bp" in plain and "ff" in plain and "noprop" not in plain
     assert not {"mezo", "zo-adam", "deep-ga", "es", "de", "de-init"} & set(plain)  # --rules only
     assert "noprop" in _rules_for(["mlp:256x2", "noprop:3"])
+
+
+def test_train_reports_robust_accuracy_with_attack_eps(tmp_path):
+    out = runner.invoke(
+        app,
+        ["train", "convex-gated", "--data", "digits", "--net", "mlp:100", "--epochs", "5",
+         "--attack-eps", "0.05", "--attack-steps", "5", "--store", str(tmp_path / "r.sqlite"),
+         "--no-energy", "--no-progress"],
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "FGSM (ε = 0.05)" in out.output and "PGD-5 (ε = 0.05)" in out.output

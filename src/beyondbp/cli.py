@@ -90,6 +90,13 @@ def _result_table(r: RunRecord) -> Table:
             f"{m['matmul_peak_gflops']:.0f} matmul peak)",
         ),
     ]
+    if m.get("attack_eps") is not None:
+        eps = f"ε = {m['attack_eps']:g}"
+        rows.append((f"test accuracy under FGSM ({eps})", f"{100 * m['test_fgsm_acc']:.2f} %"))
+        rows.append((
+            f"test accuracy under PGD-{m['attack_steps']} ({eps})",
+            f"{100 * m['test_pgd_acc']:.2f} %",
+        ))  # fmt: skip
     if m.get("data_notes"):
         rows.append(("data notes", m["data_notes"]))
     for k, v in rows:
