@@ -164,6 +164,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict]:
     acc = float((pred.argmax(1) == data.test.y).double().mean())
     row("scnn relu (AL)", test_acc=acc, train_time_s=secs, objective=obj, violation=violation)
     rows[-2]["time_to_scnn"] = time_to(mine["curve"], obj)
+    save(name, rows, args)
     return rows
 
 
