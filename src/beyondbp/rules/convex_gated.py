@@ -97,17 +97,22 @@ class ConvexGated(ProximalConvexRule, Rule):
         assert p is not None
         return p["X"].new_zeros(p["D"].shape[1], p["X"].shape[1], self.classes)
 
-    def smooth(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
         p = self._prep
         assert p is not None
-        r = patterned(p["X"], p["D"], w) - p["Y"]
-        return 0.5 * (r * r).sum(), patterned_t(p["X"], p["D"], r)
+        return patterned(p["X"], p["D"], w)
 
-    def objective(self, w: torch.Tensor) -> float:
+    def smooth_at(self, w: torch.Tensor, aw: torch.Tensor) -> tuple[float, torch.Tensor]:
         p = self._prep
         assert p is not None
-        r = patterned(p["X"], p["D"], w) - p["Y"]
-        return 0.5 * float((r * r).sum()) + self.options.beta * float(group_norms(w).sum())
+        r = aw - p["Y"]
+        return 0.5 * float((r * r).sum()), patterned_t(p["X"], p["D"], r)
+
+    def value_at(self, w: torch.Tensor, aw: torch.Tensor) -> float:
+        p = self._prep
+        assert p is not None
+        r = aw - p["Y"]
+        return 0.5 * float((r * r).sum())
 
     def penalty(self, w: torch.Tensor) -> float:
         return self.options.beta * float(group_norms(w).sum())

@@ -91,15 +91,20 @@ class ConvexSCP(ProximalConvexRule, Rule):
         assert p is not None
         return torch.zeros_like(p["PtY"])
 
-    def smooth(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
         p = self._prep
         assert p is not None
-        hw = p["H"] @ w
-        f = 0.5 * (w * hw).sum() - (w * p["PtY"]).sum() + 0.5 * p["yy"]
-        return f, hw - p["PtY"]
+        return p["H"] @ w
 
-    def objective(self, w: torch.Tensor) -> float:
-        return float(self.smooth(w)[0]) + self.options.beta * float(w.abs().sum())
+    def smooth_at(self, w: torch.Tensor, aw: torch.Tensor) -> tuple[float, torch.Tensor]:
+        p = self._prep
+        assert p is not None
+        return self.value_at(w, aw), aw - p["PtY"]
+
+    def value_at(self, w: torch.Tensor, aw: torch.Tensor) -> float:
+        p = self._prep
+        assert p is not None
+        return float(0.5 * (w * aw).sum() - (w * p["PtY"]).sum()) + 0.5 * p["yy"]
 
     def penalty(self, w: torch.Tensor) -> float:
         return self.options.beta * float(w.abs().sum())
