@@ -38,7 +38,7 @@ import torch
 
 import beyondbp as bb
 from beyondbp.data import load_dataset
-from beyondbp.measure import provenance_markdown
+from beyondbp.measure import environment, provenance_markdown
 from beyondbp.rules.convex import design_matrix, patterned, sample_gates
 
 HERE = Path(__file__).resolve().parent
@@ -118,9 +118,11 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict]:
     M = args.width
     rows: list[dict] = []
 
+    commit = environment("cpu").get("git_commit")
+
     def row(method: str, **kw: Any) -> None:
         rows.append({"data": name, "method": method, "width": M, "lam": args.lam, "beta": beta,
-                     "n": n, **kw})  # fmt: skip
+                     "n": n, "commit": commit, **kw})  # fmt: skip
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "curve"}), flush=True)
         save(name, rows, args)  # each row lands as soon as it is measured
 
@@ -183,8 +185,8 @@ def write(rows: list[dict], command: str) -> None:
         "(β = λ·n·c). Times are training only (no validation passes), one CPU thread.",
         "",
         "| data | width | λ | method | test acc % | train time s | objective / n | violation "
-        "| iterations | time to scnn's objective s |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| iterations | time to scnn's objective s | commit |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         obj = r.get("objective")
@@ -193,9 +195,11 @@ def write(rows: list[dict], command: str) -> None:
             f"{100 * r['test_acc']:.2f} | {r['train_time_s']:.1f} | "
             f"{fmt(obj / r['n'] if obj is not None else None, '.6g')} | "
             f"{fmt(r.get('violation'), '.1e')} | {fmt(r.get('iterations'), 'd')} | "
-            f"{fmt(r.get('time_to_scnn'), '.1f') if 'time_to_scnn' in r else ''} |"
+            f"{fmt(r.get('time_to_scnn'), '.1f') if 'time_to_scnn' in r else ''} | "
+            f"{(r.get('commit') or '-')[:7]} |"
         )
-    md += ["", *provenance_markdown(command)]
+    md += ["", "Each row was measured at the commit it names; the last run's provenance:", "",
+           *provenance_markdown(command)]  # fmt: skip
     (HERE / "results" / "convex_compare.md").write_text("\n".join(md) + "\n")
 
 
