@@ -26,14 +26,16 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from beyondbp.errors import BeyondBPError
+from beyondbp.rules.base import Distribution, LogUniform, Rule, RuleOptions
 
 
 def design_matrix(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -357,9 +359,35 @@ def squared_eval_loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((scores - target) ** 2).sum()
 
 
+# -- what every convex rule shares -------------------------------------------------------------
+class ConvexRule(Rule):
+    """Base of the convex rules: they train a two-layer ReLU net (``mlp:M``) from the whole
+    training set at once (one harness step = solver iterations) with the squared loss."""
+
+    unit = "dataset"
+    search_space: ClassVar[dict[str, Distribution]] = {"beta": LogUniform(1e-5, 10.0)}
+
+    @classmethod
+    def works_on(cls, net_spec: str) -> bool:
+        return is_two_layer_spec(net_spec)
+
+    def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return squared_eval_loss(scores, y)
+
+
+class FistaOptions(RuleOptions):
+    """The solver options of the FISTA rules."""
+
+    iterations_per_step: int = Field(10, ge=1, description="FISTA iterations per harness step")
+    line_search: bool = Field(
+        True, description="adaptive step (backtracking from 1.2x the last step); False: 1/L"
+    )
+    tol: float = Field(1e-6, gt=0, description="relative gradient-mapping norm to stop at")
+
+
 # -- rules solved by accelerated proximal gradient ---------------------------------------------
-class ProximalConvexRule:
-    """Mixin for convex rules solved by monotone FISTA (``convex-gated``, ``convex-scp``).
+class ProximalConvexRule(ConvexRule):
+    """Base of the convex rules solved by monotone FISTA (``convex-gated``, ``convex-scp``).
 
     A subclass sets ``self._prep`` in :meth:`prepare` (from the whole training set, inside the
     first training step so that the set-up is timed) and implements :meth:`forward`,
@@ -409,7 +437,7 @@ class ProximalConvexRule:
     def recover(self, w: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def proximal_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         if self._prep is None:
             self._prep = self.prepare(x, y)
             self._prep["L"] = self.lipschitz()

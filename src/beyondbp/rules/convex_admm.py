@@ -35,19 +35,18 @@ from torch import nn
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
 from beyondbp.rules import register
-from beyondbp.rules.base import Distribution, LogUniform, Rule, RuleOptions, SetupContext
+from beyondbp.rules.base import Distribution, LogUniform, RuleOptions, SetupContext
 from beyondbp.rules.convex import (
+    ConvexRule,
     design_matrix,
     enumerate_patterns,
     group_norms,
     group_shrink,
-    is_two_layer_spec,
     one_hot,
     patterned,
     patterned_t,
     relu_neurons,
     sample_gates,
-    squared_eval_loss,
     two_layer_parts,
     write_relu_net,
 )
@@ -72,18 +71,13 @@ class Options(RuleOptions):
 
 
 @register("convex-admm", "Convex two-layer ReLU training by ADMM (Bai et al. 2022)")
-class ConvexADMM(Rule):
+class ConvexADMM(ConvexRule):
     Options = Options
     options: Options
-    unit = "dataset"
     search_space: ClassVar[dict[str, Distribution]] = {
-        "beta": LogUniform(1e-5, 10.0),
+        **ConvexRule.search_space,
         "rho": LogUniform(1e-4, 1.0),
     }
-
-    @classmethod
-    def works_on(cls, net_spec: str) -> bool:
-        return is_two_layer_spec(net_spec)
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         super().setup(net, meta, ctx)
@@ -242,9 +236,6 @@ class ConvexADMM(Rule):
                 f"converged: residuals below {self.options.tol} after {self.iterations} iterations"
             )
         return None
-
-    def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return squared_eval_loss(scores, y)
 
     def state_dict(self) -> dict[str, Any]:
         its = {k: v.clone() for k, v in self.it.items()} if self.it is not None else None

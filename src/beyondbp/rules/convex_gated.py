@@ -15,7 +15,7 @@ by power iteration; the prox is block soft-thresholding. The solution *is* a net
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -24,48 +24,36 @@ from torch import nn
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
 from beyondbp.rules import register
-from beyondbp.rules.base import Distribution, LogUniform, Rule, RuleOptions, SetupContext
+from beyondbp.rules.base import SetupContext
 from beyondbp.rules.convex import (
+    FistaOptions,
     FistaState,
     GatedLinear,
     ProximalConvexRule,
     design_matrix,
     group_norms,
     group_shrink,
-    is_two_layer_spec,
     one_hot,
     patterned,
     patterned_t,
     power_iteration,
     sample_gates,
-    squared_eval_loss,
     two_layer_parts,
 )
 
 
-class Options(RuleOptions):
+class Options(FistaOptions):
     patterns: int | None = Field(
         None, ge=1, description="gates P; None: as many as the net's width holds (width // classes)"
     )
     beta: float = Field(1e-3, ge=0, description="group-lasso weight β")
-    iterations_per_step: int = Field(10, ge=1, description="FISTA iterations per harness step")
-    line_search: bool = Field(
-        True, description="adaptive step (backtracking from 1.2x the last step); False: 1/L"
-    )
-    tol: float = Field(1e-6, gt=0, description="relative gradient-mapping norm to stop at")
     dtype: Literal["float32", "float64"] = "float32"
 
 
 @register("convex-gated", "Convex gated-ReLU two-layer training: group lasso by FISTA")
-class ConvexGated(ProximalConvexRule, Rule):
+class ConvexGated(ProximalConvexRule):
     Options = Options
     options: Options
-    unit = "dataset"
-    search_space: ClassVar[dict[str, Distribution]] = {"beta": LogUniform(1e-5, 10.0)}
-
-    @classmethod
-    def works_on(cls, net_spec: str) -> bool:
-        return is_two_layer_spec(net_spec)
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         super().setup(net, meta, ctx)
@@ -145,9 +133,3 @@ class ConvexGated(ProximalConvexRule, Rule):
         lin.bias[:units] = values[:, -1].to(lin.bias)
         cls = torch.arange(units, device=head.weight.device) % c
         head.weight[cls, torch.arange(units, device=head.weight.device)] = 1.0
-
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        return self.proximal_step(x, y)
-
-    def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return squared_eval_loss(scores, y)

@@ -20,7 +20,7 @@ ordinary sampled convex program. The solution becomes ReLU neurons as in ``conve
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,14 +31,13 @@ from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
 from beyondbp.measure.robustness import input_box
 from beyondbp.rules import register
-from beyondbp.rules.base import Distribution, LogUniform, Rule, RuleOptions, SetupContext
+from beyondbp.rules.base import RuleOptions, SetupContext
 from beyondbp.rules.convex import (
+    ConvexRule,
     design_matrix,
-    is_two_layer_spec,
     one_hot,
     relu_neurons,
     sample_gates,
-    squared_eval_loss,
     two_layer_parts,
     write_relu_net,
 )
@@ -58,15 +57,9 @@ class Options(RuleOptions):
 
 
 @register("convex-robust", "Robust convex two-layer ReLU training against ℓ∞ inputs (CVXPY)")
-class ConvexRobust(Rule):
+class ConvexRobust(ConvexRule):
     Options = Options
     options: Options
-    unit = "dataset"
-    search_space: ClassVar[dict[str, Distribution]] = {"beta": LogUniform(1e-5, 10.0)}
-
-    @classmethod
-    def works_on(cls, net_spec: str) -> bool:
-        return is_two_layer_spec(net_spec)
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         super().setup(net, meta, ctx)
@@ -160,9 +153,6 @@ class ConvexRobust(Rule):
         if self.solution is not None:
             return f"solved ({self.solution['status']})"
         return None
-
-    def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return squared_eval_loss(scores, y)
 
     def state_dict(self) -> dict[str, Any]:
         return {"solution": self.solution}

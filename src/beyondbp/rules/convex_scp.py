@@ -16,7 +16,7 @@ leaves the function unchanged and minimises the weight-decay norm); zero rows ar
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -25,41 +25,29 @@ from torch import nn
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
 from beyondbp.rules import register
-from beyondbp.rules.base import Distribution, LogUniform, Rule, RuleOptions, SetupContext
+from beyondbp.rules.base import SetupContext
 from beyondbp.rules.convex import (
+    FistaOptions,
     FistaState,
     ProximalConvexRule,
     design_matrix,
-    is_two_layer_spec,
     one_hot,
     soft_threshold,
-    squared_eval_loss,
     two_layer_parts,
     write_relu_net,
 )
 
 
-class Options(RuleOptions):
+class Options(FistaOptions):
     neurons: int | None = Field(None, ge=1, description="sampled hidden neurons N; None: width")
     beta: float = Field(1e-3, ge=0, description="ℓ1 weight β on the output weights")
-    iterations_per_step: int = Field(10, ge=1, description="FISTA iterations per harness step")
-    line_search: bool = Field(
-        True, description="adaptive step (backtracking from 1.2x the last step); False: 1/L"
-    )
-    tol: float = Field(1e-6, gt=0, description="relative gradient-mapping norm to stop at")
     dtype: Literal["float32", "float64"] = "float64"
 
 
 @register("convex-scp", "Sampled convex program: lasso over sampled ReLU neurons (Bai et al. 2022)")
-class ConvexSCP(ProximalConvexRule, Rule):
+class ConvexSCP(ProximalConvexRule):
     Options = Options
     options: Options
-    unit = "dataset"
-    search_space: ClassVar[dict[str, Distribution]] = {"beta": LogUniform(1e-5, 10.0)}
-
-    @classmethod
-    def works_on(cls, net_spec: str) -> bool:
-        return is_two_layer_spec(net_spec)
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         super().setup(net, meta, ctx)
@@ -128,9 +116,3 @@ class ConvexSCP(ProximalConvexRule, Rule):
         write_relu_net(
             self.hidden, self.head, U * (r * alive)[:, None], w / r[:, None] * alive[:, None]
         )
-
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        return self.proximal_step(x, y)
-
-    def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return squared_eval_loss(scores, y)
