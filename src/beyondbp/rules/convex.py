@@ -371,6 +371,12 @@ class ConvexRule(Rule):
     def works_on(cls, net_spec: str) -> bool:
         return is_two_layer_spec(net_spec)
 
+    def setup(self, net: nn.Module, meta: Any, ctx: Any) -> None:
+        super().setup(net, meta, ctx)
+        self.hidden, self.head = two_layer_parts(net, self.name)
+        self.width = self.hidden.out_features
+        self.classes, self.seed = meta.classes, ctx.seed
+
     def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return squared_eval_loss(scores, y)
 
@@ -402,6 +408,13 @@ class ProximalConvexRule(ConvexRule):
     _prep: dict[str, Any] | None
     fista: FistaState | None
     converged: bool
+
+    def setup(self, net: nn.Module, meta: Any, ctx: Any) -> None:
+        super().setup(net, meta, ctx)
+        self.dtype = getattr(torch, self.options.dtype)
+        self._prep = None
+        self.fista = None
+        self.converged = False
 
     def prepare(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         raise NotImplementedError

@@ -47,7 +47,6 @@ from beyondbp.rules.convex import (
     patterned_t,
     relu_neurons,
     sample_gates,
-    two_layer_parts,
     write_relu_net,
 )
 
@@ -81,10 +80,8 @@ class ConvexADMM(ConvexRule):
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         super().setup(net, meta, ctx)
-        self.hidden, self.head = two_layer_parts(net, self.name)
-        self.classes, self.seed = meta.classes, ctx.seed
         self.dtype = getattr(torch, self.options.dtype)
-        width = self.hidden.out_features
+        width = self.width
         if self.options.patterns is None:
             self.patterns: int | Literal["all"] = width // (2 * self.classes)
             if self.patterns < 1:

@@ -27,7 +27,6 @@ from beyondbp.rules import register
 from beyondbp.rules.base import SetupContext
 from beyondbp.rules.convex import (
     FistaOptions,
-    FistaState,
     GatedLinear,
     ProximalConvexRule,
     design_matrix,
@@ -38,7 +37,6 @@ from beyondbp.rules.convex import (
     patterned_t,
     power_iteration,
     sample_gates,
-    two_layer_parts,
 )
 
 
@@ -57,8 +55,7 @@ class ConvexGated(ProximalConvexRule):
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         super().setup(net, meta, ctx)
-        hidden, self.head = two_layer_parts(net, self.name)
-        width, self.classes, self.seed = hidden.out_features, meta.classes, ctx.seed
+        hidden, width = self.hidden, self.width
         self.gates_count = self.options.patterns or width // self.classes
         if self.gates_count * self.classes > width or self.gates_count < 1:
             raise BeyondBPError(
@@ -69,10 +66,6 @@ class ConvexGated(ProximalConvexRule):
         # the hidden ReLU layer becomes gated units (same width)
         self.gated = GatedLinear(hidden.in_features, width).to(hidden.weight)
         net.blocks[0] = nn.Sequential(nn.Flatten(), self.gated)  # type: ignore[index]
-        self.dtype = getattr(torch, self.options.dtype)
-        self._prep: dict[str, Any] | None = None
-        self.fista: FistaState | None = None
-        self.converged = False
 
     def prepare(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         X = design_matrix(x, self.dtype)

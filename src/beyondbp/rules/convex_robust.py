@@ -38,7 +38,6 @@ from beyondbp.rules.convex import (
     one_hot,
     relu_neurons,
     sample_gates,
-    two_layer_parts,
     write_relu_net,
 )
 
@@ -69,9 +68,7 @@ class ConvexRobust(ConvexRule):
             raise BeyondBPError(
                 "convex-robust solves with CVXPY: pip install 'beyondbp[convex]'"
             ) from None
-        self.hidden, self.head = two_layer_parts(net, self.name)
-        self.classes, self.seed = meta.classes, ctx.seed
-        width = self.hidden.out_features
+        width = self.width
         self.count = self.options.patterns or width // (2 * self.classes)
         if self.count < 1 or 2 * self.count * self.classes > width:
             raise BeyondBPError(

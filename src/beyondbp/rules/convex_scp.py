@@ -28,12 +28,10 @@ from beyondbp.rules import register
 from beyondbp.rules.base import SetupContext
 from beyondbp.rules.convex import (
     FistaOptions,
-    FistaState,
     ProximalConvexRule,
     design_matrix,
     one_hot,
     soft_threshold,
-    two_layer_parts,
     write_relu_net,
 )
 
@@ -51,18 +49,13 @@ class ConvexSCP(ProximalConvexRule):
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         super().setup(net, meta, ctx)
-        self.hidden, self.head = two_layer_parts(net, self.name)
-        width, self.classes, self.seed = self.hidden.out_features, meta.classes, ctx.seed
+        width = self.width
         self.count = self.options.neurons or width
         if self.count > width:
             raise BeyondBPError(
                 f"convex-scp: {self.count} neurons do not fit a net of width {width}; use "
                 f"--net mlp:{self.count}"
             )
-        self.dtype = getattr(torch, self.options.dtype)
-        self._prep: dict[str, Any] | None = None
-        self.fista: FistaState | None = None
-        self.converged = False
 
     def prepare(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         X = design_matrix(x, self.dtype)
