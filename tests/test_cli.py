@@ -115,4 +115,5 @@ def test_train_reports_robust_accuracy_with_attack_eps(tmp_path):
         env={"COLUMNS": "200"},
     )  # fmt: skip
     assert out.exit_code == 0, out.output
-    assert "FGSM (ε = 0.05)" in out.output and "PGD-5 (ε = 0.05)" in out.output
+    assert "FGSM (ε = 0.05, margin loss)" in out.output
+    assert "PGD-5 (ε = 0.05, margin loss)" in out.output

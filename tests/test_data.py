@@ -36,6 +36,23 @@ def test_digits_splits_and_normalisation():
     assert set(ds.test.y.tolist()) == set(range(10))
 
 
+def test_class_subset_keeps_and_relabels_the_listed_classes():
+    full = load_dataset("digits")
+    pair = load_dataset("digits:8,3")  # order given: 8 -> 0, 3 -> 1
+    assert pair.meta.classes == 2 and pair.meta.class_names == ("8", "3")
+    n_test = int(((full.test.y == 3) | (full.test.y == 8)).sum())
+    assert len(pair.test) == n_test
+    assert set(pair.train.y.tolist()) == {0, 1}
+    # the test 8s of the subset are the full set's test 8s, up to the normalisation
+    eights = full.test.x[full.test.y == 8] * full.meta.std[0] + full.meta.mean[0]
+    mine = pair.test.x[pair.test.y == 0] * pair.meta.std[0] + pair.meta.mean[0]
+    torch.testing.assert_close(mine, eights, rtol=0, atol=1e-5)
+    for bad, msg in (("digits:3,x", "no class 'x'"), ("digits:3", "at least two"),
+                     ("digits:3,3", "at least two"), ("nope:1,2", "nope")):  # fmt: skip
+        with pytest.raises(BeyondBPError, match=msg):
+            load_dataset(bad)
+
+
 def test_validation_split_depends_on_data_seed_only():
     a = load_dataset("digits", data_seed=0)
     b = load_dataset("digits", data_seed=0)

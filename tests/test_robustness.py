@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import beyondbp as bb
 from beyondbp.data.core import DatasetMeta
-from beyondbp.measure.robustness import InputBox, fgsm, input_box, pgd
+from beyondbp.measure.robustness import ATTACK_LOSSES, InputBox, fgsm, input_box, margin_loss, pgd
 from beyondbp.nets import build_net
 from beyondbp.rules import make_rule
 from beyondbp.rules.base import SetupContext
@@ -30,6 +30,34 @@ def test_attacks_stay_in_the_ball_and_the_box():
         assert float((adv - x).abs().max()) <= 0.1 / 0.2 + 1e-6  # eps / std in normalised units
         pixels = adv * 0.2 + 0.3
         assert float(pixels.min()) >= -1e-6 and float(pixels.max()) <= 1 + 1e-6
+
+
+def test_margin_loss_is_positive_exactly_for_wrong_predictions():
+    scores = torch.tensor([[2.0, 1.0, -1.0], [0.0, 3.0, 1.0]])
+    y = torch.tensor([0, 2])
+    # example 0: 1 − 2 = −1 (right); example 1: 3 − 1 = 2 (wrong)
+    assert float(margin_loss(scores[:1], y[:1])) == -1.0
+    assert float(margin_loss(scores, y)) == 1.0
+
+
+def test_the_default_attack_does_not_stall_on_a_flat_loss():
+    # a hinge-trained model's own loss is flat on points classified with margin > 1: attacking
+    # with it leaves them untouched, the margin loss (the harness's default) still moves them
+    W = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    x, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
+    box = InputBox(torch.ones(1, 2), torch.full((1, 2), -math.inf), torch.full((1, 2), math.inf))
+
+    def hinge(scores, target):
+        t = 2 * F.one_hot(target, 2).double() - 1
+        return (1 - t * scores).clamp_min(0).sum()
+
+    def forward(z):
+        return z.double() @ W.double().T
+
+    assert ATTACK_LOSSES["margin"] is margin_loss
+    assert bool((fgsm(forward, hinge, x, y, 0.5, box) == x).all())  # zero gradient: no move
+    moved = fgsm(forward, margin_loss, x, y, 0.5, box)
+    torch.testing.assert_close(moved, torch.tensor([[1.5, 0.0]]))
 
 
 def test_fgsm_finds_the_exact_worst_case_of_a_linear_margin():
@@ -93,7 +121,8 @@ def test_robust_convex_model_is_certified_on_its_training_points():
         torch.tensor([[1.0, 1.0], [-1.0, -1.0]])[y] + 0.4 * torch.randn(24, 2, generator=g)
     ).double()
     eps = 0.15
-    rule, net = _robust_rule(x, y, {"eps": eps, "patterns": 4, "beta": 0.01})
+    options = {"eps": eps, "patterns": 4, "beta": 0.01, "loss": "squared", "bound": "triangle"}
+    rule, net = _robust_rule(x, y, options)
     assert rule.done() is not None
     sol = rule.solution
     X = design_matrix(x, torch.float64)
@@ -131,10 +160,10 @@ def test_robust_bounds_order_and_reduce_to_the_nominal_program():
     x = (
         torch.tensor([[1.0, 0.5], [-1.0, -0.5]])[y] + 0.5 * torch.randn(16, 2, generator=g)
     ).double()
-    base = {"patterns": 3, "beta": 0.01}
+    base = {"patterns": 3, "beta": 0.01, "loss": "squared"}
     nominal, _ = _robust_rule(x, y, {**base, "eps": 0.0})
     exact, _ = _robust_rule(x, y, {**base, "eps": 0.1, "bound": "exact"})
-    triangle, _ = _robust_rule(x, y, {**base, "eps": 0.1})
+    triangle, _ = _robust_rule(x, y, {**base, "eps": 0.1, "bound": "triangle"})
     a, b, c = (r.solution["objective"] for r in (nominal, exact, triangle))
     # robustness costs training loss, and the exact worst case is tighter than the triangle bound
     assert a < b <= c + 1e-6
@@ -148,3 +177,36 @@ def test_robust_bounds_order_and_reduce_to_the_nominal_program():
         admm.step(x, y)
     obj, _ = admm.objective(admm.it["v"])
     assert abs(obj - a) / a < 1e-3
+
+
+def test_robust_hinge_model_is_certified_with_the_exact_bound():
+    # the papers' setting: binary labels, hinge loss, the exact worst-case shift
+    g = torch.Generator().manual_seed(3)
+    y = torch.arange(20) % 2
+    x = (
+        torch.tensor([[1.0, 1.0], [-1.0, -1.0]])[y] + 0.9 * torch.randn(20, 2, generator=g)
+    ).double()
+    eps = 0.1
+    rule, net = _robust_rule(x, y, {"eps": eps, "patterns": 4, "beta": 1.0})
+    sol = rule.solution
+    with torch.no_grad():
+        clean = net(x)
+    # two classes: one program, the second output is the first one's negation
+    torch.testing.assert_close(clean[:, 1], -clean[:, 0])
+    t = 1 - 2 * y.double()  # +1 for class 0
+    A = (sol["V"] - sol["W"])[:, :-1, 0]  # (P, d): the input weights of output 0
+    shift = (eps * (sol["D"] @ A)).abs().sum(1)  # ‖ε ⊙ Σ_i d_ij a_i‖₁ per example
+    bound = (1 - t * clean[:, 0] + shift).clamp_min(0)
+    assert float(bound.sum()) > 0  # the bound is not vacuous: some points sit in the margin
+    for signs in ([1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]):
+        with torch.no_grad():
+            out = net(x + eps * torch.tensor(signs, dtype=torch.float64))
+        assert bool(((1 - t * out[:, 0]).clamp_min(0) <= bound + 1e-4).all())
+    # the objective is the worst-case hinge (both outputs) plus the group lasso
+    reg = sum(torch.linalg.vector_norm(B[:, :, 0], dim=1).sum() for B in (sol["V"], sol["W"]))
+    torch.testing.assert_close(
+        torch.tensor(sol["objective"], dtype=torch.float64),
+        2 * (bound.sum() + reg),
+        rtol=1e-4,
+        atol=1e-4,
+    )

@@ -91,7 +91,7 @@ def _result_table(r: RunRecord) -> Table:
         ),
     ]
     if m.get("attack_eps") is not None:
-        eps = f"ε = {m['attack_eps']:g}"
+        eps = f"ε = {m['attack_eps']:g}, {m.get('attack_loss', 'rule')} loss"
         rows.append((f"test accuracy under FGSM ({eps})", f"{100 * m['test_fgsm_acc']:.2f} %"))
         rows.append((
             f"test accuracy under PGD-{m['attack_steps']} ({eps})",
@@ -178,7 +178,9 @@ def _train_config(**kw: Any) -> dict[str, Any]:
 @app.command()
 def train(
     rule: Annotated[str, typer.Argument(help="learning rule (see `beyondbp rules`)")],
-    data: Annotated[str, typer.Option("--data", "-d", help="dataset name")] = "digits",
+    data: Annotated[
+        str, typer.Option("--data", "-d", help="dataset name; name:3,8 keeps those classes")
+    ] = "digits",
     net: Annotated[
         str, typer.Option("--net", "-n", help="net spec: mlp:1000x2, cnn3, ...")
     ] = "mlp:1000x2",
@@ -217,6 +219,10 @@ def train(
         typer.Option(help="also test under FGSM and PGD ℓ∞ attacks of this radius (pixels)"),
     ] = None,
     attack_steps: Annotated[int | None, typer.Option(help="PGD steps [default: 20]")] = None,
+    attack_loss: Annotated[
+        str | None,
+        typer.Option(help="loss the attacks ascend: margin, ce or rule [default: margin]"),
+    ] = None,
 ):
     """Train one model with one rule; print the result table and store the run."""
     from beyondbp.bench.tune import read_options
@@ -234,6 +240,7 @@ def train(
         augment=augment,
         attack_eps=attack_eps,
         attack_steps=attack_steps,
+        attack_loss=attack_loss,
     )
     if no_early_stop:
         config["patience"] = None

@@ -36,7 +36,7 @@ from beyondbp.measure import (
     matmul_peak_gflops,
     peak_rss_bytes,
 )
-from beyondbp.measure.robustness import input_box, robust_accuracy
+from beyondbp.measure.robustness import ATTACK_LOSSES, input_box, robust_accuracy
 from beyondbp.rules.base import Rule, SetupContext, is_diverged
 from beyondbp.runs import RunRecord, RunStore, atomic_save, load_checkpoint
 
@@ -71,6 +71,10 @@ class TrainConfig(BaseModel):
         "raw input units (pixels in [0, 1])"
     )  # fmt: skip
     attack_steps: int = Field(20, ge=1, description="PGD steps of the robust test")
+    attack_loss: Literal["margin", "ce", "rule"] = Field(
+        "margin", description="the loss the attacks ascend: the margin max_{k≠y} s_k − s_y "
+        "(the same for every rule), cross-entropy on the scores, or the rule's own loss"
+    )  # fmt: skip
     seed: int = 0
     data_seed: int = 0
     device: str = "cpu"
@@ -411,13 +415,15 @@ class Trainer:
         if cfg.attack_eps is not None:
             self.rule.train_mode(False)
             split = self.data.test
+            loss = ATTACK_LOSSES.get(cfg.attack_loss, self.rule.eval_loss)
             robust = robust_accuracy(
-                self.rule.predict, self.rule.eval_loss, split.x, split.y, cfg.attack_eps,
+                self.rule.predict, loss, split.x, split.y, cfg.attack_eps,
                 input_box(self.data.meta), cfg.attack_steps, cfg.eval_batch_size, cfg.seed,
             )  # fmt: skip
             self.record.metrics.update(
                 attack_eps=cfg.attack_eps,
                 attack_steps=cfg.attack_steps,
+                attack_loss=cfg.attack_loss,
                 test_fgsm_acc=robust["fgsm"],
                 test_pgd_acc=robust["pgd"],
             )

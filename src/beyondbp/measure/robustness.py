@@ -10,6 +10,12 @@ accuracy of any rule) and by ``bp``'s adversarial training; the convex robust ru
 - FGSM (Goodfellow et al. 2015): one signed-gradient step of size eps.
 - PGD (Madry et al. 2018): a uniform random start in the ball, then ``steps`` signed-gradient
   steps of size ``alpha`` (default 2.5·eps/steps), each projected back onto the ball and the box.
+
+The loss the attacks ascend: by default the margin loss max_{k≠y} s_k − s_y of Carlini & Wagner
+(:func:`margin_loss`), the same for every rule, whatever its scores mean (logits, squared-loss
+outputs, goodness); ``ce`` (cross-entropy on the scores) and ``rule`` (the rule's own
+evaluation loss) are the alternatives. A loss that is flat where a point is safely classified
+(a hinge) would stall the attack, so ``rule`` can overstate robustness.
 """
 
 from __future__ import annotations
@@ -24,6 +30,20 @@ from beyondbp.errors import BeyondBPError
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def margin_loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Σ (max_{k≠y} s_k − s_y): positive exactly where a prediction is wrong."""
+    true = scores.gather(1, y[:, None])
+    others = scores.scatter(1, y[:, None], float("-inf"))
+    return (others.amax(1, keepdim=True) - true).sum()
+
+
+def cross_entropy_loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(scores, y, reduction="sum")
+
+
+ATTACK_LOSSES: dict[str, LossFn] = {"margin": margin_loss, "ce": cross_entropy_loss}
 
 
 @dataclass(frozen=True)

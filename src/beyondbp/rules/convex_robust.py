@@ -8,13 +8,18 @@ Two robust counterparts make the convex model's worst case tractable:
 
 - the cone constraints hold for every δ, so no activation pattern can flip inside the ball:
   ``(2D_i − I)(X + Δ) v_ik ≥ 0 ∀Δ`` ⇔ ``(2d_ij − 1) x_jᵀ v_ik ≥ ‖ε ⊙ v_ik‖₁`` (bias excluded);
-- with the patterns fixed, class k's output moves by at most ``s_jk = ‖ε ⊙ Σ_i d_ij a_ik‖₁``
-  (a_ik = v_ik − w_ik), so the worst squared loss is ``½ (|ŷ_jk − y_jk| + s_jk)²``.
+- with the patterns fixed, output k moves by at most ``s_jk = ‖ε ⊙ Σ_i d_ij a_ik‖₁``
+  (a_ik = v_ik − w_ik), so the worst hinge loss is ``max(0, 1 − y_jk ŷ_jk + s_jk)`` with
+  y_jk = ±1 (``loss="hinge"``, the papers' binary classification) and the worst squared loss
+  ``½ (|ŷ_jk − y_jk| + s_jk)²`` with y_jk ∈ {0, 1} (``loss="squared"``, as the other convex
+  rules).
 
-``bound="exact"`` uses that s_jk (n·c weighted ℓ1 norms of d-vectors: small problems);
-``bound="triangle"`` (default) the upper bound ``Σ_i d_ij (‖ε ⊙ v_ik‖₁ + ‖ε ⊙ w_ik‖₁)``, which
-needs only P·c norms and still certifies the loss (our choice, for size). Each class's adversary
-is bounded on its own, an upper bound of the shared-δ worst case. With ε = 0 the program is the
+The papers treat one scalar output (binary classification, regression). With two classes one
+program is solved and the second output is its negation (the same program with the labels
+flipped); with more, one program per class (one-vs-rest), sharing the patterns.
+``bound="exact"`` (default) uses s_jk above (n·c weighted ℓ1 norms of d-vectors);
+``bound="triangle"`` the upper bound ``Σ_i d_ij (‖ε ⊙ v_ik‖₁ + ‖ε ⊙ w_ik‖₁)``, which needs only
+P·c norms and still certifies the loss (our choice, for size). With ε = 0 the program is the
 ordinary sampled convex program. The solution becomes ReLU neurons as in ``convex-admm``.
 """
 
@@ -48,8 +53,11 @@ class Options(RuleOptions):
         None, ge=1, description="sampled patterns P; None: width // (2·classes)"
     )
     beta: float = Field(1e-3, ge=0, description="group-lasso weight β")
-    bound: Literal["triangle", "exact"] = Field(
-        "triangle", description="worst-case output bound: per-pattern norms or the exact "
+    loss: Literal["hinge", "squared"] = Field(
+        "hinge", description="hinge on ±1 targets (the papers') or squared on one-hot targets"
+    )
+    bound: Literal["exact", "triangle"] = Field(
+        "exact", description="worst-case output bound: per-pattern norms or the exact "
         "per-example ℓ1 (n·c norms)"
     )  # fmt: skip
     solver: str = Field("CLARABEL", description="a CVXPY solver name (CLARABEL, SCS, ...)")
@@ -88,18 +96,24 @@ class ConvexRobust(ConvexRule):
         return {"loss": s["objective"] / len(x), "objective": s["objective"]}
 
     def _solve(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """One robust program per class (they share nothing but the patterns): c small solves
+        """One robust program per output (they share nothing but the patterns): c small solves
         instead of one large one, which an interior-point solver handles much faster."""
         Xt = design_matrix(x, torch.float64).cpu()
         _, Dt = sample_gates(Xt, self.count, self.seed)
         Y = one_hot(y.cpu(), self.classes, torch.float64).numpy()
+        if self.options.loss == "hinge":
+            Y = 2 * Y - 1
         V = torch.zeros(Dt.shape[1], Xt.shape[1], self.classes, dtype=torch.float64)
         W = torch.zeros_like(V)
         total, statuses = 0.0, set()
-        for k in range(self.classes):
+        binary = self.classes == 2 and self.options.loss == "hinge"
+        for k in range(1 if binary else self.classes):
             value, status, V[:, :, k], W[:, :, k] = self._solve_class(Xt, Dt, Y[:, k])
             total += value
             statuses.add(status)
+        if binary:  # class 1's program is class 0's with the labels flipped: swap v and w
+            V[:, :, 1], W[:, :, 1] = W[:, :, 0], V[:, :, 0]
+            total *= 2
         neurons, out = relu_neurons(V, W)
         write_relu_net(self.hidden, self.head, neurons, out)
         status = "optimal" if statuses == {"optimal"} else "optimal_inaccurate"
@@ -131,7 +145,10 @@ class ConvexRobust(ConvexRule):
             shift = cp.hstack(
                 [cp.norm1(cp.multiply(r[:, 0], A @ D[j])) for j in range(n)]
             )  # ‖ε ⊙ Σ_i d_ij a_i‖₁ per example
-        loss = 0.5 * cp.sum(cp.square(cp.abs(pred - y) + shift))
+        if o.loss == "hinge":
+            loss = cp.sum(cp.pos(1 - cp.multiply(y, pred) + shift))
+        else:
+            loss = 0.5 * cp.sum(cp.square(cp.abs(pred - y) + shift))
         reg = cp.sum(cp.norm(V, 2, axis=0)) + cp.sum(cp.norm(W, 2, axis=0))
         problem = cp.Problem(cp.Minimize(loss + o.beta * reg), cons)
         try:
@@ -145,6 +162,12 @@ class ConvexRobust(ConvexRule):
             )
         as_t = lambda v: torch.tensor(v.value).T  # noqa: E731  (P, d1)
         return float(problem.value), problem.status, as_t(V), as_t(W)
+
+    def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.options.loss == "squared":
+            return super().eval_loss(scores, y)
+        target = 2 * torch.nn.functional.one_hot(y, scores.shape[1]).to(scores.dtype) - 1
+        return (1 - target * scores).clamp_min(0).sum()
 
     def done(self) -> str | None:
         if self.solution is not None:
