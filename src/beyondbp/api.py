@@ -235,6 +235,7 @@ def summarize(
 
 METRICS = (
     "test_acc",
+    "test_return",
     "train_time_s",
     "val_time_s",
     "peak_step_bytes",

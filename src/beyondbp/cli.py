@@ -63,8 +63,20 @@ def _result_table(r: RunRecord) -> Table:
     acc = m.get("test_acc")
     rows = [
         ("status", r.status + (f" ({m['stop_reason']})" if m.get("stop_reason") else "")),
-        ("test accuracy", "-" if acc is None else f"{100 * acc:.2f} %"),
-        ("best val accuracy", _fmt(m.get("val_acc") and 100 * m["val_acc"], "{:.2f} %")),
+        *(
+            [
+                (
+                    "test return (mean ± std per episode)",
+                    f"{m['test_return']:.2f} ± {m.get('test_return_std', 0.0):.2f}",
+                ),
+                ("best val return", _fmt(m.get("val_return"), "{:.2f}")),
+            ]
+            if m.get("test_return") is not None
+            else [
+                ("test accuracy", "-" if acc is None else f"{100 * acc:.2f} %"),
+                ("best val accuracy", _fmt(m.get("val_acc") and 100 * m["val_acc"], "{:.2f} %")),
+            ]
+        ),
         ("epochs (tested epoch)", f"{m.get('epochs')} ({m.get('tested_epoch', '-')})"),
         ("train time", _fmt(m.get("train_time_s"), "{:.2f} s")),
         ("validation time", _fmt(m.get("val_time_s"), "{:.2f} s")),

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from beyondbp.data import Dataset, Split
 from beyondbp.data.augment import Augmentation, augment_batch
+from beyondbp.data.envs import rollout
 from beyondbp.errors import BeyondBPError, describe_validation
 from beyondbp.measure import (
     EnergyMeter,
@@ -300,7 +301,7 @@ class Trainer:
                         "step_resident_bytes": probe.resident_bytes,
                         "step_transient_bytes": probe.peak_bytes - probe.resident_bytes,
                         "probe_batch": len(y),
-                        "inference_step_bytes": self._inference_bytes(x[: cfg.batch_size]),
+                        "inference_step_bytes": self._inference_bytes(self._inputs(x)),
                     }
                 n = len(y)
                 for k, v in logs.items():
@@ -386,7 +387,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> dict[str, float]:
-        """Mean loss and accuracy of the rule's predictions on a split."""
+        """Mean loss and accuracy of the rule's predictions on a split; for an episodic task,
+        the mean return of the episodes whose seeds the split holds (loss = −return)."""
+        if self.data.meta.env is not None:
+            return self._play(split)
         self.rule.train_mode(False)
         loss, correct = 0.0, 0
         bs = self.config.eval_batch_size
@@ -398,6 +402,19 @@ class Trainer:
         self.rule.train_mode(True)
         return {"loss": loss / len(split), "acc": correct / len(split)}
 
+    @torch.no_grad()
+    def _play(self, split: Split) -> dict[str, float]:
+        self.rule.train_mode(False)
+
+        def policy(obs: torch.Tensor) -> torch.Tensor:
+            return self.rule.predict(obs.flatten(0, 1)).view(*obs.shape[:2], -1)
+
+        pool = self.__dict__.setdefault("_env_pool", {})
+        returns, _ = rollout(policy, self.data.meta.env, split.x, 1, self.device, pool)
+        self.rule.train_mode(True)
+        mean = float(returns.mean())
+        return {"loss": -mean, "return": mean, "return_std": float(returns.std())}
+
     def _test(self) -> None:
         cfg, st = self.config, self.state
         if cfg.restore_best and self.best_modules is not None:
@@ -407,8 +424,7 @@ class Trainer:
         with watch:
             test = self.evaluate(self.data.test)
         self.record.metrics.update(
-            test_acc=test["acc"],
-            test_loss=test["loss"],
+            **{f"test_{k}": v for k, v in test.items()},  # acc and loss; return for episodes
             test_time_s=watch.total,
             tested_epoch=st.best_epoch if cfg.restore_best and st.best_epoch else st.epoch,
         )
@@ -435,6 +451,14 @@ class Trainer:
         resident = [m.state_dict() for m in self.rule.modules().values()]
         resident += [self.rule.state_dict(), x, y]
         return StepProbe(resident)
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of net inputs like ``x``: for an episodic task (x = episode seeds), one
+        observation per seed (zeros), the net's input for one time step of those episodes."""
+        x = x[: self.config.batch_size]
+        if self.data.meta.env is None:
+            return x
+        return torch.zeros(len(x), *self.data.meta.input_shape, device=x.device)
 
     def _inference_bytes(self, x: torch.Tensor) -> int:
         """Peak bytes of predicting one batch (weights, the batch, activations), the yardstick
@@ -475,6 +499,8 @@ class Trainer:
         if st.history:
             last_best = next((h for h in st.history if h["epoch"] == st.best_epoch), st.history[-1])
             m.update(val_acc=last_best.get("val_acc"), val_loss=last_best.get("val_loss"))
+            if "val_return" in last_best:
+                m.update(val_return=last_best["val_return"])
         if st.probe:
             per_example = st.probe["flops_per_step"] / max(st.probe["probe_batch"], 1)
             m.update(flops_per_step=st.probe["flops_per_step"], flops_per_example=per_example)
@@ -569,7 +595,7 @@ def _running(sums: dict[str, Any], seen: int) -> str:
 
 def _epoch_line(row: dict[str, Any]) -> str:
     parts = [f"epoch {row['epoch']:>3}"]
-    for k in ("train_loss", "train_acc", "val_loss", "val_acc"):
+    for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_return"):
         if row.get(k) is not None:
             parts.append(f"{k} {row[k]:.4f}")
     parts.append(f"{row['train_time_s']:.1f}s")

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ class DatasetMeta:
     notes: str = ""  # caveats to print next to numbers (e.g. "JPEG re-encoded")
     data_seed: int = 0
     sizes: dict[str, int] = field(default_factory=dict)
+    env: Any = None  # an episodic task's EnvSpec (beyondbp.data.envs); None for labelled data
 
     @property
     def input_dim(self) -> int:
@@ -122,8 +124,11 @@ def register_dataset(
 
 
 def available_datasets() -> dict[str, str]:
-    """Names and one-line descriptions of the registered datasets."""
-    return {name: e.description for name, e in sorted(_REGISTRY.items())}
+    """Names and one-line descriptions of the registered datasets (and the episodic tasks)."""
+    found = {name: e.description for name, e in sorted(_REGISTRY.items())}
+    found["deceptive-maze"] = "episodic: a point robot's deceptive U-trap maze (novelty search)"
+    found["gym:ID"] = "episodic: any gymnasium environment with flat observations (beyondbp[rl])"
+    return found
 
 
 def data_search_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
@@ -162,10 +167,18 @@ def load_dataset(
     ``val_size`` is a fraction of the training set or an absolute count (default: the
     dataset's own, e.g. 10 % for Fashion-MNIST, 10,000 for MNIST as in Spyra 2025).
     ``name:A,B,...`` keeps only the listed classes (indices or class names), relabelled
-    0, 1, ... in the order given: ``digits:3,8`` is a binary task (class 0 = the 3s); the
-    normalisation statistics are then those of the kept training images.
+    0, 1, ... in the order given: ``digits:3,8`` is a binary task (class 0 = the 3s).
+    Datasets with standard constants (MNIST's 0.1307/0.3081) keep them; the others are
+    normalised with the statistics of the kept training images.
     """
     base, _, wanted = name.partition(":")
+    if base == "gym" or name == "deceptive-maze":  # episodic tasks: episode seeds, no files
+        from beyondbp.data.envs import episode_dataset
+
+        key = (name, data_seed)
+        if key not in _CACHE:
+            _CACHE[key] = episode_dataset(name, data_seed)
+        return _CACHE[key]
     if base not in _REGISTRY:
         raise UnknownNameError("dataset", base, _REGISTRY)
     entry = _REGISTRY[base]
@@ -181,7 +194,7 @@ def load_dataset(
 
 def keep_classes(raw: RawData, name: str, wanted: str) -> RawData:
     """The examples of the classes listed in ``wanted`` ("3,8" or class names), relabelled in
-    that order. Statistics that the loader fixed (``raw.mean``) are recomputed on the subset."""
+    that order."""
     picks: list[int] = []
     for item in (w.strip() for w in wanted.split(",")):
         if item.isdigit() and int(item) < len(raw.class_names):
@@ -212,7 +225,8 @@ def keep_classes(raw: RawData, name: str, wanted: str) -> RawData:
     return RawData(
         x_train, y_train, x_test, y_test,
         class_names=tuple(raw.class_names[i] for i in picks),
-        source=raw.source, notes=raw.notes, normalise=raw.normalise,
+        source=raw.source, mean=raw.mean, std=raw.std, notes=raw.notes,
+        normalise=raw.normalise,
     )  # fmt: skip
 
 

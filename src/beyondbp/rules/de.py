@@ -76,7 +76,7 @@ class DifferentialEvolution(Rule):
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         o = self.options
         self.net = net
-        self.flat = FlatNet(net)
+        self.flat = FlatNet(net, meta.env)
         if 4 * o.population * self.flat.d > MAX_POPULATION_BYTES:
             raise BeyondBPError(
                 f"de would store {o.population} x {self.flat.d:,} weights "

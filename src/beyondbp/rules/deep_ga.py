@@ -90,7 +90,7 @@ class DeepGA(Rule):
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         self.net = net
-        self.flat = FlatNet(net)
+        self.flat = FlatNet(net, meta.env)
         self.seed = ctx.seed
         self.gen = 0
         self.parents: list[Genome] = []
@@ -146,11 +146,12 @@ class DeepGA(Rule):
             if self.remote is None:
                 from beyondbp.rules.remote import RayPopulation
 
-                self.remote = RayPopulation(self.net, o.workers)
+                self.remote = RayPopulation(self.net, o.workers, self.flat.env)
             sent = self.remote.bytes_sent
             loss, b = self.remote.evaluate(
                 [g for g, _ in pop], x, y, self.probe_x if o.novelty > 0 else None
             )
+            b = b if o.novelty > 0 else None
             logs["genome_bytes_sent"] = float(self.remote.bytes_sent - sent)
             behaviours = [b] if b is not None else []
         else:
@@ -158,9 +159,10 @@ class DeepGA(Rule):
             chunk = self.flat.chunk
             for i in range(0, len(pop), chunk):
                 w = self._weights(pop[i : i + chunk])
-                losses.append(self.flat.losses(w, x, y))
-                if o.novelty > 0:
-                    behaviours.append(self.flat.scores(w, self.probe_x).softmax(-1).flatten(1))
+                lo, be = self.flat.evaluate(w, x, y, self.probe_x if o.novelty > 0 else None)
+                losses.append(lo)
+                if o.novelty > 0 and be is not None:
+                    behaviours.append(be)
             loss = torch.cat(losses)
         if not torch.isfinite(loss).all():
             loss = torch.nan_to_num(loss, nan=math.inf)
@@ -179,7 +181,11 @@ class DeepGA(Rule):
         self.recent = [*self.recent, (x, y)][-o.elite_evals :]
         top = fitness.topk(min(o.elite_candidates, len(pop))).indices.tolist()
         cand = self._weights([pop[i] for i in top])
-        reeval = torch.stack([self.flat.losses(cand, bx, by) for bx, by in self.recent]).mean(0)
+        if self.flat.env is not None:  # one rollout of all the recent episodes
+            xs, ys = zip(*self.recent, strict=True)
+            reeval = self.flat.losses(cand, torch.cat(xs), torch.cat(ys))
+        else:
+            reeval = torch.stack([self.flat.losses(cand, bx, by) for bx, by in self.recent]).mean(0)
         best = int(reeval.argmin())
         if o.truncation > 0:  # (pop's elite entry still means the previous elite here)
             keep = score.topk(o.truncation).indices.tolist()

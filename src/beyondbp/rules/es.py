@@ -85,7 +85,7 @@ class EvolutionStrategy(Rule):
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         o = self.options
         self.net = net
-        self.flat = FlatNet(net)
+        self.flat = FlatNet(net, meta.env)
         self.seed, self.t = ctx.seed, 0
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
         if o.algorithm == "openai-es":

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from beyondbp.data.envs import EnvSpec
 from beyondbp.errors import BeyondBPError
 from beyondbp.rules.population import FlatNet, Genome, rebuild
 
@@ -29,8 +30,8 @@ from beyondbp.rules.population import FlatNet, Genome, rebuild
 class GenomeBuilder:
     """Weights of genomes from their seeds, with a cache of recently built ones."""
 
-    def __init__(self, net: nn.Module) -> None:
-        self.flat = FlatNet(net)
+    def __init__(self, net: nn.Module, env: EnvSpec | None = None) -> None:
+        self.flat = FlatNet(net, env)
         self.cache: dict[Genome, torch.Tensor] = {}
 
     def build(self, genome: Genome) -> torch.Tensor:
@@ -53,16 +54,17 @@ class GenomeBuilder:
             w = torch.stack([self.build(g) for g in part])
             for g, row in zip(part, w, strict=True):
                 self.cache[g] = row
-            losses.append(self.flat.losses(w, x, y))
-            if probe is not None:
-                behaviours.append(self.flat.scores(w, probe).softmax(-1).flatten(1))
-        return torch.cat(losses), (torch.cat(behaviours) if probe is not None else None)
+            lo, be = self.flat.evaluate(w, x, y, probe)
+            losses.append(lo)
+            if be is not None:
+                behaviours.append(be)
+        return torch.cat(losses), (torch.cat(behaviours) if behaviours else None)
 
 
 class RayPopulation:
     """``workers`` Ray actors evaluating genomes for one net architecture."""
 
-    def __init__(self, net: nn.Module, workers: int) -> None:
+    def __init__(self, net: nn.Module, workers: int, env: EnvSpec | None = None) -> None:
         try:
             import ray
         except ImportError as e:  # pragma: no cover - depends on the install
@@ -71,7 +73,7 @@ class RayPopulation:
             ray.init(include_dashboard=False, log_to_driver=False)
         self.ray = ray
         actor = ray.remote(num_cpus=1)(_Worker)
-        self.actors = [actor.remote(net) for _ in range(workers)]
+        self.actors = [actor.remote(net, env) for _ in range(workers)]
         self.bytes_sent = self.bytes_received = self.batch_bytes = 0
 
     def evaluate(
@@ -107,9 +109,9 @@ class RayPopulation:
 
 
 class _Worker:
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, env: EnvSpec | None = None) -> None:
         torch.set_num_threads(1)
-        self.builder = GenomeBuilder(net.eval())
+        self.builder = GenomeBuilder(net.eval(), env)
 
     def evaluate(self, genomes: list[Genome], batch: Any) -> tuple[torch.Tensor, Any]:
         x, y, probe = batch
