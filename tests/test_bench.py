@@ -384,3 +384,26 @@ def test_sigterm_stops_the_grid_and_its_running_cell_saves(tmp_path):
     assert run.status == "interrupted"
     ckpt = store_path.parent / "checkpoints" / run.id / "last.pt"
     assert ckpt.is_file()
+
+
+def test_ray_backend_runs_the_grid_like_local_processes(tmp_path):
+    ray = pytest.importorskip("ray")
+    grid = GridSpec(rules=["bp"], datasets=["digits"], nets=["mlp:8"], seeds=[0, 1], config=TINY)
+    local = bb.bench(grid, store=RunStore(tmp_path / "local.sqlite"))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        seen = []
+        store = RunStore(tmp_path / "ray.sqlite")
+        on_ray = bb.bench(grid, store=store, backend="ray", jobs=2,
+                          on_done=lambda c, r: seen.append((c.seed, r.status)))  # fmt: skip
+        assert sorted(seen) == [(0, "finished"), (1, "finished")]
+        # the same cells, the same seeded runs: identical accuracies to the local grid's
+        acc = {r.seed: r.metrics["test_acc"] for r in on_ray.records}
+        assert acc == {r.seed: r.metrics["test_acc"] for r in local.records}
+        # finished cells are not run again on the cluster either
+        again = bb.bench(grid, store=store, backend="ray")
+        assert [r.updated for r in again.records] == [r.updated for r in on_ray.records]
+    finally:
+        ray.shutdown()
+    with pytest.raises(BeyondBPError, match="unknown grid backend"):
+        bb.bench(grid, store=RunStore(tmp_path / "x.sqlite"), backend="dask")

@@ -275,13 +275,16 @@ def bench(
     retry_failed: bool = False,
     target_acc: float | None = None,
     on_done: Callable[[Cell, RunRecord | None], None] | None = None,
+    backend: str = "local",
+    address: str | None = None,
     **config: Any,
 ) -> BenchResult:
     """Run a grid (every rule × dataset × net × seed), each cell in its own process, and
     summarise it. Finished cells are never recomputed; a killed grid continues where it stopped.
 
     Give a :class:`GridSpec` (e.g. from a YAML/TOML file) or the same fields as arguments;
-    ``config`` are harness settings for every cell.
+    ``config`` are harness settings for every cell. ``backend="ray"`` runs the cells as Ray
+    tasks (``address``: a cluster's; default a local Ray head), ``jobs`` at a time.
     """
     from beyondbp.rules import available_rules
 
@@ -299,8 +302,9 @@ def bench(
     run_store = _open_store(store if store is not False else True)
     assert run_store is not None
     records = run_grid(
-        grid.cells(), run_store, jobs=jobs, retry_failed=retry_failed, on_done=on_done
-    )
+        grid.cells(), run_store, jobs=jobs, retry_failed=retry_failed, on_done=on_done,
+        backend=backend, address=address,
+    )  # fmt: skip
     return BenchResult(records, summarize(records, grid.target_acc), run_store)
 
 

@@ -318,6 +318,12 @@ def bench(
         float | None, typer.Option(help="val accuracy for time-to-target")
     ] = None,
     jobs: Annotated[int, typer.Option(help="cells run in parallel")] = 1,
+    backend: Annotated[
+        str, typer.Option(help="local (a process per cell) or ray (a Ray task per cell)")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address [default: a local Ray head]")
+    ] = None,
     retry_failed: Annotated[bool, typer.Option(help="run failed cells again")] = False,
     device: Annotated[str, typer.Option()] = "auto",
     data_dir: Annotated[Path | None, typer.Option()] = None,
@@ -376,6 +382,8 @@ def bench(
             jobs=jobs,
             retry_failed=retry_failed,
             on_done=done,
+            backend=backend,
+            address=address,
         )
     if as_json:
         print(json.dumps(result.rows, indent=1))

@@ -230,8 +230,12 @@ def run_grid(
     jobs: int = 1,
     retry_failed: bool = False,
     on_done: Callable[[Cell, RunRecord | None], None] | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> list[RunRecord]:
-    """Run every cell not yet finished, ``jobs`` at a time, each in its own process.
+    """Run every cell not yet finished, ``jobs`` at a time, each in its own process
+    (``backend="local"``) or as a Ray task (``backend="ray"``, on the cluster at ``address``;
+    a local Ray head when None).
 
     Returns the stored record of every cell (None-free: a cell whose worker died without a
     record gets a ``failed`` record naming the exit code).
@@ -242,6 +246,12 @@ def run_grid(
         c.full_config()
     skip = ("finished", "diverged") if retry_failed else TERMINAL
     todo = [c for c in cells if (r := c.find(store)) is None or r.status not in skip]
+    if backend == "ray":
+        _run_on_ray(todo, store, jobs, address, on_done)
+        found = [c.find(store) for c in cells]
+        return [r for r in found if r is not None]
+    if backend != "local":
+        raise BeyondBPError(f"unknown grid backend {backend!r}: use local or ray")
     logs = store.path.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
@@ -282,3 +292,55 @@ def run_grid(
     pool.shutdown()
     found = [c.find(store) for c in cells]
     return [r for r in found if r is not None]
+
+
+def _ray_cell(payload: str, threads: int) -> int:
+    """A grid cell as a Ray task: the same worker as a local cell, in the task's process."""
+    os.environ["BEYONDBP_THREADS"] = str(threads)
+    from beyondbp.bench.cell import main
+
+    return main(payload)
+
+
+def _run_on_ray(
+    todo: list[Cell],
+    store: RunStore,
+    jobs: int,
+    address: str | None,
+    on_done: Callable[[Cell, RunRecord | None], None] | None,
+) -> None:
+    """Cells as Ray tasks, at most ``jobs`` in flight (each asks Ray for its threads' CPUs).
+
+    Every node must reach the store's path (one machine, or a shared filesystem): the workers
+    write their runs, checkpoints and locks there, as local workers do. Ctrl-C cancels the
+    tasks in flight; their cells resume from their last checkpoint on the next start."""
+    try:
+        import ray
+    except ImportError:
+        raise BeyondBPError("--backend ray needs Ray: pip install 'beyondbp[population]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    threads = max(1, cpus // max(1, jobs)) if jobs > 1 else 1
+    task = ray.remote(num_cpus=threads, max_retries=0)(_ray_cell)
+    queue, running = list(todo), {}
+    try:
+        while queue or running:
+            while queue and len(running) < max(1, jobs):
+                cell = queue.pop(0)
+                payload = json.dumps({"cell": cell.__dict__, "store": str(store.path),
+                                      "id": cell.run_id})  # fmt: skip
+                running[task.remote(payload, threads)] = cell
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                cell = running.pop(ref)
+                try:
+                    ray.get(ref)
+                except Exception as e:  # the task's process died (ray.exceptions.*)
+                    cell.record_failure(store, f"Ray task failed: {type(e).__name__}: {e}")
+                if on_done is not None:
+                    on_done(cell, cell.find(store))
+    except BaseException:
+        for ref in running:
+            ray.cancel(ref, force=True)
+        raise
