@@ -194,6 +194,7 @@ class Trainer:
         self.best_modules: dict[str, Any] | None = None
         self._stop = {"stop": False}
         self.callbacks = list(callbacks)
+        self._env_pool: dict[int, Any] = {}  # an episodic task's environment copies
 
     # -- public ---------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> RunRecord:
@@ -409,8 +410,7 @@ class Trainer:
         def policy(obs: torch.Tensor) -> torch.Tensor:
             return self.rule.predict(obs.flatten(0, 1)).view(*obs.shape[:2], -1)
 
-        pool = self.__dict__.setdefault("_env_pool", {})
-        returns, _ = rollout(policy, self.data.meta.env, split.x, 1, self.device, pool)
+        returns, _ = rollout(policy, self.data.meta.env, split.x, 1, self.device, self._env_pool)
         self.rule.train_mode(True)
         mean = float(returns.mean())
         return {"loss": -mean, "return": mean, "return_std": float(returns.std())}

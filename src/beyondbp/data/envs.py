@@ -61,7 +61,6 @@ class EnvSpec:
     low: tuple[float, ...] = ()  # the action box (continuous actions)
     high: tuple[float, ...] = ()
     max_steps: int = 500
-    behaviour_dim: int = 0  # the length of an episode's behaviour characterisation
     obs_scale: float = 1.0  # observations are multiplied by it (1/255 for bytes: Atari RAM)
 
     def make(self, n: int) -> BatchEnv:
@@ -207,7 +206,7 @@ def _make(gym: Any, env_id: str, **kw: Any) -> Any:
 def env_spec(name: str) -> EnvSpec:
     """The :class:`EnvSpec` of ``gym:ID`` or ``deceptive-maze``; clear errors otherwise."""
     if name == MAZE_ID:
-        return EnvSpec(MAZE_ID, 3, 2, False, (-1.0, -1.0), (1.0, 1.0), _STEPS, 2)
+        return EnvSpec(MAZE_ID, 3, 2, False, (-1.0, -1.0), (1.0, 1.0), _STEPS)
     gym = _gymnasium()
     env_id = name.removeprefix("gym:")
     try:
@@ -223,11 +222,10 @@ def env_spec(name: str) -> EnvSpec:
     max_steps = env.spec.max_episode_steps or (ATARI_STEPS if env_id.startswith("ALE/") else 1000)
     scale = 1 / 255 if obs.dtype == np.uint8 else 1.0
     if isinstance(act, gym.spaces.Discrete):
-        return EnvSpec(name, obs.shape[0], int(act.n), True, max_steps=max_steps,
-                       behaviour_dim=obs.shape[0], obs_scale=scale)  # fmt: skip
+        return EnvSpec(name, obs.shape[0], int(act.n), True, max_steps=max_steps, obs_scale=scale)
     if isinstance(act, gym.spaces.Box) and len(act.shape) == 1:
-        return EnvSpec(name, obs.shape[0], act.shape[0], False, tuple(map(float, act.low)),
-                       tuple(map(float, act.high)), max_steps, obs.shape[0], scale)  # fmt: skip
+        low, high = tuple(map(float, act.low)), tuple(map(float, act.high))
+        return EnvSpec(name, obs.shape[0], act.shape[0], False, low, high, max_steps, scale)
     raise DataError(f"{name}: action space {act} is neither discrete nor a flat box")
 
 
@@ -253,7 +251,7 @@ def rollout(
     pool: dict[int, BatchEnv] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Play each of ``copies`` policies on every episode seed: returns (copies, E) and
-    behaviours (copies, E, behaviour_dim). ``pool`` caches environment copies between calls."""
+    behaviours (copies, E, k: the final state). ``pool`` caches environment copies between calls."""
     e = len(seeds)
     n = copies * e
     env = pool.get(n) if pool is not None else None

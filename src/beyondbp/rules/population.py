@@ -8,7 +8,7 @@ Plain MLPs (Flatten, Linear and elementwise activations in a row) skip vmap's pe
 
 The fitness data is either a labelled batch (loss: mean cross-entropy) or, for an episodic task
 (``meta.env``), a batch of episode seeds (loss: minus the mean return of those episodes, every
-individual playing the same seeds; behaviour: where its episodes ended).
+individual playing the same seeds; behaviour: the mean final state of its episodes).
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ class FlatNet:
         self.sizes = [p.numel() for _, p in net.named_parameters()]
         self.d = sum(self.sizes)
         self.device = next(net.parameters()).device
-
-        self.layers = _mlp_program(net)
+        self.layers = _mlp_program(net)  # the batched-matmul program of a plain MLP, or None
 
     @property
     def chunk(self) -> int:
