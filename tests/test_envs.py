@@ -119,3 +119,21 @@ def test_novelty_search_escapes_the_deceptive_maze_and_reward_alone_does_not():
     novelty = bb.train("deep-ga", options={**opts, "novelty": 1.0}, **common).metrics["test_return"]
     assert greedy <= -1.9  # drawn into the cup: stuck under the bar, 2 from the goal
     assert novelty > -0.5  # out of the cup, round an arm and home
+
+
+def test_atari_plays_on_the_console_ram():
+    pytest.importorskip("ale_py")
+    d = load_dataset("gym:ALE/Breakout-v5")
+    spec = d.meta.env
+    assert spec.obs_dim == 128 and spec.discrete and spec.max_steps == 1250  # 5,000 frames
+    seen = []
+
+    def policy(obs):
+        seen.append(float(obs.max()))
+        return torch.randn(
+            *obs.shape[:2], spec.actions, generator=torch.Generator().manual_seed(len(seen))
+        )
+
+    returns, behaviour = rollout(policy, spec, d.test.x[:1], copies=2)
+    assert returns.shape == (2, 1) and behaviour.shape == (2, 1, 128)
+    assert max(seen) <= 1.0 and bool(torch.isfinite(returns).all())  # RAM bytes scaled by 1/255

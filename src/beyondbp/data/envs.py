@@ -67,7 +67,8 @@ class EnvSpec:
         if self.id == MAZE_ID:
             return MazeBatch(n)
         env_id = self.id.removeprefix("gym:")
-        if _gymnasium().envs.registry[env_id].vector_entry_point is not None:
+        vectorised = _gymnasium().envs.registry[env_id].vector_entry_point is not None
+        if vectorised and not env_id.startswith("ALE/"):  # ALE's own is a pixel pipeline
             return VectorGymBatch(env_id, n, self.max_steps)
         return GymBatch(env_id, n, self.max_steps)
 
