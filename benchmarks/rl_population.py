@@ -10,7 +10,8 @@ episodes (the Deep GA protocol; mean return of the elite's greedy policy). Solve
 mean test return ≥ 475, Acrobot-v1 ≥ −100 (gymnasium's reward thresholds), maze final distance
 < 0.5 (return > −0.5), Atari (Breakout, console RAM, 50 individuals for 20 generations: a
 reduced budget; ``pip install ale-py``) above uniformly random actions. Writes benchmarks/results/rl_population.{json,md} after every run; a
-rerun skips the runs already there. One torch thread (BEYONDBP_THREADS).
+rerun skips the runs already there; ``--rewrite`` writes the md again from the json. One torch
+thread (BEYONDBP_THREADS).
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--net", default="mlp:32")
     args = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("BEYONDBP_THREADS", "1")))
     runs = json.loads(OUT.read_text()) if OUT.exists() else []
     done = {(r["task"], r["method"], r["seed"]) for r in runs}
     for task in args.tasks.split(","):
@@ -90,6 +90,7 @@ def main() -> None:
                     "solved": m["test_return"] >= solved_at, "solved_at": solved_at,
                     "train_time_s": m["train_time_s"],
                     "curve": [h.get("val_return") for h in r.record.history],
+                    "command": " ".join(["python", *sys.argv]),
                 })  # fmt: skip
                 print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
                 tmp = OUT.with_suffix(".tmp")
@@ -140,9 +141,15 @@ def write(runs: list[dict]) -> None:
         )
     md += ["", "Per run (test return): " + "; ".join(
         f"{r['task']} {r['method']} seed {r['seed']}: {r['test_return']:.2f}" for r in runs
+    ), "", "Commands of the runs above: " + "; ".join(
+        f"`{c}`" for c in dict.fromkeys(r.get("command", "?") for r in runs)
     ), "", *provenance_markdown(" ".join(["python", *sys.argv]))]  # fmt: skip
     (HERE / "results" / "rl_population.md").write_text("\n".join(md) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    torch.set_num_threads(int(os.environ.get("BEYONDBP_THREADS", "1")))
+    if sys.argv[1:] == ["--rewrite"]:  # the md again from the json, nothing run
+        write(json.loads(OUT.read_text()))
+    else:
+        main()

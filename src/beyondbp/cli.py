@@ -217,6 +217,9 @@ def train(
     seed: Annotated[int, typer.Option(help="run seed (weights, batch order)")] = 0,
     data_seed: Annotated[int, typer.Option(help="seed of the validation split")] = 0,
     max_seconds: Annotated[float | None, typer.Option(help="training time budget")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="training step budget (generations of a population rule)")
+    ] = None,
     augment: AugmentOpt = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
     data_dir: Annotated[
@@ -249,6 +252,7 @@ def train(
         monitor=monitor,
         batch_size=batch_size,
         max_seconds=max_seconds,
+        max_steps=max_steps,
         augment=augment,
         attack_eps=attack_eps,
         attack_steps=attack_steps,
