@@ -16,9 +16,10 @@ constraints by at most 1e-3 relative; the final violation is listed).
 
     pip install --no-deps pyscnn linalg_backends && pip install tqdm opt_einsum
     python benchmarks/convex_compare.py --data digits,mnist,fashion-mnist [--width 200]
+    python benchmarks/convex_compare.py --data mnist --methods admm --admm-epochs 100  # one row
 
 writes benchmarks/results/convex_compare.{json,md} after every measured row (a rerun replaces the
-rows of the datasets it runs, keeps the others). Runs one torch thread (BEYONDBP_THREADS, default
+rows it measures again, keeps the others). Runs one torch thread (BEYONDBP_THREADS, default
 1).
 """
 
@@ -126,47 +127,67 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict]:
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "curve"}), flush=True)
         save(name, rows, args)  # each row lands as soon as it is measured
 
+    want = set(args.methods.split(","))
+
+    def scnn_objective(method: str) -> float | None:
+        """scnn's objective from this run, else from the stored row (a partial rerun)."""
+        for r in [*rows, *(json.loads(OUT.read_text()) if OUT.exists() else [])]:
+            if r["data"] == name and r["method"] == method and r["width"] == M:
+                return r["objective"]
+        return None
+
     # gated ReLU: our FISTA vs scnn's R-FISTA on the same gates
     P_g = M // c
-    g_opts = {"patterns": P_g, "beta": beta, "dtype": "float64"}
-    mine = ours("convex-gated", name, M, g_opts, args.epochs, args.data_dir)
-    gates, _ = sample_gates(X, P_g, seed=0)  # the rule's gates (run seed 0)
-    model, secs = scnn_run("gated", X, Y, gates, args.lam, args.max_iters)
-    # scnn returns the same gates in another order: use its order
-    gates = torch.tensor(model.G)
-    D = (X @ gates > 0).double()
-    W = torch.tensor(model.parameters[0]).permute(1, 2, 0)  # (c, p, d) -> (p, d, c)
-    obj = objective_gated(X, Y, D, W, beta)
-    Dt = (Xt @ gates > 0).double()
-    acc = float((patterned(Xt, Dt, W).argmax(1) == data.test.y).double().mean())
-    row("scnn gated (R-FISTA)", test_acc=acc, train_time_s=secs, objective=obj)
-    row("convex-gated (ours)", **mine, time_to_scnn=time_to(mine["curve"], obj))
-
-    mine = ours("convex-scp", name, M, {"beta": beta}, args.epochs, args.data_dir)
-    row("convex-scp (ours)", **mine)
-    r = bb.train("bp", data=name, net=f"mlp:{M}", epochs=args.bp_epochs, data_dir=args.data_dir,
-                 store=False, progress=False)  # fmt: skip
-    row(f"bp (Adam, {args.bp_epochs} epochs, patience 10)", test_acc=r.metrics["test_acc"],
-        train_time_s=r.metrics["train_time_s"])  # fmt: skip
+    if "scnn-gated" in want:
+        gates, _ = sample_gates(X, P_g, seed=0)  # the rule's gates (run seed 0)
+        model, secs = scnn_run("gated", X, Y, gates, args.lam, args.max_iters)
+        # scnn returns the same gates in another order: use its order
+        gates = torch.tensor(model.G)
+        D = (X @ gates > 0).double()
+        W = torch.tensor(model.parameters[0]).permute(1, 2, 0)  # (c, p, d) -> (p, d, c)
+        obj = objective_gated(X, Y, D, W, beta)
+        Dt = (Xt @ gates > 0).double()
+        acc = float((patterned(Xt, Dt, W).argmax(1) == data.test.y).double().mean())
+        row("scnn gated (R-FISTA)", test_acc=acc, train_time_s=secs, objective=obj)
+    if "gated" in want:
+        g_opts = {"patterns": P_g, "beta": beta, "dtype": "float64"}
+        mine = ours("convex-gated", name, M, g_opts, args.epochs, args.data_dir)
+        target = scnn_objective("scnn gated (R-FISTA)")
+        row("convex-gated (ours)", **mine,
+            time_to_scnn=None if target is None else time_to(mine["curve"], target))  # fmt: skip
+    if "scp" in want:
+        mine = ours("convex-scp", name, M, {"beta": beta}, args.epochs, args.data_dir)
+        row("convex-scp (ours)", **mine)
+    if "bp" in want:
+        r = bb.train("bp", data=name, net=f"mlp:{M}", epochs=args.bp_epochs,
+                     data_dir=args.data_dir, store=False, progress=False)  # fmt: skip
+        row(f"bp (Adam, {args.bp_epochs} epochs, patience 10)", test_acc=r.metrics["test_acc"],
+            train_time_s=r.metrics["train_time_s"])  # fmt: skip
 
     # ReLU: our ADMM vs scnn's augmented Lagrangian on the same patterns (scnn's AL last: slow)
     P_r = M // (2 * c)
-    rho = beta if args.rho is None else args.rho
-    a_opts = {"patterns": P_r, "beta": beta, "rho": rho}
-    mine = ours("convex-admm", name, M, a_opts, args.admm_epochs, args.data_dir)
-    row(f"convex-admm (ours, ρ = {rho:.3g})", **mine)
-    gates, _ = sample_gates(X, P_r, seed=0)
-    model, secs = scnn_run("relu", X, Y, gates, args.lam, args.max_iters)
-    D = (X @ torch.tensor(model.G) > 0).double()
-    V = torch.tensor(model.parameters[0]).permute(1, 2, 0)
-    Wn = torch.tensor(model.parameters[1]).permute(1, 2, 0)
-    obj, violation = objective_relu(X, Y, D, V, Wn, beta)
-    pred = torch.einsum("nd,pdc->pnc", Xt, V).relu().sum(0)
-    pred = pred - torch.einsum("nd,pdc->pnc", Xt, Wn).relu().sum(0)
-    acc = float((pred.argmax(1) == data.test.y).double().mean())
-    row("scnn relu (AL)", test_acc=acc, train_time_s=secs, objective=obj, violation=violation)
-    rows[-2]["time_to_scnn"] = time_to(mine["curve"], obj)
-    save(name, rows, args)
+    if "admm" in want:
+        rho = beta if args.rho is None else args.rho
+        a_opts = {"patterns": P_r, "beta": beta, "rho": rho}
+        mine = ours("convex-admm", name, M, a_opts, args.admm_epochs, args.data_dir)
+        target = scnn_objective("scnn relu (AL)")
+        row(f"convex-admm (ours, ρ = {rho:.3g})", **mine,
+            time_to_scnn=None if target is None else time_to(mine["curve"], target))  # fmt: skip
+    if "scnn-al" in want:
+        gates, _ = sample_gates(X, P_r, seed=0)
+        model, secs = scnn_run("relu", X, Y, gates, args.lam, args.max_iters)
+        D = (X @ torch.tensor(model.G) > 0).double()
+        V = torch.tensor(model.parameters[0]).permute(1, 2, 0)
+        Wn = torch.tensor(model.parameters[1]).permute(1, 2, 0)
+        obj, violation = objective_relu(X, Y, D, V, Wn, beta)
+        pred = torch.einsum("nd,pdc->pnc", Xt, V).relu().sum(0)
+        pred = pred - torch.einsum("nd,pdc->pnc", Xt, Wn).relu().sum(0)
+        acc = float((pred.argmax(1) == data.test.y).double().mean())
+        row("scnn relu (AL)", test_acc=acc, train_time_s=secs, objective=obj, violation=violation)
+        admm = [r for r in rows if r["method"].startswith("convex-admm")]
+        if admm:
+            admm[-1]["time_to_scnn"] = time_to(admm[-1]["curve"], obj)
+            save(name, rows, args)
     return rows
 
 
@@ -214,6 +235,9 @@ def main() -> None:
     ap.add_argument("--admm-epochs", type=int, default=30, help="ADMM: 10 iterations per epoch")
     ap.add_argument("--bp-epochs", type=int, default=30)
     ap.add_argument("--max-iters", type=int, default=10000, help="scnn's iteration limit")
+    ap.add_argument("--methods", default="scnn-gated,gated,scp,bp,admm,scnn-al",
+                    help="the rows to measure (a partial rerun keeps the other stored rows; "
+                    "time to scnn's objective then uses scnn's stored row)")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("BEYONDBP_THREADS", "1")))
     for name in args.data.split(","):
@@ -222,9 +246,11 @@ def main() -> None:
 
 
 def save(name: str, new: list[dict], args: argparse.Namespace) -> None:
-    """Replace the rows of dataset ``name`` by ``new`` (atomically), keep the others."""
+    """Replace the stored rows of the same dataset, method and width by ``new`` (atomically),
+    keep the others."""
     rows = json.loads(OUT.read_text()) if OUT.exists() else []
-    rows = [r for r in rows if r["data"] != name] + new
+    mine = {(r["data"], r["method"], r["width"]) for r in new}
+    rows = [r for r in rows if (r["data"], r["method"], r["width"]) not in mine] + new
     tmp = OUT.with_suffix(".tmp")
     tmp.write_text(json.dumps(rows, indent=1))
     tmp.replace(OUT)
