@@ -201,9 +201,13 @@ class Cell:
         return (done or runs or [None])[-1]
 
 
+def _payload(cell: Cell, store: RunStore) -> str:
+    """What a worker (a local process or a Ray task) needs to run ``cell`` into ``store``."""
+    return json.dumps({"cell": cell.__dict__, "store": str(store.path), "id": cell.run_id})
+
+
 def _worker_cmd(cell: Cell, store: RunStore) -> list[str]:
-    payload = json.dumps({"cell": cell.__dict__, "store": str(store.path), "id": cell.run_id})
-    return [sys.executable, "-m", "beyondbp.bench.cell", payload]
+    return [sys.executable, "-m", "beyondbp.bench.cell", _payload(cell, store)]
 
 
 @contextmanager
@@ -328,9 +332,7 @@ def _run_on_ray(
         while queue or running:
             while queue and len(running) < max(1, jobs):
                 cell = queue.pop(0)
-                payload = json.dumps({"cell": cell.__dict__, "store": str(store.path),
-                                      "id": cell.run_id})  # fmt: skip
-                running[task.remote(payload, threads)] = cell
+                running[task.remote(_payload(cell, store), threads)] = cell
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
                 cell = running.pop(ref)
