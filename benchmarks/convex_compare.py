@@ -88,7 +88,15 @@ def time_to(curve: list, target: float, max_violation: float = 1e-3) -> float | 
     return None
 
 
-def scnn_run(kind: str, X, Y, gates, lam: float, max_iters: int) -> tuple[Any, float]:
+class OutOfTime(Exception):
+    pass
+
+
+def scnn_run(kind: str, X, Y, gates, lam: float, max_iters: int,
+             time_limit: float | None = None) -> tuple[Any, float]:  # fmt: skip
+    """scnn's solver on our gates: (model, seconds); raises OutOfTime after ``time_limit`` s."""
+    import signal
+
     from scnn.metrics import Metrics
     from scnn.models import ConvexGatedReLU, ConvexReLU
     from scnn.optimize import optimize_model
@@ -102,10 +110,20 @@ def scnn_run(kind: str, X, Y, gates, lam: float, max_iters: int) -> tuple[Any, f
     else:
         model = ConvexReLU(G, c=Y.shape[1])
         solver = AL(model, max_primal_iters=max_iters, max_dual_iters=max_iters)
+    def out_of_time(signum: int, frame: Any) -> None:
+        raise OutOfTime
+
+    old = signal.signal(signal.SIGALRM, out_of_time)
+    if time_limit:
+        signal.setitimer(signal.ITIMER_REAL, time_limit)
     t0 = time.perf_counter()
-    model, _ = optimize_model(model, solver, Metrics(), X.numpy(), Y.numpy(),
-                              regularizer=NeuronGL1(lam), return_convex=True,
-                              unitize_data=False, dtype="float64", seed=0)  # fmt: skip
+    try:
+        model, _ = optimize_model(model, solver, Metrics(), X.numpy(), Y.numpy(),
+                                  regularizer=NeuronGL1(lam), return_convex=True,
+                                  unitize_data=False, dtype="float64", seed=0)  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
     return model, time.perf_counter() - t0
 
 
@@ -175,7 +193,13 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict]:
             time_to_scnn=None if target is None else time_to(mine["curve"], target))  # fmt: skip
     if "scnn-al" in want:
         gates, _ = sample_gates(X, P_r, seed=0)
-        model, secs = scnn_run("relu", X, Y, gates, args.lam, args.max_iters)
+        try:
+            model, secs = scnn_run("relu", X, Y, gates, args.lam, args.max_iters,
+                                   args.scnn_time_limit)  # fmt: skip
+        except OutOfTime:
+            row("scnn relu (AL)", test_acc=None, train_time_s=args.scnn_time_limit,
+                objective=None, stop=f"did not finish in {args.scnn_time_limit:g} s")  # fmt: skip
+            return rows
         D = (X @ torch.tensor(model.G) > 0).double()
         V = torch.tensor(model.parameters[0]).permute(1, 2, 0)
         Wn = torch.tensor(model.parameters[1]).permute(1, 2, 0)
@@ -203,7 +227,8 @@ def write(rows: list[dict], command: str) -> None:
         "",
         "Same data, regularisation and activation patterns for ours and scnn's solvers; bp at the "
         "same width. Objective: ½‖·‖² + β Σ‖·‖ summed over the training split, divided by n here "
-        "(β = λ·n·c). Times are training only (no validation passes), one CPU thread.",
+        "(β = λ·n·c). Times are training only (no validation passes), one CPU thread. "
+        "\"> T\": the solver was stopped at T seconds (--scnn-time-limit) without finishing.",
         "",
         "| data | width | λ | method | test acc % | train time s | objective / n | violation "
         "| iterations | time to scnn's objective s | commit |",
@@ -213,7 +238,8 @@ def write(rows: list[dict], command: str) -> None:
         obj = r.get("objective")
         md.append(
             f"| {r['data']} | {r['width']} | {r['lam']:g} | {r['method']} | "
-            f"{100 * r['test_acc']:.2f} | {r['train_time_s']:.1f} | "
+            f"{fmt(r['test_acc'] and 100 * r['test_acc'], '.2f')} | "
+            f"{'> ' if r.get('test_acc') is None else ''}{r['train_time_s']:.1f} | "
             f"{fmt(obj / r['n'] if obj is not None else None, '.6g')} | "
             f"{fmt(r.get('violation'), '.1e')} | {fmt(r.get('iterations'), 'd')} | "
             f"{fmt(r.get('time_to_scnn'), '.1f') if 'time_to_scnn' in r else ''} | "
@@ -235,6 +261,8 @@ def main() -> None:
     ap.add_argument("--admm-epochs", type=int, default=30, help="ADMM: 10 iterations per epoch")
     ap.add_argument("--bp-epochs", type=int, default=30)
     ap.add_argument("--max-iters", type=int, default=10000, help="scnn's iteration limit")
+    ap.add_argument("--scnn-time-limit", type=float, default=None,
+                    help="stop scnn's AL after this many seconds (the row says it did not finish)")
     ap.add_argument("--methods", default="scnn-gated,gated,scp,bp,admm,scnn-al",
                     help="the rows to measure (a partial rerun keeps the other stored rows; "
                     "time to scnn's objective then uses scnn's stored row)")  # fmt: skip

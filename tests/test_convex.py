@@ -90,6 +90,23 @@ def test_admm_reaches_the_cvxpy_optimum_and_residuals_vanish():
     assert logs["dual_residual"] < first["dual_residual"] / 100
 
 
+def test_constraint_scale_is_the_same_program():
+    """κ G u ≥ 0 is G u ≥ 0: ADMM with κ = 0.3 reaches the same CVXPY optimum, feasibly."""
+    x, y = toy()
+    rule, _ = make("convex-admm", {"patterns": 6, "beta": 0.1, "rho": 0.1, "iterations_per_step": 50,
+                                   "tol": 1e-7, "constraint_scale": 0.3}, x, y, 36, 3)  # fmt: skip
+    for _ in range(60):
+        rule.step(x, y)
+    p = rule._prep
+    best, _, _ = cvx_relu(p["X"], p["Y"], p["D"], 0.1)
+    obj, violation = rule.objective(rule.it["v"])
+    assert abs(obj - best) / best < 1e-3, (obj, best)
+    assert violation < 1e-3
+    u = torch.randn_like(rule.it["v"])
+    unscaled = torch.einsum("nd,spdc->spnc", p["X"], u) * (2 * p["D"] - 1).T[None, :, :, None]
+    torch.testing.assert_close(rule._G(u), 0.3 * unscaled)
+
+
 def test_admm_stops_on_its_residuals():
     x, y = toy()
     rule, _ = make(

@@ -16,7 +16,14 @@ solves plus products with X, so an iteration costs O((P d)² c + n P d c) after 
 Because GᵀG = blockdiag(XᵀX) (the signs square to one) and FᵀF = [[M, −M], [−M, M]], the system
 splits exactly in a = v − w and b = v + w: ``(I + blockdiag(XᵀX) + 2M/ρ) a = r_v − r_w`` (P d
 unknowns, a quarter of the memory and an eighth of the factorisation of the full 2 P d system)
-and ``(I + XᵀX) b_i = (r_v + r_w)_i`` (one d × d factor shared by all blocks).
+and ``(I + XᵀX) b_i = (r_v + r_w)_i`` (one d × d factor shared by all blocks; κ² XᵀX with the
+constraint scale below).
+
+``constraint_scale`` κ replaces G by κG: the same program (κ G u ≥ 0 ⇔ G u ≥ 0) with the
+cone constraints weighed κ² against the fit's 1/ρ in the system matrix I + FᵀF/ρ + κ² GᵀG.
+FᵀF and GᵀG both grow with n, and so does β = λ n c: ρ ∝ n keeps the shrinkage β/ρ of step 2
+but lets GᵀG outweigh FᵀF/ρ by a factor that grows with n; κ ∝ 1/√n restores that balance
+(κ = 1 is the paper's).
 
 Stopping: the primal residual ‖(u − v, G u − s)‖ and the dual residual ρ‖(v − v⁻) + Gᵀ(s − s⁻)‖
 relative to the iterates (Boyd et al. 2011, §3.3) both below ``tol``. The network is recovered
@@ -60,6 +67,10 @@ class Options(RuleOptions):
     rho: float = Field(0.01, gt=0, description="ADMM penalty ρ")
     gamma: float | None = Field(
         None, gt=0, description="dual step γ (the duals move by γ/ρ); None: γ = ρ, standard ADMM"
+    )
+    constraint_scale: float = Field(
+        1.0, gt=0, description="κ: the cone constraints as κ G u ≥ 0 (the same program, "
+        "preconditioned: their ADMM penalty weighs κ²); 1 is the paper's"
     )
     iterations_per_step: int = Field(10, ge=1, description="ADMM iterations per harness step")
     tol: float = Field(1e-4, gt=0, description="relative primal and dual residual to stop at")
@@ -112,9 +123,10 @@ class ConvexADMM(ConvexRule):
                 f"the net has {self.hidden.out_features}; use --net mlp:{2 * P * c} or fewer "
                 "patterns"
             )
+        k2 = o.constraint_scale**2
         XtX = X.T @ X
         eye_d = torch.eye(d, dtype=X.dtype, device=X.device)
-        chol_b = torch.linalg.cholesky(eye_d + XtX)
+        chol_b = torch.linalg.cholesky(eye_d + k2 * XtX)
         A = torch.zeros(P * d, P * d, dtype=X.dtype, device=X.device)
         scale = 2.0 / o.rho
         masks = D.bool()
@@ -125,7 +137,7 @@ class ConvexADMM(ConvexRule):
                 A[i * d : (i + 1) * d, j * d : (j + 1) * d] = block
                 if j != i:
                     A[j * d : (j + 1) * d, i * d : (i + 1) * d] = block.T
-            A[i * d : (i + 1) * d, i * d : (i + 1) * d] += XtX + eye_d
+            A[i * d : (i + 1) * d, i * d : (i + 1) * d] += k2 * XtX + eye_d
         chol_a, info = torch.linalg.cholesky_ex(A)
         del A
         if int(info) != 0:
@@ -136,7 +148,7 @@ class ConvexADMM(ConvexRule):
         FtY = patterned_t(X, D, Y)
         # both triangles stored contiguous: two triangular solves are ~3x faster than
         # cholesky_solve on CPU, which re-lays the factor out on every call
-        return {"X": X, "Y": Y, "D": D, "E": 2 * D - 1, "gates": gates,
+        return {"X": X, "Y": Y, "D": D, "E": o.constraint_scale * (2 * D - 1), "gates": gates,
                 "chol_a": (chol_a, chol_a.mT.contiguous()),
                 "chol_b": (chol_b, chol_b.mT.contiguous()),
                 "FtY": torch.stack([FtY, -FtY]), "n": n}  # fmt: skip
