@@ -110,6 +110,7 @@ def scnn_run(kind: str, X, Y, gates, lam: float, max_iters: int,
     else:
         model = ConvexReLU(G, c=Y.shape[1])
         solver = AL(model, max_primal_iters=max_iters, max_dual_iters=max_iters)
+
     def out_of_time(signum: int, frame: Any) -> None:
         raise OutOfTime
 
@@ -228,7 +229,7 @@ def write(rows: list[dict], command: str) -> None:
         "Same data, regularisation and activation patterns for ours and scnn's solvers; bp at the "
         "same width. Objective: ½‖·‖² + β Σ‖·‖ summed over the training split, divided by n here "
         "(β = λ·n·c). Times are training only (no validation passes), one CPU thread. "
-        "\"> T\": the solver was stopped at T seconds (--scnn-time-limit) without finishing.",
+        '"> T": the solver was stopped at T seconds (--scnn-time-limit) without finishing.',
         "",
         "| data | width | λ | method | test acc % | train time s | objective / n | violation "
         "| iterations | time to scnn's objective s | commit |",
@@ -261,8 +262,12 @@ def main() -> None:
     ap.add_argument("--admm-epochs", type=int, default=30, help="ADMM: 10 iterations per epoch")
     ap.add_argument("--bp-epochs", type=int, default=30)
     ap.add_argument("--max-iters", type=int, default=10000, help="scnn's iteration limit")
-    ap.add_argument("--scnn-time-limit", type=float, default=None,
-                    help="stop scnn's AL after this many seconds (the row says it did not finish)")
+    ap.add_argument(
+        "--scnn-time-limit",
+        type=float,
+        default=None,
+        help="stop scnn's AL after this many seconds (the row says it did not finish)",
+    )
     ap.add_argument("--methods", default="scnn-gated,gated,scp,bp,admm,scnn-al",
                     help="the rows to measure (a partial rerun keeps the other stored rows; "
                     "time to scnn's objective then uses scnn's stored row)")  # fmt: skip

@@ -69,8 +69,10 @@ class Options(RuleOptions):
         None, gt=0, description="dual step γ (the duals move by γ/ρ); None: γ = ρ, standard ADMM"
     )
     constraint_scale: float = Field(
-        1.0, gt=0, description="κ: the cone constraints as κ G u ≥ 0 (the same program, "
-        "preconditioned: their ADMM penalty weighs κ²); 1 is the paper's"
+        1.0,
+        gt=0,
+        description="κ: the cone constraints as κ G u ≥ 0 (the same program, "
+        "preconditioned: their ADMM penalty weighs κ²); 1 is the paper's",
     )
     iterations_per_step: int = Field(10, ge=1, description="ADMM iterations per harness step")
     tol: float = Field(1e-4, gt=0, description="relative primal and dual residual to stop at")
