@@ -44,6 +44,7 @@ from beyondbp.rules.convex import design_matrix, patterned, sample_gates
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "convex_compare.json"
+ORDER = {"digits": 0, "mnist": 1, "fashion-mnist": 2}  # the table's order of datasets
 
 
 def objective_gated(X, Y, D, W, beta) -> float:
@@ -151,7 +152,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict]:
     def scnn_objective(method: str) -> float | None:
         """scnn's objective from this run, else from the stored row (a partial rerun)."""
         for r in [*rows, *(json.loads(OUT.read_text()) if OUT.exists() else [])]:
-            if r["data"] == name and r["method"] == method and r["width"] == M:
+            if (r["data"], r["method"], r["width"], r["lam"]) == (name, method, M, args.lam):
                 return r["objective"]
         return None
 
@@ -279,11 +280,16 @@ def main() -> None:
 
 
 def save(name: str, new: list[dict], args: argparse.Namespace) -> None:
-    """Replace the stored rows of the same dataset, method and width by ``new`` (atomically),
+    """Replace the stored rows of the same dataset, method, width and λ by ``new`` (atomically),
     keep the others."""
     rows = json.loads(OUT.read_text()) if OUT.exists() else []
-    mine = {(r["data"], r["method"], r["width"]) for r in new}
-    rows = [r for r in rows if (r["data"], r["method"], r["width"]) not in mine] + new
+
+    def key(r: dict) -> tuple:
+        return r["data"], r["method"], r["width"], r["lam"]
+
+    mine = {key(r) for r in new}
+    rows = sorted([r for r in rows if key(r) not in mine] + new,
+                  key=lambda r: (ORDER.get(r["data"], 9), -r["lam"]))  # fmt: skip
     tmp = OUT.with_suffix(".tmp")
     tmp.write_text(json.dumps(rows, indent=1))
     tmp.replace(OUT)
