@@ -306,3 +306,31 @@ def test_layer_local_rules_step_memory_grows_less_with_depth_than_bp():
     assert growth["ff"] < 0.3 * growth["bp"], growth
     # FF's softmax head reads layers 2..L at once: its input grows with depth
     assert growth["ff-softmax"] > growth["ff"], growth
+
+
+def test_cafo_stops_each_predictor_at_its_best_validation_epoch():
+    """With predictor_patience every predictor is validated on its own (val_part_losses); one
+    that stops keeps its best epoch's weights and no longer changes, and training ends when all
+    have stopped."""
+    from beyondbp.data import load_dataset
+
+    # an MLP: no batch norm, whose running statistics would move the frozen blocks' features
+    res = bb.train("cafo", "digits", "mlp:64x3", options={"lr": 0.3, "predictor_patience": 2},
+                   epochs=60, patience=None, restore_best=False, store=False, **FAST)  # fmt: skip
+    hist = res.record.history
+    assert "every predictor stopped" in res.metrics["stop_reason"], res.metrics["stop_reason"]
+    assert len(hist) < 60
+    curves = list(zip(*[h["val_part_losses"] for h in hist], strict=True))
+    assert len(curves) == 3
+    val = load_dataset("digits").val
+    with torch.no_grad():
+        res.rule.train_mode(False)
+        final = [
+            float(torch.nn.functional.cross_entropy(z, val.y)) for z in res.rule.part_scores(val.x)
+        ]
+    for i, curve in enumerate(curves):
+        # its weights are those of its best validation epoch (until it stopped, after which
+        # its logged loss no longer moves)
+        assert final[i] == pytest.approx(min(curve), rel=1e-5), (i, final[i], curve)
+        best = curve.index(min(curve))
+        assert all(v > curve[best] for v in curve[best + 1 : best + 3]), curve

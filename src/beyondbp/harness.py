@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from beyondbp.data import Dataset, Split
@@ -354,7 +355,7 @@ class Trainer:
         st.train_time = watch.total
         watch = Stopwatch(self.device)
         with watch:
-            val = self.evaluate(self.data.val) if len(self.data.val) else {}
+            val = self.evaluate(self.data.val, parts=True) if len(self.data.val) else {}
         st.val_time += watch.total
         row.update({f"val_{k}": v for k, v in val.items()})
         row["train_time_s"] = st.train_time
@@ -387,21 +388,35 @@ class Trainer:
         return row
 
     @torch.no_grad()
-    def evaluate(self, split: Split) -> dict[str, float]:
+    def evaluate(self, split: Split, parts: bool = False) -> dict[str, Any]:
         """Mean loss and accuracy of the rule's predictions on a split; for an episodic task,
-        the mean return of the episodes whose seeds the split holds (loss = −return)."""
+        the mean return of the episodes whose seeds the split holds (loss = −return). With
+        ``parts``, also the mean cross-entropy of each of the rule's local predictors
+        (``part_losses``, for rules that stop them one by one)."""
         if self.data.meta.env is not None:
             return self._play(split)
         self.rule.train_mode(False)
         loss, correct = 0.0, 0
+        part_losses: list[float] | None = None
         bs = self.config.eval_batch_size
         for i in range(0, len(split), bs):
             x, y = split.x[i : i + bs], split.y[i : i + bs]
             scores = self.rule.predict(x)
             loss += float(self.rule.eval_loss(scores, y))
             correct += int((scores.argmax(1) == y).sum())
+            local = self.rule.part_scores(x) if parts else None
+            if local is not None:
+                sums = [float(F.cross_entropy(z, y, reduction="sum")) for z in local]
+                part_losses = (
+                    sums
+                    if part_losses is None
+                    else [a + b for a, b in zip(part_losses, sums, strict=True)]
+                )
         self.rule.train_mode(True)
-        return {"loss": loss / len(split), "acc": correct / len(split)}
+        out: dict[str, Any] = {"loss": loss / len(split), "acc": correct / len(split)}
+        if part_losses is not None:
+            out["part_losses"] = [v / len(split) for v in part_losses]
+        return out
 
     @torch.no_grad()
     def _play(self, split: Split) -> dict[str, float]:

@@ -119,6 +119,12 @@ class Rule:
         """Summed loss of a batch of scores, for validation metrics and early stopping."""
         return F.cross_entropy(scores, y, reduction="sum")
 
+    def part_scores(self, x: torch.Tensor) -> list[torch.Tensor] | None:
+        """Class scores of each of the rule's local predictors (e.g. CaFo's per-block ones), for
+        their own validation losses (``val_part_losses``, seen by ``end_epoch``); None: none to
+        validate. Called under ``no_grad`` on validation batches only."""
+        return None
+
     def finish_epoch(self) -> None:
         """Called when an epoch's steps are done, before validation (e.g. a closed-form solve
         over statistics gathered during the epoch)."""

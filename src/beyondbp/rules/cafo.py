@@ -7,11 +7,14 @@ blocks are either frozen at their random initialisation (``rand``) or first trai
 block (``dfa``). Predictors learn with cross-entropy (``ce``), the sparsemax loss (``sl``), or
 mean squared error in closed form (``mse``: ridge least squares on the features of one epoch,
 solved at the epoch's end). Prediction sums the predictors' softmax outputs (the official code)
-or their logits (Spyra 2025).
+or their logits (Spyra 2025). With ``predictor_patience`` each predictor stops on its own when its
+validation cross-entropy has not improved for that many epochs and keeps its best epoch's weights
+(Spyra 2025: patience 6-8); training ends when every predictor has stopped.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -43,6 +46,10 @@ class Options(OptimOptions):
     aggregate: Literal["softmax", "logits"] = Field(
         "softmax", description="sum of the predictors' softmax (official code) or logits (Spyra)"
     )
+    predictor_patience: int | None = Field(
+        None, ge=1, description="stop each predictor when its validation CE has not improved "
+        "for this many epochs, keeping its best weights (Spyra: 6-8); None: all train to the end"
+    )  # fmt: skip
 
 
 def sparsemax(z: torch.Tensor) -> torch.Tensor:
@@ -97,6 +104,12 @@ class CaFo(Rule):
             self.dfa_opt = torch.optim.Adam(dfa_params, lr=o.dfa_lr)
         self.net.blocks.requires_grad_(False)
         self._reset_normal_equations()
+        k = len(self.predictors)
+        # per-predictor early stopping: stopped flags, best validation CE, epochs without
+        # improvement, and the best epoch's weights
+        self.stopping: dict[str, list[Any]] = {
+            "stopped": [False] * k, "best": [None] * k, "bad": [0] * k, "weights": [None] * k,
+        }  # fmt: skip
 
     def modules(self) -> dict[str, nn.Module]:
         if self.options.block_training == "dfa":
@@ -130,11 +143,15 @@ class CaFo(Rule):
             return self._accumulate(feats, y)
         self.opt.zero_grad(set_to_none=True)
         losses = []
-        for f, p in zip(feats, self.predictors, strict=True):
+        for f, p, stopped in zip(feats, self.predictors, self.stopping["stopped"], strict=True):
+            if stopped:
+                continue
             z = p(f)
             loss = F.cross_entropy(z, y) if self.options.loss == "ce" else sparsemax_loss(z, y)
             loss.backward()
             losses.append(loss.detach())
+        if not losses:  # every predictor has stopped
+            return {}
         self.opt.step()
         return {"loss": torch.stack(losses).mean()}
 
@@ -142,6 +159,8 @@ class CaFo(Rule):
         """Add a batch to each predictor's normal equations [X 1]ᵀ[X 1] and [X 1]ᵀY."""
         target = F.one_hot(y, self.classes).double()
         for i, f in enumerate(feats):  # float64: the Gram matrix is often ill-conditioned
+            if self.stopping["stopped"][i]:
+                continue
             xb = torch.cat([f.double(), torch.ones(len(f), 1, device=f.device).double()], 1)
             g, c = xb.T @ xb, xb.T @ target
             self.gram[i] = g if self.gram[i] is None else self.gram[i] + g
@@ -171,6 +190,11 @@ class CaFo(Rule):
             return torch.stack([z.softmax(1) for z in outs]).sum(0)
         return torch.stack(outs).sum(0)
 
+    def part_scores(self, x: torch.Tensor) -> list[torch.Tensor] | None:
+        if self.options.predictor_patience is None or self.training_blocks:
+            return None
+        return [p(f.flatten(1)) for f, p in zip(self.net.features(x), self.predictors, strict=True)]
+
     def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.options.aggregate == "softmax" and not self.training_blocks:
             # scores are a sum of probabilities: the loss of their mean
@@ -182,12 +206,35 @@ class CaFo(Rule):
         if self.options.loss == "mse" and not self.training_blocks:
             self.solve_least_squares()
 
-    def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
+    def end_epoch(self, epoch: int, val: dict[str, Any]) -> None:
         self.predictors.epoch.fill_(epoch + 1)
+        losses, patience = val.get("part_losses"), self.options.predictor_patience
+        if losses is None or patience is None:
+            return
+        st = self.stopping
+        for i, loss in enumerate(losses):
+            if st["stopped"][i]:
+                continue
+            if st["best"][i] is None or loss < st["best"][i]:
+                st["best"][i], st["bad"][i] = loss, 0
+                st["weights"][i] = copy.deepcopy(self.predictors[i].state_dict())
+                continue
+            st["bad"][i] += 1
+            if st["bad"][i] >= patience:  # stop it at its best validation epoch
+                self.predictors[i].load_state_dict(st["weights"][i])
+                st["stopped"][i] = True
+
+    def done(self) -> str | None:
+        if all(self.stopping["stopped"]):
+            return (
+                f"every predictor stopped: no validation improvement for "
+                f"{self.options.predictor_patience} epochs"
+            )
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"opt": self.opt.state_dict(), "gram": self.gram,
-                                 "cross": self.cross}  # fmt: skip
+                                 "cross": self.cross, "stopping": copy.deepcopy(self.stopping)}  # fmt: skip
         if self.options.block_training == "dfa":
             state |= {"dfa_opt": self.dfa_opt.state_dict(),
                       "feedback": self.feedback.state_dict()}  # fmt: skip
@@ -196,6 +243,8 @@ class CaFo(Rule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state["opt"])
         self.gram, self.cross = state["gram"], state["cross"]
+        if "stopping" in state:
+            self.stopping = state["stopping"]
         if self.options.block_training == "dfa":
             self.dfa_opt.load_state_dict(state["dfa_opt"])
             self.feedback.load_state_dict(state["feedback"])

@@ -1,0 +1,93 @@
+"""Learning curves of the `mezo2023` runs (issue 6): zeroth-order vs backprop fine-tuning of
+MiniLM-L6 on MSRP, and the Subspace Gradient's effect on ZO soft-prompt tuning.
+
+Reads the finished MSRP runs from a run store (``beyondbp reproduce mezo2023 --store S``) and
+plots, per setting, the validation accuracy and the training loss against training steps and
+against training time; writes benchmarks/results/zo_curves.{png,md}.
+
+    beyondbp reproduce mezo2023 --store benchmarks/runs/mezo2023.sqlite \\
+        -o benchmarks/results/mezo2023.md
+    python benchmarks/zo_curves.py --store benchmarks/runs/mezo2023.sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from beyondbp.bench.report import PALETTE
+from beyondbp.measure import provenance_markdown
+from beyondbp.runs import RunRecord, RunStore
+
+HERE = Path(__file__).resolve().parent
+
+
+def label(r: RunRecord) -> str:
+    """A setting's name: the rule, what it trains, and the subspace switch of ZO-Adam."""
+    what = "soft prompt + head" if "prompt" in r.net else "all weights"
+    name = {"bp": "backprop", "mezo": "MeZO", "zo-adam": "ZO-Adam"}.get(r.rule, r.rule)
+    if r.rule == "zo-adam":
+        name += " + subspace" if r.options.get("subspace", True) else " (no subspace)"
+    return f"{name}, {what}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--store", default=str(HERE / "runs" / "mezo2023.sqlite"))
+    ap.add_argument("--data", default="msrp")
+    args = ap.parse_args()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in RunStore(args.store).list() if r.dataset == args.data]
+    runs = [r for r in runs if r.status == "finished" and r.history]
+    if not runs:
+        sys.exit(f"no finished {args.data} runs in {args.store}: run the mezo2023 preset first")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    md = [
+        f"# Learning curves on {args.data.upper()}: zeroth-order vs backprop fine-tuning",
+        "",
+        "Validation accuracy after each epoch (the harness validates once per epoch); "
+        "training loss is the epoch's mean. Plot: zo_curves.png.",
+        "",
+        "| setting | steps | val acc % per epoch | test acc % | train time s |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for i, r in enumerate(sorted(runs, key=label)):
+        colour = PALETTE[i % len(PALETTE)]
+        steps = [h["steps"] for h in r.history]
+        secs = [h["train_time_s"] for h in r.history]
+        acc = [100 * h["val_acc"] for h in r.history]
+        loss = [h.get("train_loss") for h in r.history]
+        axes[0].plot(steps, acc, marker="o", color=colour, label=label(r))
+        axes[1].plot(secs, acc, marker="o", color=colour)
+        axes[2].plot(steps, loss, marker="o", color=colour)
+        md.append(
+            f"| {label(r)} | {steps[-1]} | {' '.join(f'{a:.1f}' for a in acc)} | "
+            f"{100 * r.metrics['test_acc']:.2f} | {r.metrics['train_time_s']:.0f} |"
+        )
+    for ax, (x, y) in zip(
+        axes,
+        [("training steps", "val acc %"), ("training time s", "val acc %"),
+         ("training steps", "training loss")],  # fmt: skip
+        strict=True,
+    ):
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"MiniLM-L6 on {args.data.upper()} (batch 16, one CPU thread)")
+    fig.tight_layout()
+    fig.savefig(HERE / "results" / "zo_curves.png", dpi=110)
+    cmd = " ".join(["python", *sys.argv])
+    md += ["", *provenance_markdown(cmd)]
+    (HERE / "results" / "zo_curves.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
