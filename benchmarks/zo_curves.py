@@ -70,12 +70,12 @@ def main() -> None:
             f"| {label(r)} | {steps[-1]} | {' '.join(f'{a:.1f}' for a in acc)} | "
             f"{100 * r.metrics['test_acc']:.2f} | {r.metrics['train_time_s']:.0f} |"
         )
-    for ax, (x, y) in zip(
-        axes,
-        [("training steps", "val acc %"), ("training time s", "val acc %"),
-         ("training steps", "training loss")],  # fmt: skip
-        strict=True,
-    ):
+    titles = [
+        ("training steps", "val acc %"),
+        ("training time s", "val acc %"),
+        ("training steps", "training loss"),
+    ]
+    for ax, (x, y) in zip(axes, titles, strict=True):
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.grid(alpha=0.3)
