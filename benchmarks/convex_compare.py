@@ -78,10 +78,12 @@ def ours(rule: str, data: str, width: int, options: dict, epochs: int, data_dir:
     }
 
 
-def time_to(curve: list, target: float, max_violation: float = 1e-3) -> float | None:
+def time_to(curve: list, target: float | None, max_violation: float = 1e-3) -> float | None:
     """The first training time at which the objective is at most ``target`` (ADMM: at an
     iterate whose cone violation is at most ``max_violation``; its early iterates can sit
-    below the optimum by violating the constraints)."""
+    below the optimum by violating the constraints); None without a target."""
+    if target is None:
+        return None
     for t, obj, violation in curve:
         feasible = violation is None or violation <= max_violation
         if obj is not None and obj <= target * (1 + 1e-6) and feasible:
@@ -174,7 +176,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict]:
         mine = ours("convex-gated", name, M, g_opts, args.epochs, args.data_dir)
         target = scnn_objective("scnn gated (R-FISTA)")
         row("convex-gated (ours)", **mine,
-            time_to_scnn=None if target is None else time_to(mine["curve"], target))  # fmt: skip
+            time_to_scnn=time_to(mine["curve"], target))  # fmt: skip
     if "scp" in want:
         mine = ours("convex-scp", name, M, {"beta": beta}, args.epochs, args.data_dir)
         row("convex-scp (ours)", **mine)
@@ -194,7 +196,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict]:
         target = scnn_objective("scnn relu (AL)")
         label = f"ρ = {rho:.3g}" + ("" if kappa == 1 else f", κ = {kappa:.3g}")
         row(f"convex-admm (ours, {label})", **mine,
-            time_to_scnn=None if target is None else time_to(mine["curve"], target))  # fmt: skip
+            time_to_scnn=time_to(mine["curve"], target))  # fmt: skip
     if "scnn-al" in want:
         gates, _ = sample_gates(X, P_r, seed=0)
         try:

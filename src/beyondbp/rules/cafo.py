@@ -185,7 +185,7 @@ class CaFo(Rule):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         if self.training_blocks:
             return self.aux(self.net.features(x)[-1].flatten(1))
-        outs = [p(f.flatten(1)) for f, p in zip(self.net.features(x), self.predictors, strict=True)]
+        outs = self._predictor_scores(x)
         if self.options.aggregate == "softmax":
             return torch.stack([z.softmax(1) for z in outs]).sum(0)
         return torch.stack(outs).sum(0)
@@ -193,6 +193,10 @@ class CaFo(Rule):
     def part_scores(self, x: torch.Tensor) -> list[torch.Tensor] | None:
         if self.options.predictor_patience is None or self.training_blocks:
             return None
+        return self._predictor_scores(x)
+
+    def _predictor_scores(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's predictor on its (flattened) block output."""
         return [p(f.flatten(1)) for f, p in zip(self.net.features(x), self.predictors, strict=True)]
 
     def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
