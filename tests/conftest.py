@@ -34,9 +34,13 @@ FAST = dict(progress=False, energy=False)
 def _reseeded(monkeypatch: pytest.MonkeyPatch) -> None:
     """BEYONDBP_TEST_SEED=N re-runs the suite's trainings with seed N (where a test sets none), to
     check that accuracy bars hold for seeds other than the one they were written against; CI's
-    different CPU changes float rounding much as a different seed does."""
+    different CPU changes float rounding much as a different seed does.
+
+    BEYONDBP_TEST_DEVICE=auto (or cuda) runs those trainings on the GPU (where the rule runs
+    there and the test names no device): the same accuracy bars, checked on CUDA."""
     seed = os.environ.get("BEYONDBP_TEST_SEED")
-    if seed is None:
+    device = os.environ.get("BEYONDBP_TEST_DEVICE")
+    if seed is None and device is None:
         return
     import beyondbp as bb
     import beyondbp.api
@@ -44,7 +48,10 @@ def _reseeded(monkeypatch: pytest.MonkeyPatch) -> None:
     original = beyondbp.api.train
 
     def train(*args, **kwargs):  # type: ignore[no-untyped-def]
-        kwargs.setdefault("seed", int(seed))
+        if seed is not None:
+            kwargs.setdefault("seed", int(seed))
+        if device is not None:
+            kwargs.setdefault("device", device)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(bb, "train", train)

@@ -228,6 +228,12 @@ def test_reproduce_puts_the_paper_next_to_ours(tmp_path):
     quick = reproduce("toy-paper", quick=True, store=tmp_path / "runs.sqlite")
     assert quick.rows[0]["runs"] == 1 and quick.records[0].metrics["epochs"] == 1
     assert "Quick run" in reproduce_markdown(quick)
+    # --device cpu is the preset's own cell; a time budget makes cells of its own
+    same = reproduce("toy-paper", store=tmp_path / "runs.sqlite", run=False, device="cpu")
+    assert [r.id for r in same.records] == [r.id for r in res.records]
+    budget = reproduce("toy-paper", store=tmp_path / "runs.sqlite", seeds=[0], max_seconds=60)
+    assert budget.records[0].id not in {r.id for r in res.records}
+    assert budget.records[0].config["max_seconds"] == 60
 
 
 @pytest.fixture(scope="module")

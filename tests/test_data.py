@@ -230,6 +230,14 @@ def test_cifar_image_folder_wrong_size(tmp_path):
         read_cifar10([tmp_path], download=False)
 
 
+def test_cifar_is_found_in_the_shared_data_layout(tmp_path):
+    from beyondbp.data import data_search_dirs
+
+    # ../shared/data keeps CIFAR-10 as cifar10-jpeg/cifar10-jpeg.tar.gz
+    assert tmp_path / "cifar10-jpeg" in data_search_dirs("cifar10", tmp_path)
+    assert tmp_path / "cifar10-jpeg" not in data_search_dirs("mnist", tmp_path)
+
+
 def test_cifar_not_found(tmp_path):
     with pytest.raises(DataError, match="Looked in"):
         read_cifar10([tmp_path / "x"], download=False)

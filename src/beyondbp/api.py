@@ -329,6 +329,8 @@ def reproduce(
     on_done: Callable[[Cell, RunRecord | None], None] | None = None,
     run: bool = True,
     rules: Sequence[str] | None = None,
+    device: str | None = None,
+    max_seconds: float | None = None,
 ) -> ReproduceResult:
     """Run a paper preset and put the paper's numbers next to ours.
 
@@ -336,7 +338,9 @@ def reproduce(
     paper's number lies inside the range of our seeds, or below / above it. ``quick`` runs the
     preset's reduced budget with one seed, so anyone can try it in minutes. ``datasets``,
     ``nets`` and ``rules`` keep only those parts of the preset. ``run=False`` runs nothing: the table of what
-    the store already holds.
+    the store already holds. ``device`` (cpu, cuda, auto) and ``max_seconds`` (a training-time
+    budget per run) change every cell's harness settings, so such runs are stored as cells of
+    their own, apart from the preset's as written.
     """
     from beyondbp.bench.presets import get_preset
 
@@ -344,8 +348,14 @@ def reproduce(
     cells: list[Cell] = []
     for grid in preset.grids:
         update: dict[str, Any] = {}
+        config = {**grid.config, **(preset.quick if quick else {})}
+        if device is not None:
+            config["device"] = device
+        if max_seconds is not None:
+            config["max_seconds"] = max_seconds
+        if config != grid.config:
+            update["config"] = config
         if quick:
-            update["config"] = {**grid.config, **preset.quick}
             update["seeds"] = [0]
         if seeds is not None:
             update["seeds"] = list(seeds)

@@ -434,6 +434,12 @@ def reproduce(
         Path | None, typer.Option("--out", "-o", help="also write the table here")
     ] = None,
     no_run: Annotated[bool, typer.Option("--no-run", help="only tabulate stored runs")] = False,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:N or auto [the preset's: cpu]")
+    ] = None,
+    max_seconds: Annotated[
+        float | None, typer.Option(help="training-time budget of each run (its own cells)")
+    ] = None,
 ):
     """Run a paper's setup and print our numbers next to the paper's, with the gap."""
     from rich.markdown import Markdown
@@ -456,6 +462,8 @@ def reproduce(
         store=store if store is not None else True,
         jobs=jobs,
         run=not no_run,
+        device=device,
+        max_seconds=max_seconds,
         on_done=lambda c, r: console.print(
             f"{c.rule} {c.dataset} {c.net} seed {c.seed}: {r.status if r else 'missing'}",
             highlight=False,

@@ -90,5 +90,8 @@ register_dataset("fashion-mnist", "Fashion-MNIST clothing, 60k/10k, IDX files", 
     lambda dirs, download: read_idx_dataset(FASHION_MNIST, dirs, download)
 )
 register_dataset(
-    "cifar10", "CIFAR-10, 50k/10k 32x32 RGB: python batches or image folders", val_size=0.1
+    "cifar10",
+    "CIFAR-10, 50k/10k 32x32 RGB: python batches or image folders",
+    val_size=0.1,
+    folders=("cifar10-jpeg",),  # ../shared/data's JPEG copy
 )(read_cifar10)

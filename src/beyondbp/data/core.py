@@ -105,6 +105,7 @@ class _Entry:
     loader: Loader
     description: str
     val_size: float | int  # fraction of train, or an absolute count
+    folders: tuple[str, ...] = ()  # more names of its folder (beside the dataset's own)
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -112,12 +113,13 @@ _CACHE: dict[tuple, Dataset] = {}
 
 
 def register_dataset(
-    name: str, description: str, val_size: float | int = 0.1
+    name: str, description: str, val_size: float | int = 0.1, folders: tuple[str, ...] = ()
 ) -> Callable[[Loader], Loader]:
-    """Register a loader ``fn(search_dirs, download) -> RawData`` under ``name``."""
+    """Register a loader ``fn(search_dirs, download) -> RawData`` under ``name``; ``folders``
+    are other names its folder goes by (e.g. ``cifar10-jpeg``)."""
 
     def deco(fn: Loader) -> Loader:
-        _REGISTRY[name] = _Entry(fn, description, val_size)
+        _REGISTRY[name] = _Entry(fn, description, val_size, folders)
         return fn
 
     return deco
@@ -134,13 +136,16 @@ def available_datasets() -> dict[str, str]:
 def data_search_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
     """Where a dataset's files are looked for, in order.
 
-    ``data_dir`` (or ``$BEYONDBP_DATA``) and its ``<name>/`` subfolder, then Debian's
-    ``/usr/share/datasets/<name>/``, then the download cache.
+    ``data_dir`` (or ``$BEYONDBP_DATA``) and its ``<name>/`` subfolder (or one named as the
+    dataset registered, e.g. ``cifar10-jpeg/``), then Debian's ``/usr/share/datasets/<name>/``,
+    then the download cache.
     """
+    entry = _REGISTRY.get(name)
+    names = (name, *(entry.folders if entry else ()))
     roots: list[Path] = []
     for d in (data_dir, os.environ.get("BEYONDBP_DATA")):
         if d:
-            roots += [Path(d) / name, Path(d)]
+            roots += [*(Path(d) / n for n in names), Path(d)]
     roots.append(DEBIAN_DATASETS / name)
     roots.append(cache_dir() / "data" / name)
     return roots

@@ -1,0 +1,5 @@
+"""``python -m beyondbp``: the CLI, for environments without the console script."""
+
+from beyondbp.cli import main
+
+main()
