@@ -322,7 +322,7 @@ def test_cafo_stops_each_predictor_at_its_best_validation_epoch():
     assert len(hist) < 60
     curves = list(zip(*[h["val_part_losses"] for h in hist], strict=True))
     assert len(curves) == 3
-    val = load_dataset("digits").val
+    val = load_dataset("digits").val.to(next(res.model.parameters()).device)
     with torch.no_grad():
         res.rule.train_mode(False)
         final = [

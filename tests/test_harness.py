@@ -75,7 +75,7 @@ def test_early_stopping_and_restore_best(tmp_path):
     best = min(h["val_loss"] for h in res.record.history)
     assert m["val_loss"] == best
     # the returned model is the best epoch's: its validation loss is the best one
-    ds = bb.load_dataset("digits")
+    ds = bb.load_dataset("digits").to(next(res.model.parameters()).device)
     with torch.no_grad():
         val = torch.nn.functional.cross_entropy(res.model(ds.val.x), ds.val.y).item()
     assert val == pytest.approx(best, rel=1e-5)

@@ -48,7 +48,9 @@ class TrainResult:
         return self.rule.predict(x.to(device)).argmax(1)
 
 
-def resolve_device(device: str, rule_cls: type[Rule]) -> str:
+def resolve_device(device: str, rule_cls: type[Rule], check: bool = True) -> str:
+    """The device a run of ``rule_cls`` trains on; ``check=False`` names it without asking
+    whether this machine has it (to find a GPU machine's runs in a store elsewhere)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() and "cuda" in rule_cls.devices else "cpu"
     kind = torch.device(device).type
@@ -56,7 +58,7 @@ def resolve_device(device: str, rule_cls: type[Rule]) -> str:
         raise BeyondBPError(
             f"rule {rule_cls.name!r} runs on {', '.join(rule_cls.devices)}, not {device}"
         )
-    if kind == "cuda" and not torch.cuda.is_available():
+    if check and kind == "cuda" and not torch.cuda.is_available():
         raise BeyondBPError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
     return device
 

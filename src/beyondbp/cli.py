@@ -474,7 +474,8 @@ def reproduce(
     if out is not None:
         from beyondbp.measure import provenance_markdown
 
-        provenance = ["", *provenance_markdown(f"beyondbp {' '.join(sys.argv[1:])}")]
+        command = f"beyondbp {' '.join(sys.argv[1:])}"
+        provenance = ["", *provenance_markdown(command, runs=[r.env for r in result.records])]
         out.write_text(text + "\n".join(provenance) + "\n")
 
 

@@ -37,6 +37,7 @@ from beyondbp.measure import (
     Stopwatch,
     matmul_peak_gflops,
     peak_rss_bytes,
+    tensor_bytes,
 )
 from beyondbp.measure.robustness import ATTACK_LOSSES, input_box, robust_accuracy
 from beyondbp.rules.base import Rule, SetupContext, is_diverged
@@ -196,6 +197,12 @@ class Trainer:
         self._stop = {"stop": False}
         self.callbacks = list(callbacks)
         self._env_pool: dict[int, Any] = {}  # an episodic task's environment copies
+
+    @property
+    def _data_bytes(self) -> int:
+        """Bytes of the dataset's tensors (all splits), kept on the training device."""
+        d = self.data
+        return tensor_bytes([d.train.x, d.train.y, d.val.x, d.val.y, d.test.x, d.test.y])
 
     # -- public ---------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> RunRecord:
@@ -523,10 +530,7 @@ class Trainer:
                 gflops = per_example * st.examples / st.train_time / 1e9
                 peak = matmul_peak_gflops(self.device)
                 m.update(gflops_per_s=gflops, matmul_peak_gflops=peak, peak_fraction=gflops / peak)
-        if self.device.type == "cuda":
-            m["peak_step_bytes"] = torch.cuda.max_memory_allocated(self.device)
-            m["peak_step_bytes_method"] = "torch.cuda.max_memory_allocated over training"
-        elif st.probe:
+        if st.probe:  # the same measure on every device, so CPU and GPU runs compare
             m["peak_step_bytes"] = st.probe["peak_step_bytes"]
             # resident: weights, optimiser state, batch; transient: what the step allocates
             # on top (activations, gradients, temporaries) at its peak
@@ -536,6 +540,15 @@ class Trainer:
             if st.probe.get("inference_step_bytes"):
                 m["inference_step_bytes"] = st.probe["inference_step_bytes"]
                 m["step_to_inference_memory"] = m["peak_step_bytes"] / m["inference_step_bytes"]
+        if self.device.type == "cuda":  # the allocator's view: the whole run on the GPU
+            m["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
+            m["cuda_data_bytes"] = self._data_bytes
+            if not st.probe:
+                m["peak_step_bytes"] = m["cuda_max_allocated_bytes"] - self._data_bytes
+                m["peak_step_bytes_method"] = (
+                    "torch.cuda.max_memory_allocated over training (validation passes "
+                    "included), less the dataset kept on the GPU"
+                )
         self.record.history = list(st.history)
 
     # -- checkpoints ------------------------------------------------------------------------------

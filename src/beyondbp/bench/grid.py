@@ -159,7 +159,7 @@ class Cell:
         from beyondbp.api import resolve_device
 
         cfg = make_config(self.config)
-        device = resolve_device(cfg.device, get_rule(self.rule))
+        device = resolve_device(cfg.device, get_rule(self.rule), check=False)  # checked on run
         return cfg.model_copy(update={"device": device}).model_dump()
 
     @property

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from functools import cache
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -78,14 +80,33 @@ def environment(device: str | torch.device = "cpu") -> dict[str, object]:
     }
 
 
-def provenance_markdown(command: str, device: str | torch.device = "cpu") -> list[str]:
-    """Markdown lines that say how a result file was made: the command, the machine, versions."""
+def provenance_markdown(
+    command: str,
+    device: str | torch.device = "cpu",
+    runs: Sequence[dict[str, Any]] = (),
+) -> list[str]:
+    """Markdown lines that say how a result file was made: the command, the machine, versions.
+    ``runs``: the stored environments of the runs in the file; the machines they ran on are
+    listed too (a table may be written on another machine than its runs')."""
     env = environment(device)
     gpu = f", GPU {env['gpu']}" if env["gpu"] else ""
-    return [
+    lines = [
         f"Command: `{command}`  ",
         f"Machine: {env['cpu']} ({env['cpu_count']} cores, torch threads "
         f"{env['torch_threads']}){gpu}, {env['platform']}  ",
         "Versions: "
         + ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "beyondbp", "git_commit")),
     ]
+    machines: dict[str, int] = {}
+    for r in runs:
+        if not r:
+            continue
+        where = f"{r.get('device')} on {r.get('cpu')} ({r.get('cpu_count')} cores)"
+        if r.get("gpu"):
+            where += f", GPU {r['gpu']}"
+        where += f", torch {r.get('torch')}, commit {str(r.get('git_commit'))[:12]}"
+        machines[where] = machines.get(where, 0) + 1
+    if machines:
+        lines[-1] += "  "
+        lines.append("Runs made on: " + "; ".join(f"{w} ({n} runs)" for w, n in machines.items()))
+    return lines

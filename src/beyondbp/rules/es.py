@@ -113,7 +113,9 @@ class EvolutionStrategy(Rule):
         loss = torch.cat(losses, 1)  # (2, m): row 0 at θ+σε, row 1 at θ−σε
         fitness = -torch.nan_to_num(loss, nan=float("inf"))
         ranks = torch.empty_like(fitness.flatten())
-        ranks[fitness.flatten().argsort()] = torch.arange(2 * m, dtype=ranks.dtype)
+        ranks[fitness.flatten().argsort()] = torch.arange(
+            2 * m, dtype=ranks.dtype, device=ranks.device
+        )
         ranks = (ranks / (2 * m - 1) - 0.5).view(2, m)
         weights = ranks[0] - ranks[1]
         g = torch.zeros_like(theta)
