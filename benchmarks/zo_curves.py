@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from beyondbp.api import reproduce
 from beyondbp.bench.report import PALETTE
 from beyondbp.measure import provenance_markdown
 from beyondbp.runs import RunRecord, RunStore
@@ -35,7 +36,6 @@ def label(r: RunRecord) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", default=str(HERE / "runs" / "mezo2023.sqlite"))
-    ap.add_argument("--data", default="msrp")
     args = ap.parse_args()
 
     import matplotlib
@@ -43,13 +43,14 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in RunStore(args.store).list() if r.dataset == args.data]
-    runs = [r for r in runs if r.status == "finished" and r.history]
+    # the preset's own cells (not --quick ones, nor other runs the store may hold)
+    records = reproduce("mezo2023", store=RunStore(args.store), run=False).records
+    runs = [r for r in records if r.status == "finished" and r.history]
     if not runs:
-        sys.exit(f"no finished {args.data} runs in {args.store}: run the mezo2023 preset first")
+        sys.exit(f"no finished mezo2023 runs in {args.store}: run the preset first")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     md = [
-        f"# Learning curves on {args.data.upper()}: zeroth-order vs backprop fine-tuning",
+        "# Learning curves on MSRP: zeroth-order vs backprop fine-tuning of MiniLM-L6",
         "",
         "Validation accuracy after each epoch (the harness validates once per epoch); "
         "training loss is the epoch's mean. Plot: zo_curves.png.",
@@ -80,11 +81,11 @@ def main() -> None:
         ax.set_ylabel(y)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"MiniLM-L6 on {args.data.upper()} (batch 16, one CPU thread)")
+    fig.suptitle("MiniLM-L6 on MSRP (batch 16, one CPU thread)")
     fig.tight_layout()
     fig.savefig(HERE / "results" / "zo_curves.png", dpi=110)
     cmd = " ".join(["python", *sys.argv])
-    md += ["", *provenance_markdown(cmd)]
+    md += ["", *provenance_markdown(cmd, runs=[r.env for r in runs])]
     (HERE / "results" / "zo_curves.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -94,3 +94,17 @@ def test_run_metrics_hold_every_number(tmp_path):
     assert m["flops_per_step"] == 4 * b * (64 * 64 + 64 * 10) + 2 * b * 64 * 10
     assert res.record.env["torch"] == torch.__version__ and res.record.env["cpu_count"]
     assert len(res.record.history) == 2 and "val_acc" in res.record.history[0]
+
+
+def test_provenance_names_the_machines_the_runs_were_made_on():
+    from beyondbp.measure import provenance_markdown
+
+    gpu = {"device": "cuda", "cpu": "Xeon", "cpu_count": 16, "gpu": "NVIDIA H200",
+           "torch": "2.11.0+cu130", "git_commit": "abcdef1234567890"}  # fmt: skip
+    lines = provenance_markdown("beyondbp reproduce x", runs=[gpu, gpu, {}])
+    assert lines[0] == "Command: `beyondbp reproduce x`  "
+    assert lines[-1] == (
+        "Runs made on: cuda on Xeon (16 cores), GPU NVIDIA H200, torch 2.11.0+cu130, "
+        "commit abcdef123456 (2 runs)"
+    )
+    assert not any(line.startswith("Runs made on") for line in provenance_markdown("x"))
