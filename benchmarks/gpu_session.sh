@@ -9,8 +9,9 @@
 #
 #   bash benchmarks/gpu_session.sh OUT [MAX_SECONDS] [DEADLINE] [more reproduce options]
 #
-# Data come from DATA_DIR (mnist/, cifar10-jpeg/); PYTHON, DEVICE, TESTS and PYTEST_ARGS let the
-# same script be tried on a CPU machine first (e.g. DEVICE=cpu ... --quick).
+# Data come from DATA_DIR (mnist/, cifar10-jpeg/); PRESET names another preset; TESTS=none skips
+# the suite; PYTHON, DEVICE, TESTS and PYTEST_ARGS let the same script be tried on a CPU machine
+# first (e.g. DEVICE=cpu TESTS=tests/test_nets.py PYTEST_ARGS=-q ... --quick).
 set -u
 OUT=${1:?usage: gpu_session.sh OUT [MAX_SECONDS] [DEADLINE] [reproduce options]}
 MAXS=${2:-420}
@@ -25,15 +26,18 @@ mkdir -p "$OUT"
 { nvidia-smi || true; $PY -c "import torch; print(torch.__version__, torch.cuda.is_available())"; } \
   > "$OUT/machine.txt" 2>&1
 
-(timeout -s TERM "$DEADLINE" $PY -m beyondbp reproduce noprop2025 --device "$DEVICE" \
-  --max-seconds "$MAXS" --jobs 4 --data-dir "$DATA" --store "$WORK/noprop.sqlite" \
-  -o "$OUT/noprop2025_gpu.md" "$@" > "$OUT/noprop.log" 2>&1; echo "reproduce exit $?" >> "$OUT/noprop.log") &
+PRESET=${PRESET:-noprop2025}
+(timeout -s TERM "$DEADLINE" $PY -m beyondbp reproduce "$PRESET" --device "$DEVICE" \
+  --max-seconds "$MAXS" --jobs 4 --data-dir "$DATA" --store "$WORK/runs.sqlite" \
+  -o "$OUT/${PRESET}_gpu.md" "$@" > "$OUT/reproduce.log" 2>&1; echo "reproduce exit $?" >> "$OUT/reproduce.log") &
 
 # SIGINT makes pytest print its summary of what ran before the limit
-BEYONDBP_TEST_DEVICE=${TEST_DEVICE:-auto} timeout -s INT "$((DEADLINE - 60))" \
-  $PY -m pytest -p no:cacheprovider -rfE ${PYTEST_ARGS:--n 4} ${TESTS:-tests} > "$OUT/tests_cuda.log" 2>&1
-echo "pytest exit $?" >> "$OUT/tests_cuda.log"
+if [ "${TESTS:-tests}" != none ]; then
+  BEYONDBP_TEST_DEVICE=${TEST_DEVICE:-auto} timeout -s INT "$((DEADLINE - 60))" \
+    $PY -m pytest -p no:cacheprovider -rfE ${PYTEST_ARGS:--n 4} ${TESTS:-tests} > "$OUT/tests_cuda.log" 2>&1
+  echo "pytest exit $?" >> "$OUT/tests_cuda.log"
+fi
 wait
 $PY -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute(f\"VACUUM INTO '{sys.argv[2]}'\")" \
-  "$WORK/noprop.sqlite" "$OUT/noprop_gpu.sqlite"
+  "$WORK/runs.sqlite" "$OUT/${PRESET}_gpu.sqlite"
 tar czf "$OUT/logs.tgz" -C "$WORK" logs
