@@ -422,7 +422,9 @@ register_preset(
         ),
         quick={"epochs": 1, "max_steps": 20},
         notes="MeZO's lr for all weights is the paper's 1e-6; for the 16 prompt vectors and the "
-        "head (6,914 values) we use 1e-3 (not from a paper). Memory per step against inference: "
-        "benchmarks/zo_memory.py.",
+        "head (6,914 values) we use 1e-3 (not from a paper). The classification head starts "
+        "random (no prompt-based start as in the MeZO paper). For scale: always answering "
+        "'paraphrase' scores 66.49 % on the MSRP test set (1,147 of 1,725). Memory per step "
+        "against inference: benchmarks/zo_memory.py.",
     )
 )
