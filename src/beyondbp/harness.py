@@ -544,7 +544,7 @@ class Trainer:
             m["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             m["cuda_data_bytes"] = self._data_bytes
             if not st.probe:
-                m["peak_step_bytes"] = m["cuda_max_allocated_bytes"] - self._data_bytes
+                m["peak_step_bytes"] = m["cuda_max_allocated_bytes"] - m["cuda_data_bytes"]
                 m["peak_step_bytes_method"] = (
                     "torch.cuda.max_memory_allocated over training (validation passes "
                     "included), less the dataset kept on the GPU"
