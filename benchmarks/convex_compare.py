@@ -190,11 +190,13 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict]:
     P_r = M // (2 * c)
     if "admm" in want:
         rho = beta if args.rho is None else args.rho
-        kappa = args.constraint_scale
-        a_opts = {"patterns": P_r, "beta": beta, "rho": rho, "constraint_scale": kappa}
+        kappa, alpha = args.constraint_scale, args.relaxation
+        a_opts = {"patterns": P_r, "beta": beta, "rho": rho, "constraint_scale": kappa,
+                  "relaxation": alpha}  # fmt: skip
         mine = ours("convex-admm", name, M, a_opts, args.admm_epochs, args.data_dir)
         target = scnn_objective("scnn relu (AL)")
         label = f"ρ = {rho:.3g}" + ("" if kappa == 1 else f", κ = {kappa:.3g}")
+        label += "" if alpha == 1 else f", α = {alpha:g}"
         row(f"convex-admm (ours, {label})", **mine,
             time_to_scnn=time_to(mine["curve"], target))  # fmt: skip
     if "scnn-al" in want:
@@ -266,6 +268,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100, help="FISTA: 10 iterations per epoch")
     ap.add_argument("--constraint-scale", type=float, default=1.0,
                     help="ADMM's κ (cone constraints as κ G u ≥ 0; 1: the paper's)")  # fmt: skip
+    ap.add_argument("--relaxation", type=float, default=1.0,
+                    help="ADMM's over-relaxation α (1: the paper's plain ADMM)")  # fmt: skip
     ap.add_argument("--admm-epochs", type=int, default=30, help="ADMM: 10 iterations per epoch")
     ap.add_argument("--bp-epochs", type=int, default=30)
     ap.add_argument("--max-iters", type=int, default=10000, help="scnn's iteration limit")

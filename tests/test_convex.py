@@ -107,6 +107,24 @@ def test_constraint_scale_is_the_same_program():
     torch.testing.assert_close(rule._G(u), 0.3 * unscaled)
 
 
+def test_over_relaxed_admm_reaches_the_cvxpy_optimum():
+    """Over-relaxation changes the path, not the solution."""
+    x, y = toy()
+    rule, _ = make("convex-admm", {"patterns": 6, "beta": 0.1, "rho": 0.1, "iterations_per_step": 50,
+                                   "tol": 1e-7, "relaxation": 1.6}, x, y, 36, 3)  # fmt: skip
+    plain, _ = make("convex-admm", {"patterns": 6, "beta": 0.1, "rho": 0.1, "iterations_per_step": 50,
+                                    "tol": 1e-7}, x, y, 36, 3)  # fmt: skip
+    assert plain.step(x, y)["objective"] != rule.step(x, y)["objective"]  # another path
+    for _ in range(59):
+        logs = rule.step(x, y)
+    p = rule._prep
+    best, _, _ = cvx_relu(p["X"], p["Y"], p["D"], 0.1)
+    obj, violation = rule.objective(rule.it["v"])
+    assert abs(obj - best) / best < 1e-3, (obj, best)
+    assert violation < 1e-3
+    assert logs["primal_residual"] < 1e-4
+
+
 def test_admm_stops_on_its_residuals():
     x, y = toy()
     rule, _ = make(
