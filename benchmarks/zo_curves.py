@@ -26,7 +26,12 @@ HERE = Path(__file__).resolve().parent
 
 def label(r: RunRecord) -> str:
     """A setting's name: the rule, what it trains, and the subspace switch of ZO-Adam."""
-    what = "soft prompt + head" if "prompt" in r.net else "all weights"
+    if "prompt" not in r.net:
+        what = "all weights"
+    else:
+        what = "soft prompt" if r.options.get("params") == "prompt" else "soft prompt + head"
+    if r.config.get("head_init") == "probe":
+        what += " (probe head, lr 1e-3)" if r.options.get("lr") == 1e-3 else " (probe head)"
     name = {"bp": "backprop", "mezo": "MeZO", "zo-adam": "ZO-Adam"}.get(r.rule, r.rule)
     if r.rule == "zo-adam":
         name += " + subspace" if r.options.get("subspace", True) else " (no subspace)"

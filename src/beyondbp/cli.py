@@ -221,6 +221,13 @@ def train(
         int | None, typer.Option(help="training step budget (generations of a population rule)")
     ] = None,
     augment: AugmentOpt = None,
+    head_init: Annotated[
+        str | None,
+        typer.Option(
+            help="random, or probe: fit the head on the frozen net's features first "
+            "[default: random]"
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
     data_dir: Annotated[
         Path | None, typer.Option(help="folder with dataset files [$BEYONDBP_DATA]")
@@ -254,6 +261,7 @@ def train(
         max_seconds=max_seconds,
         max_steps=max_steps,
         augment=augment,
+        head_init=head_init,
         attack_eps=attack_eps,
         attack_steps=attack_steps,
         attack_loss=attack_loss,

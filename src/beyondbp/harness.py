@@ -31,6 +31,7 @@ from beyondbp.data import Dataset, Split
 from beyondbp.data.augment import Augmentation, augment_batch
 from beyondbp.data.envs import rollout
 from beyondbp.errors import BeyondBPError, describe_validation
+from beyondbp.linear_probe import fit_head
 from beyondbp.measure import (
     EnergyMeter,
     StepProbe,
@@ -78,6 +79,12 @@ class TrainConfig(BaseModel):
         "margin", description="the loss the attacks ascend: the margin max_{k≠y} s_k − s_y "
         "(the same for every rule), cross-entropy on the scores, or the rule's own loss"
     )  # fmt: skip
+    head_init: Literal["random", "probe"] = Field(
+        "random",
+        description="the head's start: 'random' (the net's initialisation) or 'probe': fit the "
+        "head's last linear layer on the frozen net's features of the training split (logistic "
+        "regression; LP-FT's first stage) before the rule trains; timed as training",
+    )
     seed: int = 0
     data_seed: int = 0
     device: str = "cpu"
@@ -213,6 +220,14 @@ class Trainer:
             steps_per_epoch = cfg.steps_per_epoch
         seed_everything(cfg.seed)
         self.net.to(self.device)
+        if cfg.head_init == "probe" and not resume:  # a resumed run loads its head
+            if self.data.meta.env is not None:
+                raise BeyondBPError("head_init='probe' needs labelled data, not an episodic task")
+            watch = Stopwatch(self.device, self.state.train_time)
+            with watch:
+                fitted = fit_head(self.net, train.x, train.y, cfg.eval_batch_size)
+            self.state.train_time = watch.total
+            self.record.metrics.update(fitted)
         ctx = SetupContext(
             self.device, cfg.seed, steps_per_epoch, cfg.epochs, cfg.batch_size, train=train
         )
