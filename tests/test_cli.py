@@ -7,6 +7,7 @@ import sys
 from typer.testing import CliRunner
 
 from beyondbp.cli import app
+from beyondbp.runs import RunStore
 
 runner = CliRunner()
 
@@ -117,3 +118,19 @@ def test_train_reports_robust_accuracy_with_attack_eps(tmp_path):
     assert out.exit_code == 0, out.output
     assert "FGSM (ε = 0.05, margin loss)" in out.output
     assert "PGD-5 (ε = 0.05, margin loss)" in out.output
+
+
+def test_train_head_init_probe_is_stored(tmp_path):
+    store = tmp_path / "r.sqlite"
+    out = runner.invoke(
+        app,
+        ["train", "bp", "--data", "digits", "--net", "mlp:64", "--epochs", "1", "--max-steps",
+         "1", "--head-init", "probe", "--store", str(store), "--no-energy", "--no-progress"],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    (record,) = RunStore(store).list()
+    assert record.config["head_init"] == "probe"
+    assert record.metrics["head_probe_train_acc"] > 0.9
+    bad = runner.invoke(app, ["train", "bp", "--head-init", "warm", "--no-progress", "--store",
+                              str(tmp_path / "bad.sqlite")])  # fmt: skip
+    assert bad.exit_code != 0 and "head_init" in bad.output + str(bad.exception)
