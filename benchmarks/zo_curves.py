@@ -31,7 +31,7 @@ def label(r: RunRecord) -> str:
     else:
         what = "soft prompt" if r.options.get("params") == "prompt" else "soft prompt + head"
     if r.config.get("head_init") == "probe":
-        what += " (probe head, lr 1e-3)" if r.options.get("lr") == 1e-3 else " (probe head)"
+        what += f" (probe head, lr {r.options['lr']:g})"
     name = {"bp": "backprop", "mezo": "MeZO", "zo-adam": "ZO-Adam"}.get(r.rule, r.rule)
     if r.rule == "zo-adam":
         name += " + subspace" if r.options.get("subspace", True) else " (no subspace)"

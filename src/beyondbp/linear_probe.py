@@ -59,20 +59,15 @@ def fit_head(
     unregularised). Returns the probe's training loss and accuracy."""
     layer = last_linear(net)
     feats = head_features(net, x, batch_size).to(layer.weight.dtype)
-    if feats.shape[1] != layer.in_features:
-        raise BeyondBPError(
-            f"head_init='probe': the head's linear layer takes {layer.in_features} features but "
-            f"received {feats.shape[1]}"
-        )
     w = torch.zeros_like(layer.weight, requires_grad=True)
-    b = torch.zeros_like(layer.bias, requires_grad=True) if layer.bias is not None else None
-    params = [w] + ([b] if b is not None else [])
-    opt = torch.optim.LBFGS(params, max_iter=iterations, line_search_fn="strong_wolfe")
+    b = None if layer.bias is None else torch.zeros_like(layer.bias, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [t for t in (w, b) if t is not None], max_iter=iterations, line_search_fn="strong_wolfe"
+    )
 
     def objective() -> torch.Tensor:
         opt.zero_grad()
-        logits = feats @ w.T + (b if b is not None else 0)
-        loss = F.cross_entropy(logits, y) + 0.5 * l2 * (w * w).sum()
+        loss = F.cross_entropy(F.linear(feats, w, b), y) + 0.5 * l2 * (w * w).sum()
         loss.backward()
         return loss
 
@@ -81,7 +76,8 @@ def fit_head(
         layer.weight.copy_(w)
         if b is not None:
             layer.bias.copy_(b)
-        logits = feats @ w.T + (b if b is not None else 0)
-        loss = float(F.cross_entropy(logits, y))
-        acc = float((logits.argmax(1) == y).float().mean())
-    return {"head_probe_loss": loss, "head_probe_train_acc": acc}
+        logits = layer(feats)
+    return {
+        "head_probe_loss": float(F.cross_entropy(logits, y)),
+        "head_probe_train_acc": float((logits.argmax(1) == y).float().mean()),
+    }

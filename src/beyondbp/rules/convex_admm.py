@@ -205,8 +205,7 @@ class ConvexADMM(ConvexRule):
                 self.it = self._init_iterates()
         it, p = self.it, self._prep
         assert it is not None
-        rho = o.rho
-        step = (o.gamma if o.gamma is not None else rho) / rho
+        rho, step = o.rho, (o.gamma if o.gamma is not None else o.rho) / o.rho
         alpha = o.relaxation
         P = p["D"].shape[1]
         for _ in range(o.iterations_per_step):
