@@ -154,10 +154,11 @@ def test_ff_negatives_never_carry_the_true_label(negatives):
         assert torch.equal(neg, g.argmax(1))
 
 
-def test_ff_layer_update_is_its_own_goodness_loss_with_detached_input():
+@pytest.mark.parametrize("goodness", ["sum", "mean"])
+def test_ff_layer_update_is_its_own_goodness_loss_with_detached_input(goodness):
     torch.manual_seed(0)
     net = build_net("mlp:12x2", (1, 8, 8), 10)
-    rule = _setup("ff", net, {"peer_norm": 0.0, "weight_decay": 0.0})
+    rule = _setup("ff", net, {"peer_norm": 0.0, "weight_decay": 0.0, "goodness": goodness})
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
     torch.manual_seed(1)
     neg = rule.negative_labels(x, y)
@@ -168,7 +169,9 @@ def test_ff_layer_update_is_its_own_goodness_loss_with_detached_input():
     want = {}
     for i, block in enumerate(net.blocks):
         h = block(rule._norm(h.detach()) if i else h)
-        loss = F.binary_cross_entropy_with_logits(h.pow(2).sum(1) - 12.0, target)
+        # default thresholds: the layer's 12 units for the sum, 1 for the mean
+        logits = h.pow(2).sum(1) - 12.0 if goodness == "sum" else h.pow(2).mean(1) - 1.0
+        loss = F.binary_cross_entropy_with_logits(logits, target)
         for p, g in zip(block.parameters(), torch.autograd.grad(loss, list(block.parameters())),
                         strict=True):  # fmt: skip
             want[p] = p.detach() - 0.1 * g

@@ -39,7 +39,14 @@ class Options(OptimOptions):
     optimizer: Literal["adam", "adamw", "sgd"] = "sgd"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(3e-4, ge=0)
-    threshold: float | None = Field(None, description="θ; None: the number of units of the layer")
+    goodness: Literal["sum", "mean"] = Field(
+        "sum",
+        description="goodness = sum of squared activities (Hinton), or their mean (a softer "
+        "logit: the sum divided by the layer's units)",
+    )
+    threshold: float | None = Field(
+        None, description="θ; None: the number of units of the layer (goodness sum) or 1 (mean)"
+    )
     normalize: bool = Field(True, description="length-normalise activities between layers")
     negatives: Literal["random", "hardest"] = Field(
         "random", description="a random wrong label, or the wrong label with the most goodness"
@@ -92,7 +99,7 @@ class ForwardForward(Rule):
             raise BeyondBPError("ff is defined for MLP blocks (flat activities); use an mlp net")
         self.classes = meta.classes
         self.widths = [s[0] for s in shapes]
-        self.thresholds = [self.options.threshold or float(w) for w in self.widths]
+        self.thresholds = [self._threshold(w) for w in self.widths]
         head_in = sum(self.widths[1:]) or self.widths[0]
         self.head = nn.Linear(head_in, meta.classes)
         self.running = [torch.zeros(w, device=ctx.device) for w in self.widths]
@@ -102,6 +109,11 @@ class ForwardForward(Rule):
         self.head_opt = torch.optim.SGD(self.head.parameters(), lr=self.options.head_lr,
                                         momentum=0.9)  # fmt: skip
         self.split_first = _split_first_linear(self.net.blocks[0])
+
+    def _threshold(self, units: int) -> float:
+        if self.options.threshold is not None:
+            return self.options.threshold
+        return float(units) if self.options.goodness == "sum" else 1.0
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net, "head": self.head}
@@ -151,8 +163,12 @@ class ForwardForward(Rule):
         for block in self.net.blocks[1:]:
             layers.append(block(self._norm(layers[-1])))
         start = min(self.options.goodness_from, len(layers) - 1)
-        goodness = sum(h.pow(2).sum(1) for h in layers[start:])
+        goodness = sum(self._goodness(h) for h in layers[start:])
         return goodness.view(self.classes, n).T
+
+    def _goodness(self, h: torch.Tensor) -> torch.Tensor:
+        squares = h.pow(2)
+        return squares.sum(1) if self.options.goodness == "sum" else squares.mean(1)
 
     def negative_labels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Labels that are never the true one."""
@@ -172,7 +188,7 @@ class ForwardForward(Rule):
         for i, block in enumerate(self.net.blocks):
             if i:
                 h = block(self._norm(h.detach()))
-            logits = h.pow(2).sum(1) - self.thresholds[i]
+            logits = self._goodness(h) - self.thresholds[i]
             loss = F.binary_cross_entropy_with_logits(logits, target)
             if o.peer_norm > 0:
                 mean = 0.9 * self.running[i] + 0.1 * h[: len(y)].mean(0)
