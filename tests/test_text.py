@@ -3,6 +3,8 @@ forward with and without a soft prompt, and zeroth-order tuning of just the prom
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,6 +54,29 @@ def test_minilm_forward_trims_padding_and_takes_a_soft_prompt(msrp):
     assert prompted.prompt.shape == (4, 384)
     with torch.no_grad():
         assert prompted(x).shape == (4, 2)
+
+
+def test_minilm_loads_from_a_half_precision_copy_named_by_the_environment(msrp, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    import shutil
+
+    from beyondbp.data.text import minilm_dir
+
+    torch.manual_seed(0)
+    ref = build_net("minilm", msrp.meta.input_shape, 2).eval()
+    ref.encoder.half().save_pretrained(tmp_path)  # model.safetensors in float16: half the bytes
+    monkeypatch.setenv("BEYONDBP_MINILM_DIR", str(tmp_path))
+    with pytest.raises(DataError, match="tokenizer.json missing"):
+        minilm_dir()
+    shutil.copy(Path(ref.encoder.name_or_path) / "tokenizer.json", tmp_path)
+    assert minilm_dir() == tmp_path
+    torch.manual_seed(0)  # the same head
+    copy = build_net("minilm", msrp.meta.input_shape, 2).eval()
+    assert all(p.dtype == torch.float32 for p in copy.parameters())
+    ref.float()
+    with torch.no_grad():
+        x = msrp.train.x[:4]
+        torch.testing.assert_close(copy(x), ref(x), atol=1e-5, rtol=1e-4)
 
 
 def test_zeroth_order_prompt_tuning_touches_only_the_prompt_and_head(msrp):

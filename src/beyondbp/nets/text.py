@@ -20,7 +20,8 @@ class MiniLMClassifier(nn.Module):
 
         from beyondbp.data.text import minilm_dir
 
-        self.encoder = AutoModel.from_pretrained(str(minilm_dir()))
+        # float32 whatever the files hold (a half-precision copy loads as float32 too)
+        self.encoder = AutoModel.from_pretrained(str(minilm_dir()), dtype=torch.float32)
         width = self.encoder.config.hidden_size
         self.prompt = None
         if prompt:
