@@ -38,7 +38,7 @@ COST_NOTE = (
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", default=str(HERE / "runs" / "bp_baselines.sqlite"))
-    ap.add_argument("--data", default="fashion-mnist,mnist")
+    ap.add_argument("--data", default="fashion-mnist,mnist,cifar10")
     args = ap.parse_args()
     datasets = args.data.split(",")
     accuracy = api.reproduce("spyra2025", datasets=datasets, store=args.store, run=False)
