@@ -311,6 +311,13 @@ register_preset(
                 nets=["mlp:1000x2:tanh", "cnn3"],
                 config=_LOCAL_CONFIG,
             ),
+            GridSpec(  # targets beyond tanh's range: each unit learns a random class dichotomy
+                rules=["tpsgd"],
+                datasets=["mnist", "fashion-mnist"],
+                nets=["mlp:1000x2:tanh"],
+                options={"tpsgd": {"target_scale": 10.0}},
+                config=_LOCAL_CONFIG,
+            ),
             GridSpec(  # the reference CIFAR-10 setting of DRTP keeps the conv layers frozen
                 rules=["drtp"],
                 datasets=["mnist", "fashion-mnist"],

@@ -42,7 +42,11 @@ class Options(OptimOptions):
         "ce", description="loss of the output layer against the label"
     )
     target_scale: float = Field(
-        1.0, gt=0, description="P_k entries have std target_scale / sqrt(classes)"
+        1.0,
+        gt=0,
+        description="P_k entries have std target_scale / sqrt(classes); with tanh units a "
+        "scale of 10 puts most targets beyond ±1, so each unit learns a random dichotomy of "
+        "the classes (MNIST mlp:1000x2:tanh: 95.8 % vs 89.1 % at 1)",
     )
     rnn_target: Literal["every-step", "last-step"] = Field(
         "last-step",
