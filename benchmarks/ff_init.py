@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 import beyondbp as bb
+from beyondbp.bench.presets import _FF as RECIPE  # the spyra2025 preset's FF options
 from beyondbp.nets import build_net
 
 HERE = Path(__file__).resolve().parent
-RECIPE = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine"}
 
 
 def main() -> None:
