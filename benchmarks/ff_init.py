@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import beyondbp as bb
-from beyondbp.bench.presets import _FF as RECIPE  # the spyra2025 preset's FF options
+from beyondbp.bench.presets import FF_RECIPE  # the spyra2025 preset's FF options
 from beyondbp.nets import build_net
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +45,7 @@ def main() -> None:
             if isinstance(m, torch.nn.Linear):
                 torch.nn.init.normal_(m.weight, 0.0, 1 / math.sqrt(m.weight.shape[0]))
                 torch.nn.init.zeros_(m.bias)
-    res = bb.train("ff", data, net, options={**RECIPE, **json.loads(args.options)},
+    res = bb.train("ff", data, net, options={**FF_RECIPE, **json.loads(args.options)},
                    store=args.store or False, epochs=args.epochs, patience=None,
                    batch_size=100, progress=False, energy=False)  # fmt: skip
     m = res.metrics

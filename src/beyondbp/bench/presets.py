@@ -147,7 +147,8 @@ register_preset(
 # paper does not state (its Optuna results for FF and CaFo) are ours, chosen as written below.
 _MF = {"layer_schedule": "greedy", "layer_patience": 4}  # Spyra's code: greedy, patience 4-10
 _MF_CONFIG = {**_BP_CONFIG, "epochs": 100}  # the rule ends the run when its last layer is done
-_FF = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine"}  # Spyra: AdamW
+# Spyra: AdamW (benchmarks/ff_init.py trains with the same options)
+FF_RECIPE = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine"}
 _FF_CONFIG = {"batch_size": 100, "epochs": 60, "patience": 20, "monitor": "val_acc"}
 _CAFO = {"aggregate": "logits"}  # Spyra sums the predictors' logits
 _CAFO_CONFIG = {**_BP_CONFIG, "epochs": 20}
@@ -201,14 +202,14 @@ register_preset(
                 rules=["ff"],
                 datasets=["fashion-mnist"],
                 nets=["mlp:2000x4"],
-                options={"ff": _FF},
+                options={"ff": FF_RECIPE},
                 config=_FF_CONFIG,
             ),
             GridSpec(
                 rules=["ff"],
                 datasets=["mnist"],
                 nets=["mlp:1000x3", "mlp:2000x4"],
-                options={"ff": _FF},
+                options={"ff": FF_RECIPE},
                 config=_FF_CONFIG,
             ),
             GridSpec(
