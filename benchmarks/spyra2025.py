@@ -6,7 +6,13 @@ CaFo-DFA and DFA against BP on the same nets, ours next to the published numbers
 
 The queue runs the `spyra2025` preset in parts (seed 0 of every cell in one lane, seeds 1-2 in
 another, one thread per run, each lane pinned to its own core) into
-benchmarks/runs/bp_baselines.sqlite; this script only tabulates what the store holds. Writes
+benchmarks/runs/bp_baselines.sqlite; this script only tabulates what the store holds. The store
+is not committed: in a fresh checkout rebuild it from the committed runs first, so the queue
+skips them and the tables keep them:
+
+    beyondbp runs import benchmarks/results/spyra2025.json benchmarks/results/local_targets.json \
+        --store benchmarks/runs/bp_baselines.sqlite
+ Writes
 benchmarks/results/spyra2025.{md,json}: accuracy over all seeds, and the cost table (time, energy
 and memory as multiples of BP's) from the seed-0 runs.
 """

@@ -58,6 +58,15 @@ def test_train_prints_the_result_table_and_stores_the_run(tmp_path):
     assert rec["options"]["optimizer"] == "adamw" and rec["options"]["lr"] == 3e-3
     shown = runner.invoke(app, ["runs", "show", rec["id"][:12], "--store", str(store)])
     assert shown.exit_code == 0 and "git_commit" in shown.stdout
+    dump = tmp_path / "runs.json"
+    dump.write_text(exported.stdout)
+    copy = tmp_path / "copy.sqlite"
+    for added in ("added 1 of 1", "added 0 of 1"):  # a second import adds nothing
+        out = runner.invoke(app, ["runs", "import", str(dump), "--store", str(copy)])
+        assert out.exit_code == 0 and added in out.stdout, out.stdout
+    assert json.loads(
+        runner.invoke(app, ["runs", "export", "--format", "json", "--store", str(copy)]).stdout
+    ) == [rec]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import multiprocessing as mp
+from dataclasses import asdict
 
 import pytest
 
@@ -46,6 +47,37 @@ def test_save_get_list_export(tmp_path):
     assert store.delete(recs[0].id[:-1]).id == recs[0].id
     assert [r.seed for r in store.list()] == [1, 2]
     assert not ckpt.exists()  # a deleted run's cell starts afresh, not from its old checkpoint
+
+
+def test_import_rebuilds_a_store_from_exported_or_results_json(tmp_path):
+    from beyondbp.runs import records_from_json
+
+    store = RunStore(tmp_path / "a.sqlite")
+    recs = [_rec(i) for i in range(3)]
+    recs[1].status = "finished"
+    for r in recs:
+        store.save(r)
+    exported = tmp_path / "runs.json"
+    exported.write_text(store.export("json"))
+    results = tmp_path / "results.json"  # a benchmark results file: the runs under "runs"
+    results.write_text(json.dumps({"command": "x", "runs": json.loads(exported.read_text())[:2]}))
+
+    fresh = RunStore(tmp_path / "b.sqlite")
+    assert [r.seed for r in fresh.add(records_from_json(results))] == [0, 1]
+    added = fresh.add(records_from_json(exported))  # only the run not yet there
+    assert [r.seed for r in added] == [2]
+    assert [asdict(r) for r in fresh.list()] == [asdict(r) for r in store.list()]
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"command": "x"}')
+    with pytest.raises(BeyondBPError, match="holds no runs"):
+        records_from_json(bad)
+    bad.write_text('[{"dataset": "digits"}]')
+    with pytest.raises(BeyondBPError, match="run 0 is not a run record"):
+        records_from_json(bad)
+    bad.write_text("[{")
+    with pytest.raises(BeyondBPError, match="cannot read runs"):
+        records_from_json(bad)
 
 
 def test_save_replaces_the_same_run(tmp_path):

@@ -14,7 +14,7 @@ from rich.table import Table
 from beyondbp import api
 from beyondbp.errors import BeyondBPError
 from beyondbp.rules import available_rules, get_rule, parse_assignments
-from beyondbp.runs import RunRecord, RunStore
+from beyondbp.runs import RunRecord, RunStore, records_from_json
 
 app = typer.Typer(
     help="Train networks with and beyond backpropagation; compare learning rules honestly.",
@@ -22,7 +22,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-runs_app = typer.Typer(help="The run store: list, show and export runs.", no_args_is_help=True)
+runs_app = typer.Typer(
+    help="The run store: list, show, export and import runs.", no_args_is_help=True
+)
 app.add_typer(runs_app, name="runs")
 # Wide tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -630,6 +632,32 @@ def runs_export(
         sys.stdout.write(text)
     else:
         out.write_text(text)
+
+
+@runs_app.command("import")
+def runs_import(
+    files: Annotated[
+        list[Path], typer.Argument(help="JSON files: `runs export --format json`, results/*.json")
+    ],
+    store: StoreOpt = None,
+):
+    """Add runs from JSON files to the store (e.g. rebuild a store from committed results)."""
+    run_store = RunStore(store)
+    for path in files:
+        records = records_from_json(path)
+        added = run_store.add(records)
+        unfinished = sum(r.status in ("running", "interrupted") for r in added)
+        note = (
+            f"; {unfinished} unfinished (their checkpoints are not in the file: a grid runs them "
+            "again from the start)"
+            if unfinished
+            else ""
+        )
+        console.print(
+            f"{path}: added {len(added)} of {len(records)} runs to {run_store.path} "
+            f"({len(records) - len(added)} already there){note}",
+            highlight=False,
+        )
 
 
 def main() -> None:

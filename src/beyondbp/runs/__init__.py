@@ -8,6 +8,13 @@ overridable with ``BEYONDBP_RUNS`` or an explicit path). Numbers are never parse
 from __future__ import annotations
 
 from beyondbp.runs.checkpoint import atomic_save, load_checkpoint
-from beyondbp.runs.store import RunRecord, RunStore, default_store_path
+from beyondbp.runs.store import RunRecord, RunStore, default_store_path, records_from_json
 
-__all__ = ["RunRecord", "RunStore", "atomic_save", "default_store_path", "load_checkpoint"]
+__all__ = [
+    "RunRecord",
+    "RunStore",
+    "atomic_save",
+    "default_store_path",
+    "load_checkpoint",
+    "records_from_json",
+]

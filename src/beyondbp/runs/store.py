@@ -21,6 +21,30 @@ Status = Literal["running", "finished", "diverged", "interrupted", "failed"]
 _JSON_FIELDS = ("options", "config", "metrics", "history", "env")
 
 
+def records_from_json(path: str | Path) -> list[RunRecord]:
+    """The runs in a JSON file: a list of full records (``beyondbp runs export --format json``)
+    or an object whose ``runs`` key holds one (the benchmark results files)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise BeyondBPError(f"cannot read runs from {path}: {e}") from e
+    rows = data.get("runs") if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise BeyondBPError(
+            f"{path} holds no runs: expected a JSON list of run records (`beyondbp runs export "
+            "--format json`) or an object with a 'runs' list"
+        )
+    names = {f.name for f in fields(RunRecord)}
+    records = []
+    for i, row in enumerate(rows):
+        try:
+            records.append(RunRecord(**{k: v for k, v in row.items() if k in names}))
+        except (TypeError, AttributeError) as e:
+            raise BeyondBPError(f"{path}: run {i} is not a run record ({e})") from e
+    return records
+
+
 def default_store_path() -> Path:
     return Path(os.environ.get("BEYONDBP_RUNS", "beyondbp-runs")) / "runs.sqlite"
 
@@ -157,6 +181,25 @@ class RunStore:
             db.execute("COMMIT")
         shutil.rmtree(self.checkpoint_dir(record.id), ignore_errors=True)
         return record
+
+    def add(self, records: list[RunRecord]) -> list[RunRecord]:
+        """Insert runs kept elsewhere (``export`` JSON, a results file) under their own ids; a run
+        whose id is already here is left as it is. Returns the runs that were added."""
+        added = []
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            for record in records:
+                row = asdict(record)
+                values = [json.dumps(row[c]) if c in _JSON_FIELDS else row[c] for c in _COLUMNS]
+                cur = db.execute(
+                    f"INSERT OR IGNORE INTO runs ({', '.join(_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    values,
+                )
+                if cur.rowcount:
+                    added.append(record)
+            db.execute("COMMIT")
+        return added
 
     def export(self, fmt: Literal["csv", "json"], **where: Any) -> str:
         records = self.list(**where)
