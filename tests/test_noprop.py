@@ -136,6 +136,26 @@ def test_continuous_noprop_learns_digits(spec, epochs, want):
     assert res.metrics["test_acc"] >= want, res.metrics
 
 
+def test_val_steps_integrates_fewer_steps_in_validation_only(monkeypatch):
+    seen: list[tuple[int | None, bool]] = []
+    integrate = NoPropNet.integrate
+
+    def spy(self, x, solver="heun", sample=False, steps=None):  # type: ignore[no-untyped-def]
+        seen.append((steps, len(x)))
+        return integrate(self, x, solver, sample, steps)
+
+    monkeypatch.setattr(NoPropNet, "integrate", spy)
+    data = load_dataset("digits")
+    bb.train("noprop", data, "noprop:9:fm", options={"val_steps": 3}, epochs=1, max_steps=4,
+             store=False, patience=None, eval_batch_size=10_000, **FAST)  # fmt: skip
+    val, test = len(data.val), len(data.test)
+    # the inference-memory probe of one batch (at T), one validation (max_steps ends the first
+    # epoch), then the test at T = 9
+    assert seen == [(None, 128), (3, val), (None, test)]
+    with pytest.raises(BeyondBPError, match="val_steps"):
+        _rule(build_net("noprop:3", (1, 8, 8), 10), val_steps=2)
+
+
 def test_prototype_embeddings_are_the_training_images_nearest_their_class_means():
     data = load_dataset("digits")
     net = build_net("noprop:3:prototype", data.meta.input_shape, 10)

@@ -377,7 +377,11 @@ class Trainer:
         st.train_time = watch.total
         watch = Stopwatch(self.device)
         with watch:
-            val = self.evaluate(self.data.val, parts=True) if len(self.data.val) else {}
+            self.rule.validating = True
+            try:
+                val = self.evaluate(self.data.val, parts=True) if len(self.data.val) else {}
+            finally:
+                self.rule.validating = False
         st.val_time += watch.total
         row.update({f"val_{k}": v for k, v in val.items()})
         row["train_time_s"] = st.train_time

@@ -216,29 +216,41 @@ class NoPropNet(nn.Module):
         return d_ab / (2 * ab.sqrt()) * u_hat - d_ab / (2 * (1 - ab).sqrt()) * eps_hat
 
     def integrate(
-        self, x: torch.Tensor, solver: str = "heun", sample: bool = False
+        self,
+        x: torch.Tensor,
+        solver: str = "heun",
+        sample: bool = False,
+        steps: int | None = None,
     ) -> torch.Tensor:
-        """z_1 from z_0 (N(0, I) draws, or 0 when ``sample`` is False) in ``steps`` steps."""
+        """z_1 from z_0 (N(0, I) draws, or 0 when ``sample`` is False) in ``steps`` steps
+        (default: the net's T)."""
         n, d = len(x), self.embed.shape[1]
+        steps = steps or self.steps
         z = torch.randn(n, d, device=x.device) if sample else x.new_zeros(n, d)
-        grid = torch.linspace(0, 1, self.steps + 1, device=x.device)
-        for k in range(self.steps):
+        grid = torch.linspace(0, 1, steps + 1, device=x.device)
+        for k in range(steps):
             t0, t1 = grid[k], grid[k + 1]
             h = t1 - t0
             f0 = self.velocity(t0, x, z)
-            if solver == "euler" or (self.kind == "fm" and k == self.steps - 1):
+            if solver == "euler" or (self.kind == "fm" and k == steps - 1):
                 z = z + h * f0  # (FM's velocity is singular at t = 1: the last step is Euler)
             else:
                 z_pred = z + h * f0
                 z = z + h / 2 * (f0 + self.velocity(t1.clamp(max=1 - 1e-4), x, z_pred))
         return z
 
-    def scores(self, x: torch.Tensor, solver: str = "heun", sample: bool = False) -> torch.Tensor:
+    def scores(
+        self,
+        x: torch.Tensor,
+        solver: str = "heun",
+        sample: bool = False,
+        steps: int | None = None,
+    ) -> torch.Tensor:
         """Class scores: the classifier on z_T / z_1 (DT, CT), or minus the squared distance
-        of z_1 to each class embedding (FM)."""
+        of z_1 to each class embedding (FM). ``steps``: ODE steps of CT/FM (default: T)."""
         if self.kind == "dt":
             return self.classifier(self.chain(x, sample=sample))
-        z = self.integrate(x, solver, sample)
+        z = self.integrate(x, solver, sample, steps)
         if self.kind == "fm":
             return -torch.cdist(z, self.embed).pow(2)
         return self.classifier(z)

@@ -98,6 +98,9 @@ class Rule:
     def __init__(self, options: RuleOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()
         self.net: nn.Module | None = None
+        # True while the harness validates between epochs (False for the test): a rule whose
+        # inference is costly may validate more cheaply (NoProp's val_steps)
+        self.validating = False
 
     # -- learning logic ---------------------------------------------------------------------
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:

@@ -52,6 +52,12 @@ class Options(OptimOptions):
         None, gt=0, description="η, the weight of the denoising terms (None: DT 0.1, CT 1)"
     )
     solver: Literal["euler", "heun"] = Field("heun", description="ODE solver of CT and FM")
+    val_steps: int | None = Field(
+        None,
+        ge=1,
+        description="ODE steps of CT/FM in the validation between epochs (None: the net's T); "
+        "the test always integrates with the net's T",
+    )
     inference: Literal["mean", "sample"] = Field(
         "mean",
         description="mean: the deterministic chain (z_0 = 0, no noise); sample: z_0 ~ N(0, I) "
@@ -88,6 +94,11 @@ class NoProp(Rule):
             raise BeyondBPError(
                 f"variant {o.variant!r} needs a {o.variant.upper()} net: use --net {spec} "
                 f"(this net is {net.kind!r})"
+            )
+        if o.val_steps is not None and net.kind == "dt":
+            raise BeyondBPError(
+                "val_steps sets the ODE steps of NoProp-CT/FM; a DT net's inference is its T "
+                "blocks: leave val_steps unset or use --net noprop:ct / noprop:fm"
             )
         self.net, self.kind = net, net.kind
         if net.embedding == "prototype" and ctx.train is not None:
@@ -154,7 +165,8 @@ class NoProp(Rule):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert isinstance(self.net, NoPropNet)
         sample = self.options.inference == "sample"
-        return self.net.scores(x, self.options.solver, sample)
+        steps = self.options.val_steps if self.validating else None
+        return self.net.scores(x, self.options.solver, sample, steps)
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.layers.end_epoch(val.get("loss"))
