@@ -207,6 +207,17 @@ def test_spyra2025_preset_has_a_paper_number_for_every_rule_of_the_paper():
     }
 
 
+def test_every_preset_cell_has_valid_options_config_and_net():
+    from beyondbp.bench.presets import PRESETS
+    from beyondbp.rules import get_rule
+
+    for preset in PRESETS.values():
+        for grid in preset.grids:
+            for c in grid.cells():
+                c.full_options(), c.full_config()  # raise on an unknown or invalid setting
+                assert get_rule(c.rule).works_on(c.net), (preset.name, c.rule, c.net)
+
+
 def test_reproduce_puts_the_paper_next_to_ours(tmp_path):
     register_preset(Preset(
         name="toy-paper", description="bp on digits", source="a toy paper",
