@@ -32,6 +32,7 @@ VARIANTS = {
     "k0.316": {"constraint_scale": 0.316},
     "k0.316 a1.6": {"constraint_scale": 0.316, "relaxation": 1.6},
     "k0.1 a1.6": {"constraint_scale": 0.1, "relaxation": 1.6},
+    "k0.1 a1.6 f32": {"constraint_scale": 0.1, "relaxation": 1.6, "dtype": "float32"},
 }
 
 
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--iterations", type=int, default=400)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--dry", action="store_true", help="print only, append nothing")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = load_dataset(args.data, args.data_dir)
@@ -67,6 +69,8 @@ def main() -> None:
                     f"{logs['primal_residual']:.1e} | {logs['dual_residual']:.1e} |"
                 )
                 print(lines[-1], flush=True)
+    if args.dry:
+        return
     command = "python benchmarks/admm_variants.py " + " ".join(sys.argv[1:])
     out = HERE / "results" / "admm_variants.md"
     head = "" if out.exists() else "# convex-admm variants on a data subset (issue 7)\n\n"
