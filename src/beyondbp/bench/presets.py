@@ -392,6 +392,29 @@ register_preset(
     )
 )
 
+register_preset(
+    Preset(
+        name="noprop-memory",
+        description="Peak training-step memory vs T: NoProp-DT and backprop on the NoProp net "
+        "with 2, 5, 10, 20 blocks (MNIST)",
+        source="the memory growth with T asked by issue 5 (no paper numbers)",
+        grids=(
+            GridSpec(
+                rules=["noprop", "bp"],
+                datasets=["mnist"],
+                nets=["noprop:2", "noprop:5", "noprop:10", "noprop:20"],
+                seeds=[0],
+                # the memory probe measures the second step; 20 steps give a time per step
+                config={"epochs": 1, "max_steps": 20, "patience": None},
+            ),
+        ),
+        quick={"epochs": 1, "max_steps": 3},
+        notes="Each run is 20 training steps (batch 128): accuracies are not results. Memory is "
+        "probed on the second step: the whole step (weights, optimiser state, batch, what the "
+        "step allocates) and, in brackets, what the step itself allocates.",
+    )
+)
+
 _MSRP = {"batch_size": 16, "patience": None, "monitor": "val_acc"}
 _PROMPT = "prompt,head.*"
 
