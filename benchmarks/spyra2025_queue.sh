@@ -21,6 +21,9 @@ case "$1" in
   more) SEEDS=1,2 ;;
   *) echo "usage: $0 seed0|more" >&2; exit 2 ;;
 esac
+# a fresh checkout has no store: start from the committed runs, so finished cells are not rerun
+[ -f "$S" ] || .venv/bin/beyondbp runs import benchmarks/results/spyra2025.json \
+  benchmarks/results/local_targets.json --store "$S"
 run() { .venv/bin/beyondbp reproduce spyra2025 --data-dir "$DATA" --store "$S" --seed-list "$SEEDS" "$@"; }
 
 run --rules bp,mono-forward,dfa --nets mlp:1000x2 --data fashion-mnist,mnist
