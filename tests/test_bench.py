@@ -207,6 +207,15 @@ def test_spyra2025_preset_has_a_paper_number_for_every_rule_of_the_paper():
     }
 
 
+def test_tables_order_nets_by_the_numbers_in_their_names():
+    from beyondbp.bench.grid import natural_key
+
+    nets = ["noprop:20", "noprop:ct", "noprop:2", "mlp:1000x8", "noprop:10", "mlp:1000x2"]
+    assert sorted(nets, key=natural_key) == [
+        "mlp:1000x2", "mlp:1000x8", "noprop:2", "noprop:10", "noprop:20", "noprop:ct",
+    ]  # fmt: skip
+
+
 def test_every_preset_cell_has_valid_options_config_and_net():
     from beyondbp.bench.presets import PRESETS
     from beyondbp.rules import get_rule

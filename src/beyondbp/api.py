@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from beyondbp.bench.grid import Cell, GridSpec, run_grid, setup_key
+from beyondbp.bench.grid import Cell, GridSpec, natural_key, run_grid, setup_key
 from beyondbp.data import Dataset, load_dataset
 from beyondbp.errors import BeyondBPError, UnknownNameError
 from beyondbp.harness import EpochCallback, TrainConfig, Trainer, make_config, seed_everything
@@ -429,7 +429,7 @@ def reproduce_markdown(result: ReproduceResult) -> str:
             return "-"
         return f"{num(r[key], fmt, scale)} ± {num(r[key + '_std'], fmt, scale)}"
 
-    for r in sorted(result.rows, key=lambda r: (r["dataset"], r["net"], r["rule"])):
+    for r in sorted(result.rows, key=lambda r: (r["dataset"], natural_key(r["net"]), r["rule"])):
         energy = "-" if r["energy_wh"] is None else f"{r['energy_wh']:.3f} ({r['energy_label']})"
         memory = num(r["peak_step_bytes"], "{:.1f}", 2**-20)
         if r["step_transient_bytes"] is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from beyondbp.api import options_diff, summarize
-from beyondbp.bench.grid import setup_key
+from beyondbp.bench.grid import natural_key, setup_key
 from beyondbp.runs import RunRecord, RunStore
 
 PALETTE = (
@@ -208,7 +208,8 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
             count.get((r["rule"], r["dataset"], r["net"]), 0) + 1
         )
     out = []
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["net"], r["rule"] != "bp", r["rule"])):
+    order = lambda r: (r["dataset"], natural_key(r["net"]), r["rule"] != "bp", r["rule"])  # noqa: E731
+    for r in sorted(rows, key=order):
         ambiguous = count[(r["rule"], r["dataset"], r["net"])] > 1
         rule = r["rule"] + (f" [{r['variant'] or 'defaults'}]" if ambiguous else "")
         net = r["net"] + (f" [setup {r['setup']}]" if ambiguous and not r["variant"] else "")
