@@ -290,6 +290,20 @@ def test_cafo_learns_digits(options):
     assert res.metrics["test_acc"] >= 0.9, res.metrics
 
 
+def test_cafo_dfa_phase_is_never_the_tested_model():
+    """The DFA phase predicts through an auxiliary head the final CaFo model does not use: its
+    epochs are logged as warm-up, never kept as the best epoch, never counted by early
+    stopping; the test is of the predictors."""
+    opts = {"block_training": "dfa", "dfa_epochs": 3, "dfa_lr": 1e-3, "lr": 1e-2}
+    res = bb.train("cafo", "digits", "cnn3:16-32-64", options=opts, epochs=6, patience=1,
+                   monitor="val_acc", store=False, **FAST)  # fmt: skip
+    hist = res.record.history
+    assert [h.get("warmup", False) for h in hist[:4]] == [True, True, True, False]
+    assert len(hist) >= 4  # patience 1 did not end the run inside the DFA phase
+    assert res.metrics["tested_epoch"] > 3
+    assert not res.rule.training_blocks
+
+
 def test_layer_local_rules_step_memory_grows_less_with_depth_than_bp():
     """Transient bytes of a training step (activations, gradients: what the step allocates
     above the weights and optimiser state) at depth 2 and 8."""

@@ -385,11 +385,14 @@ class Trainer:
         st.val_time += watch.total
         row.update({f"val_{k}": v for k, v in val.items()})
         row["train_time_s"] = st.train_time
+        warmup = self.rule.warming_up()
+        if warmup:
+            row["warmup"] = True  # not a candidate for the best epoch (see Rule.warming_up)
         st.history.append(row)
 
         # the best-epoch snapshot is of the weights just validated, before the rule's end_epoch
         # may change them (e.g. Mono-Forward restoring a layer's best copy and moving on)
-        value = row.get(cfg.monitor)
+        value = None if warmup else row.get(cfg.monitor)
         if value is not None:
             sign = 1.0 if cfg.monitor == "val_loss" else -1.0
             if st.best is None or sign * (st.best - value) > cfg.min_delta:

@@ -141,6 +141,13 @@ class Rule:
         NoProp, say no to the others; a grid over "all rules" leaves them out)."""
         return True
 
+    def warming_up(self) -> bool:
+        """True while the rule trains something other than the model it is tested with (e.g.
+        CaFo's DFA phase, which predicts through an auxiliary head that the final model does not
+        use): the harness logs that epoch's validation but neither keeps it as the best epoch
+        nor counts it towards early stopping. Checked after validation, before ``end_epoch``."""
+        return False
+
     def done(self) -> str | None:
         """Checked after ``end_epoch``: a reason to stop training that the rule itself decides
         (e.g. its last layer-wise stage has finished), or None to go on."""

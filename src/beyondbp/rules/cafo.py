@@ -124,6 +124,10 @@ class CaFo(Rule):
     def training_blocks(self) -> bool:
         return self.options.block_training == "dfa" and self.epoch < self.options.dfa_epochs
 
+    def warming_up(self) -> bool:
+        # the DFA phase predicts through the auxiliary head: not the CaFo model that is tested
+        return self.training_blocks
+
     def _reset_normal_equations(self) -> None:
         self.gram: list[torch.Tensor | None] = [None] * len(self.predictors)
         self.cross: list[torch.Tensor | None] = [None] * len(self.predictors)
