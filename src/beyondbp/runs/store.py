@@ -103,6 +103,18 @@ CREATE INDEX IF NOT EXISTS runs_by_cell ON runs (rule, dataset, net, seed);
 _COLUMNS = [f.name for f in fields(RunRecord)]
 
 
+def _insert(conflict: str) -> str:
+    return (
+        f"INSERT {conflict} INTO runs ({', '.join(_COLUMNS)}) "
+        f"VALUES ({', '.join('?' * len(_COLUMNS))})"
+    )
+
+
+def _values(record: RunRecord) -> list[Any]:
+    row = asdict(record)
+    return [json.dumps(row[c]) if c in _JSON_FIELDS else row[c] for c in _COLUMNS]
+
+
 class RunStore:
     """All runs in one SQLite file. Each call opens its own connection, so it is safe to share
     a store between threads and processes; WAL mode lets readers work while one process writes."""
@@ -129,12 +141,9 @@ class RunStore:
     def save(self, record: RunRecord) -> None:
         """Insert or replace the record (one atomic transaction)."""
         record.updated = time.time()
-        row = asdict(record)
-        values = [json.dumps(row[c]) if c in _JSON_FIELDS else row[c] for c in _COLUMNS]
-        sql = f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
         with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute(sql, values)
+            db.execute(_insert("OR REPLACE"), _values(record))
             db.execute("COMMIT")
 
     @staticmethod
@@ -189,14 +198,7 @@ class RunStore:
         with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
             for record in records:
-                row = asdict(record)
-                values = [json.dumps(row[c]) if c in _JSON_FIELDS else row[c] for c in _COLUMNS]
-                cur = db.execute(
-                    f"INSERT OR IGNORE INTO runs ({', '.join(_COLUMNS)}) "
-                    f"VALUES ({', '.join('?' * len(_COLUMNS))})",
-                    values,
-                )
-                if cur.rowcount:
+                if db.execute(_insert("OR IGNORE"), _values(record)).rowcount:
                     added.append(record)
             db.execute("COMMIT")
         return added
