@@ -72,11 +72,11 @@ def main() -> None:
         "Energy on this machine is a CodeCarbon estimate (no RAPL or NVML counter is readable "
         "here): CPU power modelled from the CPU's power class, plus RAM; not a measurement.",
         "",
-        "Not in the tables: CaFo-DFA on MNIST and CIFAR-10. Their seed-0 runs (98.99 % and "
-        "68.90 %) were tested at a best validation epoch inside the DFA phase (epochs 7 and 9 of "
-        "10), when the rule predicts through DFA's auxiliary head: they measured the DFA-trained "
-        "net, not CaFo's predictors. The harness now never keeps a warm-up epoch "
-        "(`Rule.warming_up`) as the best one; the two runs were deleted, to be run again (spyra2025_queue.sh seed0 does). "
+        "CaFo-DFA on MNIST and CIFAR-10 ran twice. The first seed-0 runs (98.99 % and 68.90 %) "
+        "were tested at a best validation epoch inside the DFA phase (epochs 7 and 9 of 10), when "
+        "the rule predicts through DFA's auxiliary head: they measured the DFA-trained net, not "
+        "CaFo's predictors. The harness now never keeps a warm-up epoch (`Rule.warming_up`) as "
+        "the best one; those runs were deleted and the rows above are the reruns. "
         "(CaFo-DFA on Fashion-MNIST was tested at epoch 29, on its predictors: it stands.)",
     ]
     (HERE / "results").mkdir(exist_ok=True)
