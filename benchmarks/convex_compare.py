@@ -273,8 +273,8 @@ def main() -> None:
                     help="ADMM's over-relaxation α (1: the paper's plain ADMM)")  # fmt: skip
     ap.add_argument("--admm-epochs", type=int, default=30, help="ADMM: 10 iterations per epoch")
     ap.add_argument("--admm-dtype", default="float64", choices=["float64", "float32"],
-                    help="ADMM's precision (float32: about 2x faster where ρ and κ keep the "
-                    "system well conditioned)")  # fmt: skip
+                    help="ADMM's precision (float32: 2-3x faster where ρ and κ keep the "
+                    "system well conditioned; results/admm_variants.md)")  # fmt: skip
     ap.add_argument("--bp-epochs", type=int, default=30)
     ap.add_argument("--max-iters", type=int, default=10000, help="scnn's iteration limit")
     ap.add_argument(

@@ -12,9 +12,9 @@ skips them and the tables keep them:
 
     beyondbp runs import benchmarks/results/spyra2025.json benchmarks/results/local_targets.json \
         --store benchmarks/runs/bp_baselines.sqlite
- Writes
-benchmarks/results/spyra2025.{md,json}: accuracy over all seeds, and the cost table (time, energy
-and memory as multiples of BP's) from the seed-0 runs.
+
+Writes benchmarks/results/spyra2025.{md,json}: accuracy over all seeds, and the cost table (time,
+energy and memory as multiples of BP's) from the seed-0 runs.
 """
 
 from __future__ import annotations

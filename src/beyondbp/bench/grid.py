@@ -36,14 +36,12 @@ from beyondbp.runs import RunRecord, RunStore
 
 # Harness settings that do not change what a run computes or measures.
 NOT_IDENTITY = {"progress", "checkpoint", "data_dir", "eval_batch_size"}
+TERMINAL = ("finished", "diverged", "failed")
 
 
 def natural_key(text: str) -> tuple[str | int, ...]:
     """Sort key that orders numbers inside names by value: noprop:2 < noprop:10 < noprop:20."""
     return tuple(int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", text)))
-
-
-TERMINAL = ("finished", "diverged", "failed")
 
 
 class GridSpec(BaseModel):

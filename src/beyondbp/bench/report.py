@@ -208,7 +208,10 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
             count.get((r["rule"], r["dataset"], r["net"]), 0) + 1
         )
     out = []
-    order = lambda r: (r["dataset"], natural_key(r["net"]), r["rule"] != "bp", r["rule"])  # noqa: E731
+
+    def order(r: dict[str, Any]) -> tuple:
+        return r["dataset"], natural_key(r["net"]), r["rule"] != "bp", r["rule"]
+
     for r in sorted(rows, key=order):
         ambiguous = count[(r["rule"], r["dataset"], r["net"])] > 1
         rule = r["rule"] + (f" [{r['variant'] or 'defaults'}]" if ambiguous else "")
