@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -181,17 +183,18 @@ def test_ff_layer_update_is_its_own_goodness_loss_with_detached_input(goodness):
         torch.testing.assert_close(p.detach(), w)
 
 
-def test_ff_shared_first_layer_gives_the_per_label_goodness_and_neutral_features():
+@pytest.mark.parametrize("input_norm", [False, True])
+def test_ff_shared_first_layer_gives_the_per_label_goodness_and_neutral_features(input_norm):
     torch.manual_seed(0)
     net = build_net("mlp:12x3", (1, 8, 8), 10)
-    rule = _setup("ff", net, {})
+    rule = _setup("ff", net, {"input_norm": input_norm})
     assert rule.split_first is not None
     from beyondbp.rules.ff import embed_label
 
     x = torch.randn(5, 1, 8, 8)
 
     def layers(inp):  # the definition: the full blocks on the label-embedded input
-        outs = [net.blocks[0](inp)]
+        outs = [net.blocks[0](rule._norm(inp) if input_norm else inp)]
         for block in net.blocks[1:]:
             outs.append(block(rule._norm(outs[-1])))
         return outs
@@ -205,6 +208,23 @@ def test_ff_shared_first_layer_gives_the_per_label_goodness_and_neutral_features
         torch.testing.assert_close(got, ref)
     rule.split_first = None  # the general path (any first block) gives the same numbers
     torch.testing.assert_close(rule.goodness_per_label(x), want)
+
+
+def test_ff_straight_through_relu_keeps_the_forward_and_passes_the_gradient():
+    torch.manual_seed(0)
+    net = build_net("mlp:12x2", (1, 8, 8), 10)
+    ref = copy.deepcopy(net)
+    rule = _setup("ff", net, {"relu_grad": "identity"})
+    x = torch.randn(6, 1, 8, 8, requires_grad=True)
+    out = net.blocks[0](x)
+    torch.testing.assert_close(out, ref.blocks[0](x))
+    assert (out == 0).any()  # some units are off
+    g = torch.randn_like(out)
+    out.backward(g)
+    # Linear then ReLU: with the ReLU's gradient passed through, d<g, out>/dx = g W
+    want = (g @ net.blocks[0][1].weight).view_as(x)
+    torch.testing.assert_close(x.grad, want)
+    assert rule.state_dict() is not None and net.state_dict().keys() == ref.state_dict().keys()
 
 
 def test_ff_refuses_conv_nets():

@@ -48,6 +48,17 @@ class Options(OptimOptions):
         None, description="θ; None: the number of units of the layer (goodness sum) or 1 (mean)"
     )
     normalize: bool = Field(True, description="length-normalise activities between layers")
+    input_norm: bool = Field(
+        False,
+        description="normalise the first layer's input (image and label) the same way, as "
+        "loeweX's reimplementation does",
+    )
+    relu_grad: Literal["relu", "identity"] = Field(
+        "relu",
+        description="the blocks' ReLU gradient: the true one (none through a unit that is off) "
+        "or passed through unchanged (straight-through, as in loeweX's reimplementation: "
+        "units that are off still learn)",
+    )
     negatives: Literal["random", "hardest"] = Field(
         "random", description="a random wrong label, or the wrong label with the most goodness"
     )
@@ -108,6 +119,8 @@ class ForwardForward(Rule):
         self.layers = LayerOptimizers(groups, self.options, ctx.max_epochs)
         self.head_opt = torch.optim.SGD(self.head.parameters(), lr=self.options.head_lr,
                                         momentum=0.9)  # fmt: skip
+        if self.options.relu_grad == "identity":
+            _pass_relu_gradients(self.net)
         self.split_first = _split_first_linear(self.net.blocks[0])
 
     def _threshold(self, units: int) -> float:
@@ -121,19 +134,24 @@ class ForwardForward(Rule):
     def _first_layer(self, x: torch.Tensor, labels: list[torch.Tensor | None]) -> torch.Tensor:
         """The first block's activities for ``x`` under each set of labels (None: neutral),
         concatenated along the batch."""
+        norm = self.options.input_norm
         if self.split_first is None:
-            return self.net.blocks[0](
-                torch.cat([embed_label(x, lab, self.classes) for lab in labels])
-            )
+            inp = torch.cat([embed_label(x, lab, self.classes) for lab in labels])
+            return self.net.blocks[0](self._norm(inp) if norm else inp)
         linear, rest = self.split_first
         c = self.classes
         image = x.flatten(1).clone()
         image[:, :c] = 0
-        shared = linear(image)  # W·image + b, once for every label
+        shared = F.linear(image, linear.weight)  # W·image, once for every label
         label_cols = linear.weight[:, :c].T  # (classes, units): what each one-hot label adds
-        parts = [
-            shared + (label_cols.mean(0) if lab is None else label_cols[lab]) for lab in labels
-        ]
+        image_sq = image.pow(2).sum(1, keepdim=True) if norm else None
+        parts = []
+        for lab in labels:
+            part = shared + (label_cols.mean(0) if lab is None else label_cols[lab])
+            if norm:  # the labelled input's RMS, from the image's squares and the label's
+                label_sq = 1.0 / c if lab is None else 1.0
+                part = part / ((image_sq + label_sq) / image.shape[1]).sqrt().add(1e-8)
+            parts.append(part if linear.bias is None else part + linear.bias)
         return rest(torch.cat(parts))
 
     def _layers(self, x: torch.Tensor, labels: torch.Tensor | None) -> list[torch.Tensor]:
@@ -233,6 +251,23 @@ class ForwardForward(Rule):
         self.layers.load_state_dict(state)
         self.head_opt.load_state_dict(state["head_opt"])
         self.running = [r.to(self.running[0].device) for r in state["running"]]
+
+
+class _PassThroughReLU(nn.Module):
+    """ReLU forward, identity backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (x.clamp_min(0) - x).detach()
+
+
+def _pass_relu_gradients(module: nn.Module) -> None:
+    """Swap every ``nn.ReLU`` inside ``module`` for a straight-through one (no parameters: the
+    net's state dict is unchanged)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(module, name, _PassThroughReLU())
+        else:
+            _pass_relu_gradients(child)
 
 
 def _split_first_linear(block: nn.Module) -> tuple[nn.Linear, nn.Module] | None:
