@@ -244,7 +244,13 @@ def test_reproduce_puts_the_paper_next_to_ours(tmp_path):
     assert "| digits | mlp:16 | bp | 2 |" in md and "ours below" in md and "a toy paper" in md
     stored = reproduce("toy-paper", store=tmp_path / "runs.sqlite", run=False)
     assert [r.id for r in stored.records] == [r.id for r in res.records]
-    assert reproduce("toy-paper", store=tmp_path / "empty.sqlite", run=False).rows == []
+    # cells not run yet still get their row: no runs, the paper's number, "not run"
+    (empty,) = reproduce("toy-paper", store=tmp_path / "empty.sqlite", run=False).rows
+    assert (empty["runs"], empty["failed"], empty["paper_acc"]) == (0, 0, 99.9)
+    assert empty["verdict"] == "not run" and empty["test_acc"] is None
+    assert "| digits | mlp:16 | bp | 0 | - | 99.9 |" in reproduce_markdown(
+        reproduce("toy-paper", store=tmp_path / "empty.sqlite", run=False)
+    )
     quick = reproduce("toy-paper", quick=True, store=tmp_path / "runs.sqlite")
     assert quick.rows[0]["runs"] == 1 and quick.records[0].metrics["epochs"] == 1
     assert "Quick run" in reproduce_markdown(quick)

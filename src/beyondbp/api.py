@@ -377,15 +377,25 @@ def reproduce(
     else:
         records = [r for c in cells if (r := c.find(run_store)) is not None]
     rows = summarize(records)
+    options, accs = {}, {}  # per setup: the rule's options, the finished seeds' accuracies
+    for r in records:
+        key = (r.rule, r.dataset, r.net, setup_key(r))
+        options[key] = r.options
+        if r.status == "finished":
+            accs.setdefault(key, []).append(100 * r.metrics["test_acc"])
+    for c in cells:  # a setup none of whose seeds has a run yet: a row that says so
+        if c.find(run_store) is not None:
+            continue
+        ghost = RunRecord(c.rule, c.dataset, c.net, c.seed, options=c.full_options(),
+                          config=c.full_config())  # fmt: skip
+        key = (c.rule, c.dataset, c.net, setup_key(ghost))
+        if key not in options:
+            options[key] = ghost.options
+            rows += [{**summarize([ghost])[0], "failed": 0, "errors": []}]
     for row in rows:
-        group = [
-            r
-            for r in records
-            if (r.rule, r.dataset, r.net, setup_key(r))
-            == (row["rule"], row["dataset"], row["net"], row["setup"])
-        ]
-        paper = preset.paper_number(row["rule"], row["dataset"], row["net"], group[0].options)
-        accs = [100 * r.metrics["test_acc"] for r in group if r.status == "finished"]
+        key = (row["rule"], row["dataset"], row["net"], row["setup"])
+        paper = preset.paper_number(row["rule"], row["dataset"], row["net"], options[key])
+        ours = accs.get(key, [])
         row.update(paper_acc=None, gap=None, verdict="no paper number", paper_time_s=None)
         row["paper_time_ratio"] = None
         if paper is not None:
@@ -395,12 +405,12 @@ def reproduce(
             paper_bp = preset.paper_number("bp", row["dataset"], row["net"], {})
             if paper.time_s and paper_bp is not None and paper_bp.time_s:
                 row["paper_time_ratio"] = paper.time_s / paper_bp.time_s
-            if accs:
-                row["gap"] = statistics.fmean(accs) - paper.test_acc
-                if min(accs) <= paper.test_acc <= max(accs):
+            if ours:
+                row["gap"] = statistics.fmean(ours) - paper.test_acc
+                if min(ours) <= paper.test_acc <= max(ours):
                     row["verdict"] = "inside our seed spread"
                 else:
-                    row["verdict"] = "ours above" if min(accs) > paper.test_acc else "ours below"
+                    row["verdict"] = "ours above" if min(ours) > paper.test_acc else "ours below"
             else:
                 row["verdict"] = "not run"
     return ReproduceResult(preset, rows, records, quick)
