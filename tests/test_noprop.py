@@ -103,7 +103,7 @@ def test_fm_flow_with_a_perfect_denoiser_lands_on_the_label_embedding():
     net = NoPropNet((1, 8, 8), 10, steps=7, embedding="learned", embed_dim=5, kind="fm")
     y = torch.tensor([1, 4, 9])
     u = net.embed[y].detach()
-    net.denoise_at = lambda t, x, z: (None, u)
+    net.denoise_at = lambda t, x, z, image=None: (None, u)
     x = torch.zeros(3, 1, 8, 8)
     for solver in ("euler", "heun"):  # the straight path is followed exactly, step by step
         torch.testing.assert_close(net.integrate(x, solver, sample=True).detach(), u)
@@ -115,11 +115,34 @@ def test_ct_flow_with_a_perfect_denoiser_keeps_the_noise_and_reaches_the_last_le
     net = NoPropNet((1, 8, 8), 10, steps=400, embedding="learned", embed_dim=5, kind="ct")
     y = torch.tensor([2, 6])
     u = net.embed[y].detach()
-    net.denoise_at = lambda t, x, z: (None, u)
+    net.denoise_at = lambda t, x, z, image=None: (None, u)
     ab0, ab1 = (torch.sigmoid(net.log_snr(torch.tensor(v))).detach() for v in (0.0, 1.0))
     eps0 = (0 - ab0.sqrt() * u) / (1 - ab0).sqrt()  # the noise implied by z_0 = 0
     z1 = net.integrate(torch.zeros(2, 1, 8, 8), "heun").detach()
     torch.testing.assert_close(z1, ab1.sqrt() * u + (1 - ab1).sqrt() * eps0, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["ct", "fm"])
+def test_inference_runs_the_image_path_once_and_gives_the_same_flow(kind):
+    torch.manual_seed(0)
+    net = NoPropNet((1, 8, 8), 10, steps=6, kind=kind).eval()
+    x = torch.randn(4, 1, 8, 8)
+    calls = []
+    net.blocks[0].image.register_forward_hook(lambda *a: calls.append(1))
+    z = net.integrate(x, "heun")
+    assert len(calls) == 1
+    # the definition: every velocity evaluation runs the whole block (image path included)
+    ref, grid = torch.zeros(4, 10), torch.linspace(0, 1, 7)
+    for k in range(6):
+        t0, t1 = grid[k], grid[k + 1]
+        f0 = net.velocity(t0, x, ref)
+        if kind == "fm" and k == 5:
+            ref = ref + (t1 - t0) * f0
+        else:
+            f1 = net.velocity(t1.clamp(max=1 - 1e-4), x, ref + (t1 - t0) * f0)
+            ref = ref + (t1 - t0) / 2 * (f0 + f1)
+    assert len(calls) == 1 + (12 if kind == "ct" else 11)  # one per velocity evaluation
+    torch.testing.assert_close(z, ref)
 
 
 def test_variant_must_match_the_net():
