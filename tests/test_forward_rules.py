@@ -214,7 +214,7 @@ def test_ff_straight_through_relu_keeps_the_forward_and_passes_the_gradient():
     torch.manual_seed(0)
     net = build_net("mlp:12x2", (1, 8, 8), 10)
     ref = copy.deepcopy(net)
-    rule = _setup("ff", net, {"relu_grad": "identity"})
+    _setup("ff", net, {"relu_grad": "identity"})  # swaps the ReLUs in place
     x = torch.randn(6, 1, 8, 8, requires_grad=True)
     out = net.blocks[0](x)
     torch.testing.assert_close(out, ref.blocks[0](x))
@@ -224,7 +224,9 @@ def test_ff_straight_through_relu_keeps_the_forward_and_passes_the_gradient():
     # Linear then ReLU: with the ReLU's gradient passed through, d<g, out>/dx = g W
     want = (g @ net.blocks[0][1].weight).view_as(x)
     torch.testing.assert_close(x.grad, want)
-    assert rule.state_dict() is not None and net.state_dict().keys() == ref.state_dict().keys()
+    assert net.state_dict().keys() == ref.state_dict().keys()
+    with pytest.raises(bb.BeyondBPError, match="no nn.ReLU"):
+        _setup("ff", build_net("mlp:12x2:tanh", (1, 8, 8), 10), {"relu_grad": "identity"})
 
 
 def test_ff_refuses_conv_nets():

@@ -119,8 +119,9 @@ class ForwardForward(Rule):
         self.layers = LayerOptimizers(groups, self.options, ctx.max_epochs)
         self.head_opt = torch.optim.SGD(self.head.parameters(), lr=self.options.head_lr,
                                         momentum=0.9)  # fmt: skip
-        if self.options.relu_grad == "identity":
-            _pass_relu_gradients(self.net)
+        if self.options.relu_grad == "identity" and not _pass_relu_gradients(self.net):
+            raise BeyondBPError("relu_grad=identity: the net has no nn.ReLU to pass gradients "
+                                "through; use a ReLU net or relu_grad=relu")  # fmt: skip
         self.split_first = _split_first_linear(self.net.blocks[0])
 
     def _threshold(self, units: int) -> float:
@@ -260,14 +261,17 @@ class _PassThroughReLU(nn.Module):
         return x + (x.clamp_min(0) - x).detach()
 
 
-def _pass_relu_gradients(module: nn.Module) -> None:
+def _pass_relu_gradients(module: nn.Module) -> int:
     """Swap every ``nn.ReLU`` inside ``module`` for a straight-through one (no parameters: the
-    net's state dict is unchanged)."""
+    net's state dict is unchanged); returns how many were swapped."""
+    swapped = 0
     for name, child in module.named_children():
         if isinstance(child, nn.ReLU):
             setattr(module, name, _PassThroughReLU())
+            swapped += 1
         else:
-            _pass_relu_gradients(child)
+            swapped += _pass_relu_gradients(child)
+    return swapped
 
 
 def _split_first_linear(block: nn.Module) -> tuple[nn.Linear, nn.Module] | None:
