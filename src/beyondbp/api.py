@@ -373,9 +373,9 @@ def reproduce(
     run_store = _open_store(store if store is not False else True)
     assert run_store is not None
     if run:
-        records = run_grid(cells, run_store, jobs=jobs, on_done=on_done)
-    else:
-        records = [r for c in cells if (r := c.find(run_store)) is not None]
+        run_grid(cells, run_store, jobs=jobs, on_done=on_done)
+    found = [(c, c.find(run_store)) for c in cells]
+    records = [r for _, r in found if r is not None]
     rows = summarize(records)
     options, accs = {}, {}  # per setup: the rule's options, the finished seeds' accuracies
     for r in records:
@@ -383,9 +383,7 @@ def reproduce(
         options[key] = r.options
         if r.status == "finished":
             accs.setdefault(key, []).append(100 * r.metrics["test_acc"])
-    for c in cells:  # a setup none of whose seeds has a run yet: a row that says so
-        if c.find(run_store) is not None:
-            continue
+    for c in (c for c, r in found if r is None):  # a setup with no run yet: a row that says so
         ghost = RunRecord(c.rule, c.dataset, c.net, c.seed, options=c.full_options(),
                           config=c.full_config())  # fmt: skip
         key = (c.rule, c.dataset, c.net, setup_key(ghost))

@@ -4,8 +4,9 @@ The one-hot label replaces the first ``classes`` input values. Positive data car
 label, negative data a label that is guaranteed wrong (``(y + k) mod C`` with ``k`` in 1..C−1, or
 the wrong label the network currently finds best). Each layer's goodness is the sum of its squared
 activities; ``p(positive) = σ(goodness − θ)`` with a binary cross-entropy per layer. The activity
-vector is length-normalised before it passes on, and each layer's input is detached: no gradient
-crosses layers, and each layer's backward runs before the next layer's forward.
+vector is length-normalised before it passes on (option ``input_norm``: the first layer's input
+too), and each layer's input is detached: no gradient crosses layers, and each layer's backward
+runs before the next layer's forward.
 
 Inputs with different labels differ only in the label values, so when the first block starts
 with a linear layer its product with the image is computed once per batch and each label adds
