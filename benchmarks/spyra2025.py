@@ -119,6 +119,10 @@ def main() -> None:
         "pinned, as above; kept in spyra2025.json):",
         "",
         *old_ff_table,
+        "",
+        "The first run with it, Fashion-MNIST 4x2000 seed 0 (88.01 %, best validation epoch 44 "
+        "of 60; 83.99 % without), shared its core with short development runs for about 10 of "
+        "its 112 minutes.",
     ]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "spyra2025.md").write_text("\n".join(md) + "\n")
