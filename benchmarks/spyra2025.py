@@ -66,7 +66,7 @@ def superseded_ff(store: str, datasets: list[str]) -> tuple[list, list[str]]:
         table.append(
             f"| {r.dataset} | {r.net} | {r.seed} | {100 * r.metrics['test_acc']:.2f} | "
             f"{paper.test_acc if paper else '-'} | {r.metrics['train_time_s']:.1f} | "
-            f"{len(r.history)} |"
+            f"{r.metrics['epochs']} |"
         )
     return runs, table
 

@@ -78,6 +78,11 @@ class Options(OptimOptions):
     )
 
 
+def rms_normalise(h: torch.Tensor) -> torch.Tensor:
+    """Each row scaled to root-mean-square 1."""
+    return h / (h.pow(2).mean(1, keepdim=True).sqrt() + 1e-8)
+
+
 def embed_label(x: torch.Tensor, labels: torch.Tensor | None, classes: int) -> torch.Tensor:
     """Flatten ``x`` and overwrite its first ``classes`` values with the one-hot label
     (``None``: the neutral label, 1/classes everywhere)."""
@@ -139,7 +144,7 @@ class ForwardForward(Rule):
         norm = self.options.input_norm
         if self.split_first is None:
             inp = torch.cat([embed_label(x, lab, self.classes) for lab in labels])
-            return self.net.blocks[0](self._norm(inp) if norm else inp)
+            return self.net.blocks[0](rms_normalise(inp) if norm else inp)
         linear, rest = self.split_first
         c = self.classes
         image = x.flatten(1).clone()
@@ -167,9 +172,7 @@ class ForwardForward(Rule):
     def _norm(self, h: torch.Tensor) -> torch.Tensor:
         """Keep the direction only: scale to root-mean-square 1 (length sqrt(units), the scale
         at which a threshold equal to the number of units is natural)."""
-        if not self.options.normalize:
-            return h
-        return h / (h.pow(2).mean(1, keepdim=True).sqrt() + 1e-8)
+        return rms_normalise(h) if self.options.normalize else h
 
     @torch.no_grad()
     def goodness_per_label(self, x: torch.Tensor) -> torch.Tensor:
