@@ -316,10 +316,10 @@ def main() -> None:
     ap.add_argument("--rewrite", action="store_true",
                     help="only rewrite the Markdown table from the stored JSON")  # fmt: skip
     args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("BEYONDBP_THREADS", "1")))
     if args.rewrite:
         write(json.loads(OUT.read_text()), " ".join(["python", *sys.argv]))
         return
-    torch.set_num_threads(int(os.environ.get("BEYONDBP_THREADS", "1")))
     for name in args.data.split(","):
         run_dataset(name, args)
     print((HERE / "results" / "convex_compare.md").read_text())
