@@ -23,8 +23,7 @@ stored rows, so a partial rerun of either side updates it.
 
 writes benchmarks/results/convex_compare.{json,md} after every measured row (a rerun replaces the
 rows it measures again, keeps the others); ``--rewrite`` only rewrites the Markdown from the
-JSON. Runs one torch thread (BEYONDBP_THREADS, default
-1).
+JSON. Runs one torch thread (BEYONDBP_THREADS, default 1).
 """
 
 from __future__ import annotations
