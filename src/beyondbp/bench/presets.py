@@ -162,6 +162,12 @@ _CAFO = {"aggregate": "logits"}  # Spyra sums the predictors' logits
 _CAFO_CONFIG = {**_BP_CONFIG, "epochs": 20}
 _CAFO_DFA = {**_CAFO, "block_training": "dfa", "dfa_epochs": 10}
 _CAFO_DFA_CONFIG = {**_BP_CONFIG, "epochs": 30}  # 10 DFA epochs, then 20 of the predictors
+_CAFO_DFA_CIFAR_SPYRA = {
+    **_CAFO_DFA,
+    "dfa_epochs": 250,
+    "dfa_lr": 1.37e-4,
+    "predictor_patience": 8,
+}
 
 register_preset(
     Preset(
@@ -241,6 +247,14 @@ register_preset(
                 options={"cafo": _CAFO_DFA},
                 config={**_CIFAR_CONFIG, "epochs": 30},
             ),
+            GridSpec(  # Spyra's CIFAR-10 CaFo-DFA budget: 250 DFA epochs, then 147 of the
+                # predictors, each stopping on its own (their cafodfa_cifar10_cnn_3block config)
+                rules=["cafo"],
+                datasets=["cifar10"],
+                nets=["cnn3"],
+                options={"cafo": _CAFO_DFA_CIFAR_SPYRA},
+                config={**_CIFAR_CONFIG, "epochs": 250 + 147},
+            ),
         ),
         paper={
             **_BP_PAPER,
@@ -269,7 +283,9 @@ register_preset(
         "Adam 1e-3 for 20 epochs, trained together (Spyra stops each predictor on its own, "
         "patience 6-8: option predictor_patience, not used in these runs), the best validation "
         "epoch of their sum tested; "
-        "CaFo-DFA 10 DFA epochs (Adam 1e-4) first. Mono-Forward runs twice: "
+        "CaFo-DFA 10 DFA epochs (Adam 1e-4) first; on CIFAR-10 also with Spyra's budget (250 DFA "
+        "epochs at Adam 1.37e-4, then up to 147 predictor epochs, each predictor stopping "
+        "after 8 epochs without a better validation loss). Mono-Forward runs twice: "
         "Spyra's protocol (tuned lr and epochs per layer, greedy, per-layer patience 4 on the "
         "local validation loss) and ours (joint: all layers on every batch, with BP's recipe "
         "and budget: AdamW at Spyra's tuned lr 3.87e-4, weight decay 0.05, cosine over 30 "
