@@ -297,6 +297,32 @@ def test_cafo_rand_blocks_stay_frozen_and_no_gradient_crosses_blocks():
     assert all(p.grad is None for p in net.blocks.parameters())
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_cafo_frozen_blocks_mode_decides_whether_batchnorm_statistics_move(mode):
+    """While the predictors learn, 'train' blocks normalise with batch statistics and keep
+    updating the running ones; 'eval' blocks (Spyra's code) hold them fixed. The DFA phase
+    trains the blocks, so their statistics move there in either mode."""
+    torch.manual_seed(0)
+    net = build_net("cnn3:4-8-8", (1, 8, 8), 10)
+    opts = {"block_training": "dfa", "dfa_epochs": 1, "frozen_blocks": mode}
+    rule = _setup("cafo", net, opts)
+    bn = net.blocks[0][-1]
+    assert isinstance(bn, torch.nn.BatchNorm2d)
+    x, y = torch.randn(6, 1, 8, 8) * 3 + 1, torch.randint(0, 10, (6,))
+
+    def moved_by_a_step() -> bool:
+        rule.train_mode(True)
+        before = bn.running_mean.clone()
+        rule.step(x, y)
+        return not torch.equal(before, bn.running_mean)
+
+    assert rule.training_blocks and moved_by_a_step()
+    rule.end_epoch(0, {})  # the DFA phase ends: the predictors learn from here on
+    assert not rule.training_blocks
+    assert moved_by_a_step() == (mode == "train")
+    assert rule.predictors.training  # the predictors themselves are in train mode
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -304,6 +330,13 @@ def test_cafo_rand_blocks_stay_frozen_and_no_gradient_crosses_blocks():
         {"loss": "sl", "lr": 1e-2, "aggregate": "logits"},
         {"loss": "mse", "ridge": 1.0},
         {"block_training": "dfa", "dfa_epochs": 4, "dfa_lr": 1e-3, "lr": 1e-2},
+        {
+            "block_training": "dfa",
+            "dfa_epochs": 4,
+            "dfa_lr": 1e-3,
+            "lr": 1e-2,
+            "frozen_blocks": "eval",
+        },
     ],
 )
 def test_cafo_learns_digits(options):

@@ -10,6 +10,11 @@ solved at the epoch's end). Prediction sums the predictors' softmax outputs (the
 or their logits (Spyra 2025). With ``predictor_patience`` each predictor stops on its own when its
 validation cross-entropy has not improved for that many epochs and keeps its best epoch's weights
 (Spyra 2025: patience 6-8); training ends when every predictor has stopped.
+
+While the predictors learn, the frozen blocks run in train mode by default (``frozen_blocks``):
+BatchNorm normalises with each batch's statistics and its running statistics keep moving, though
+no weight does. ``frozen_blocks="eval"`` holds them in eval mode, as Spyra's code does; for
+``rand`` blocks BatchNorm then keeps its initial running statistics (mean 0, variance 1).
 """
 
 from __future__ import annotations
@@ -49,6 +54,11 @@ class Options(OptimOptions):
     predictor_patience: int | None = Field(
         None, ge=1, description="stop each predictor when its validation CE has not improved "
         "for this many epochs, keeping its best weights (Spyra: 6-8); None: all train to the end"
+    )  # fmt: skip
+    frozen_blocks: Literal["train", "eval"] = Field(
+        "train", description="mode of the frozen blocks while the predictors learn: 'train' "
+        "(BatchNorm on batch statistics, its running ones still updated) or 'eval' (Spyra's "
+        "code: running statistics, fixed)"
     )  # fmt: skip
 
 
@@ -127,6 +137,11 @@ class CaFo(Rule):
     def warming_up(self) -> bool:
         # the DFA phase predicts through the auxiliary head: not the CaFo model that is tested
         return self.training_blocks
+
+    def train_mode(self, training: bool) -> None:
+        super().train_mode(training)
+        if training and not self.training_blocks and self.options.frozen_blocks == "eval":
+            self.net.eval()
 
     def _reset_normal_equations(self) -> None:
         self.gram: list[torch.Tensor | None] = [None] * len(self.predictors)
