@@ -245,6 +245,27 @@ def test_ff_learns_digits(predict, bar):
     assert res.metrics["test_acc"] >= bar, res.metrics
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_ff_head_optimizer_options_reach_the_head_only():
+    """Spyra's FF code trains the head with AdamW (its own lr and weight decay) on the layers'
+    schedule; the default head is SGD with momentum at a constant rate."""
+    net = build_net("mlp:16x2", (1, 8, 8), 10)
+    rule = _setup("ff", net, {"schedule": "cosine"})
+    assert isinstance(rule.head_opt, torch.optim.SGD)
+    assert rule.head_opt.param_groups[0]["momentum"] == 0.9
+    net = build_net("mlp:16x2", (1, 8, 8), 10)
+    opts = {"schedule": "cosine", "head_optimizer": "adamw", "head_lr": 0.02,
+            "head_weight_decay": 0.005, "head_schedule": "same"}  # fmt: skip
+    rule = _setup("ff", net, opts)
+    group = rule.head_opt.param_groups[0]
+    assert isinstance(rule.head_opt, torch.optim.AdamW)
+    assert (group["lr"], group["weight_decay"]) == (0.02, 0.005)
+    assert rule.layers.opts[0].param_groups[0]["weight_decay"] == 3e-4  # FF's own default
+    rule.end_epoch(0, {"loss": 1.0})
+    assert group["lr"] < 0.02  # the head follows the layers' cosine
+    assert rule.layers.opts[0].param_groups[0]["lr"] < SGD["lr"]
+
+
 def test_sparsemax_known_answers_and_loss_gradient():
     from beyondbp.rules.cafo import sparsemax, sparsemax_loss
 

@@ -74,6 +74,24 @@ def test_bp_learns_digits(optimizer):
     assert res.metrics["test_acc"] >= 0.93, res.metrics
 
 
+def test_cooldown_schedule_holds_the_rate_for_half_the_run_then_falls_linearly():
+    """loeweX's FF cooldown: lr for epochs 0..E/2, then lr·2(1 + E − e)/E. With E = 10: factor
+    1 for epochs 0-5, then 1.0, 0.8, 0.6, 0.4 (= 4/E) for epochs 6-9."""
+    from beyondbp.rules.optim import OptimOptions, Schedule
+
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.5)
+    sched = Schedule(opt, OptimOptions(schedule="cooldown"), max_epochs=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step(None)
+    want = [0.5] * 6 + [0.5 * 2 * (1 + 10 - e) / 10 for e in range(6, 10)]
+    assert lrs == pytest.approx(want)
+    assert lrs[-1] == pytest.approx(0.5 * 4 / 10)
+
+
 def test_bp_cnn3_learns_digits_with_cosine_schedule():
     res = bb.train(
         "bp",

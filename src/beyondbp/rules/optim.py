@@ -21,7 +21,11 @@ class OptimOptions(RuleOptions):
     nesterov: bool = False
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
-    schedule: Literal["none", "cosine", "step", "plateau"] = "none"
+    schedule: Literal["none", "cosine", "step", "plateau", "cooldown"] = Field(
+        "none", description="per-epoch learning rate: constant, cosine to 0, step decay, decay on "
+        "a val-loss plateau, or cooldown (constant for the first half, then linearly down to "
+        "4/epochs of lr at the last epoch: loeweX's FF reimplementation, Spyra's FF code)"
+    )  # fmt: skip
     step_size: int = Field(30, ge=1, description="epochs between decays (schedule=step)")
     gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step and plateau)")
     plateau_patience: int = Field(5, ge=0, description="epochs without val-loss gain (plateau)")
@@ -39,6 +43,12 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], o: OptimOptions) -> tor
     return cls(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, fused=fused)
 
 
+def cooldown_factor(epoch: int, epochs: int) -> float:
+    """The linear cooldown's factor at (0-based) ``epoch`` of ``epochs``: 1 up to the middle
+    epoch, then 2·(1 + epochs − epoch)/epochs, down to 4/epochs at the last."""
+    return 1.0 if epoch <= epochs // 2 else 2 * (1 + epochs - epoch) / epochs
+
+
 class Schedule:
     """An epoch-level learning-rate schedule; ``step(val_loss)`` once per epoch."""
 
@@ -52,6 +62,8 @@ class Schedule:
             self.sched = sched.StepLR(opt, step_size=o.step_size, gamma=o.gamma)
         elif o.schedule == "plateau":
             self.sched = sched.ReduceLROnPlateau(opt, factor=o.gamma, patience=o.plateau_patience)
+        elif o.schedule == "cooldown":
+            self.sched = sched.LambdaLR(opt, lambda e: cooldown_factor(e, max(1, max_epochs)))
 
     def step(self, val_loss: float | None) -> None:
         if self.kind == "plateau":
