@@ -46,7 +46,7 @@ def main() -> None:
     name = args.preset.replace("-", "_")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"{name}.md").write_text("\n".join(md) + "\n")
-    runs = [dataclasses.asdict(r) for r in result.records if r.status != "running"]
+    runs = [dataclasses.asdict(r) for r in result.records if not r.unfinished]
     out = {"command": command, "summary": result.rows, "runs": runs}
     (HERE / "results" / f"{name}.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
     print("\n".join(md))

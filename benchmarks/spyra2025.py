@@ -190,8 +190,8 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "spyra2025.md").write_text("\n".join(md) + "\n")
     # as `beyondbp runs export` does; the superseded FF runs too, so an import keeps them; not
-    # the runs still training (their partial records would land in the committed file)
-    done = [r for r in accuracy.records if r.status != "running"]
+    # the unfinished runs (their partial records would land in the committed file)
+    done = [r for r in accuracy.records if not r.unfinished]
     runs = [dataclasses.asdict(r) for r in [*done, *old_ff]]
     out = {"command": command, "summary": accuracy.rows, "cost_seed0": cost.rows, "runs": runs}
     (HERE / "results" / "spyra2025.json").write_text(json.dumps(out, indent=1) + "\n")

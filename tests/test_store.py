@@ -23,6 +23,12 @@ def _rec(i: int, **kw) -> RunRecord:
     )
 
 
+def test_unfinished_means_running_or_interrupted():
+    want = {"running": True, "interrupted": True, "finished": False, "diverged": False,
+            "failed": False}  # fmt: skip
+    assert {s: _rec(0, status=s).unfinished for s in want} == want
+
+
 def test_save_get_list_export(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
     recs = [_rec(i) for i in range(3)]

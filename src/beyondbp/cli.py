@@ -646,7 +646,7 @@ def runs_import(
     for path in files:
         records = records_from_json(path)
         added = run_store.add(records)
-        unfinished = sum(r.status in ("running", "interrupted") for r in added)
+        unfinished = sum(r.unfinished for r in added)
         note = (
             f"; {unfinished} unfinished (their checkpoints are not in the file: a grid runs them "
             "again from the start)"

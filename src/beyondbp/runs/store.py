@@ -73,6 +73,11 @@ class RunRecord:
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
 
+    @property
+    def unfinished(self) -> bool:
+        """Still training, or stopped and resumable from a checkpoint: its record is partial."""
+        return self.status in ("running", "interrupted")
+
     def summary(self) -> dict[str, Any]:
         """The flat row shown by ``runs list`` and exported to CSV."""
         row = {k: getattr(self, k) for k in ("id", "status", "rule", "dataset", "net", "seed")}
