@@ -32,7 +32,7 @@ from beyondbp.errors import BeyondBPError
 from beyondbp.nets import as_blocknet
 from beyondbp.rules import register
 from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
-from beyondbp.rules.optim import LayerOptimizers, OptimOptions, Schedule, make_optimizer
+from beyondbp.rules.optim import LayerOptimizers, OptimOptions
 
 
 class Options(OptimOptions):
@@ -137,12 +137,16 @@ class ForwardForward(Rule):
             "momentum": 0.9, "nesterov": False,
             "schedule": o.schedule if o.head_schedule == "same" else "none",
         })  # fmt: skip
-        self.head_opt = make_optimizer(self.head.parameters(), head_o)
-        self.head_sched = Schedule(self.head_opt, head_o, ctx.max_epochs)
+        self.head_opts = LayerOptimizers([self.head.parameters()], head_o, ctx.max_epochs)
         if self.options.relu_grad == "identity" and not _pass_relu_gradients(self.net):
             raise BeyondBPError("relu_grad=identity: the net has no nn.ReLU to pass gradients "
                                 "through; use a ReLU net or relu_grad=relu")  # fmt: skip
         self.split_first = _split_first_linear(self.net.blocks[0])
+
+    @property
+    def head_opt(self) -> torch.optim.Optimizer:
+        """The softmax head's optimiser."""
+        return self.head_opts.opts[0]
 
     def _threshold(self, units: int) -> float:
         if self.options.threshold is not None:
@@ -243,8 +247,7 @@ class ForwardForward(Rule):
             head_logits = self.head(feats)
             head_loss = F.cross_entropy(head_logits, y)
             head_loss.backward()
-            self.head_opt.step()
-            self.head_opt.zero_grad(set_to_none=True)
+            self.head_opts.step(0)
             logs["head_loss"] = head_loss.detach()
             logs["correct"] = (head_logits.detach().argmax(1) == y).sum()
         return logs
@@ -261,16 +264,18 @@ class ForwardForward(Rule):
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.layers.end_epoch(val.get("loss"))
-        self.head_sched.step(val.get("loss"))
+        self.head_opts.end_epoch(val.get("loss"))
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.layers.state_dict(), "head_opt": self.head_opt.state_dict(),
-                "head_sched": self.head_sched.state_dict(), "running": self.running}  # fmt: skip
+        return {**self.layers.state_dict(), "head": self.head_opts.state_dict(),
+                "running": self.running}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.layers.load_state_dict(state)
-        self.head_opt.load_state_dict(state["head_opt"])
-        self.head_sched.load_state_dict(state.get("head_sched", {}))  # older checkpoints: none
+        if "head" in state:
+            self.head_opts.load_state_dict(state["head"])
+        else:  # checkpoints before the head options: its SGD optimiser, no schedule
+            self.head_opt.load_state_dict(state["head_opt"])
         self.running = [r.to(self.running[0].device) for r in state["running"]]
 
 
