@@ -87,7 +87,7 @@ def test_grid_goes_on_past_a_failing_cell_and_records_the_error(tmp_path):
     assert status["digits"].status == "finished"
     assert status["mnist"].status == "failed" and "not found" in status["mnist"].error
     row = next(r for r in result.rows if r["dataset"] == "mnist")
-    assert row["runs"] == 0 and row["failed"] == 1 and "not found" in row["errors"][0]
+    assert row["runs"] == 0 and row["not_finished"] == 1 and "not found" in row["errors"][0]
     # a second run skips both: finished and failed cells are not recomputed
     again = bb.bench(grid, store=store)
     assert [r.updated for r in again.records] == [r.updated for r in result.records]
@@ -246,7 +246,7 @@ def test_reproduce_puts_the_paper_next_to_ours(tmp_path):
     assert [r.id for r in stored.records] == [r.id for r in res.records]
     # cells not run yet still get their row: no runs, the paper's number, "not run"
     (empty,) = reproduce("toy-paper", store=tmp_path / "empty.sqlite", run=False).rows
-    assert (empty["runs"], empty["failed"], empty["paper_acc"]) == (0, 0, 99.9)
+    assert (empty["runs"], empty["not_finished"], empty["paper_acc"]) == (0, 0, 99.9)
     assert empty["verdict"] == "not run" and empty["test_acc"] is None
     assert "| digits | mlp:16 | bp | 0 | - | 99.9 |" in reproduce_markdown(
         reproduce("toy-paper", store=tmp_path / "empty.sqlite", run=False)

@@ -194,7 +194,7 @@ def summarize(
             "budget": budget,
             "variant": options_diff(rs[0]),
             "runs": len(done),
-            "failed": len(rs) - len(done),
+            "not_finished": len(rs) - len(done),
             "errors": sorted(
                 {
                     f"{r.status}: {r.error or r.metrics.get('stop_reason')}"
@@ -389,7 +389,7 @@ def reproduce(
         key = (c.rule, c.dataset, c.net, setup_key(ghost))
         if key not in options:
             options[key] = ghost.options
-            rows += [{**summarize([ghost])[0], "failed": 0, "errors": []}]
+            rows += [{**summarize([ghost])[0], "not_finished": 0, "errors": []}]
     for row in rows:
         key = (row["rule"], row["dataset"], row["net"], row["setup"])
         paper = preset.paper_number(row["rule"], row["dataset"], row["net"], options[key])

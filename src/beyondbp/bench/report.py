@@ -218,7 +218,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
         net = r["net"] + (f" [setup {r['setup']}]" if ambiguous and not r["variant"] else "")
         out.append([
             rule, r["dataset"], net,
-            f"{r['runs']}" + (f" (+{r['failed']} not finished)" if r["failed"] else ""),
+            f"{r['runs']}" + (f" (+{r['not_finished']} not finished)" if r["not_finished"] else ""),
             _pm(r, "test_acc", 100), _fmt(r["delta_acc"], 100, 2),
             _pm(r, "train_time_s", 1, 1), _fmt(r["time_ratio"]),
             _pm(r, "energy_wh", 1, 4) + (f" ({r['energy_label']})" if r["energy_wh"] else ""),
