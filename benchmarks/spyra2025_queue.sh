@@ -10,6 +10,10 @@
 # core so the seed-0 runs share their core with nothing:
 #   taskset -c 0 bash benchmarks/spyra2025_queue.sh seed0 > benchmarks/runs/queue_seed0.log 2>&1 &
 #   taskset -c 1 bash benchmarks/spyra2025_queue.sh more  > benchmarks/runs/queue_more.log 2>&1 &
+# With no seed-0 work left, the two seeds of `more` can take a core each, with a store each
+# (merge them with `beyondbp runs import` before the report):
+#   SEEDS=1 STORE=benchmarks/runs/more_s1.sqlite taskset -c 0 bash benchmarks/spyra2025_queue.sh more &
+#   SEEDS=2 STORE=benchmarks/runs/more_s2.sqlite taskset -c 1 bash benchmarks/spyra2025_queue.sh more &
 # Each line resumes where the last run stopped (finished cells are found in the store, stopped
 # ones resume from their checkpoint; a stopped cell's training clock stops with it). Stop a lane
 # with SIGTERM to its `beyondbp reproduce` process. Run from a checkout that is not being edited.
@@ -20,7 +24,7 @@ DATA=${DATA_DIR:-../shared/data}
 export BEYONDBP_THREADS=1
 case "$1" in
   seed0) SEEDS=0 ;;
-  more) SEEDS=1,2 ;;
+  more) SEEDS=${SEEDS:-1,2} ;;
   *) echo "usage: $0 seed0|more" >&2; exit 2 ;;
 esac
 # a fresh checkout has no store: start from the committed runs, so finished cells are not rerun
