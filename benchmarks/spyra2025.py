@@ -163,7 +163,11 @@ def main() -> None:
         "",
         "Runs made by `benchmarks/spyra2025_queue.sh` (see its header; the machine line above is "
         "the tabulating process's). Seeds 1-2 trained in the second lane, whose core also ran "
-        "development work at times, so their times are not comparable with seed 0's.",
+        "development work at times, so their times are not comparable with seed 0's. FF 4x2000 "
+        "Fashion-MNIST seeds 1 and 2 trained on 2026-11-30 from a fresh machine (platform "
+        "`...-v657` in their records; seed 0's `...-v669`), one per core at the same time with "
+        "nothing else running: 83-85 s per epoch against seed 0's 112 s, hence that row's wide "
+        "time spread.",
         "",
         "Energy on this machine is a CodeCarbon estimate (no RAPL or NVML counter is readable "
         "here): CPU power modelled from the CPU's power class, plus RAM; not a measurement.",
