@@ -167,7 +167,8 @@ def main() -> None:
         "Fashion-MNIST seeds 1 and 2 trained on 2026-11-30 from a fresh machine (platform "
         "`...-v657` in their records; seed 0's `...-v669`), one per core at the same time with "
         "nothing else running: 83-85 s per epoch against seed 0's 112 s, hence that row's wide "
-        "time spread.",
+        "time spread. FF 4x2000 MNIST seeds 1 and 2 trained right after them the same way, "
+        "except that two test files ran beside seed 1 on its core for 7 of its minutes.",
         "",
         "Energy on this machine is a CodeCarbon estimate (no RAPL or NVML counter is readable "
         "here): CPU power modelled from the CPU's power class, plus RAM; not a measurement.",
