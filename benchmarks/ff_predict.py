@@ -46,7 +46,7 @@ def main() -> None:
     state = torch.load(args.checkpoint, weights_only=False, map_location="cpu")
     for name, module in rule.modules().items():
         module.load_state_dict(state[name])
-    rule.train_mode(False)
+    rule.set_phase("test")
 
     def score(label: str) -> None:
         for split_name in ("val", "test"):

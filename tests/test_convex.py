@@ -264,7 +264,7 @@ def test_resume_is_exact(name):
     for _ in range(3):
         resumed.step(x, y)
     a, b = straight.state_dict(), resumed.state_dict()
-    key = "iterates" if name == "convex-admm" else "fista"
+    key = "it" if name == "convex-admm" else "fista"
     for k in a[key]:
         if isinstance(a[key][k], torch.Tensor):
             torch.testing.assert_close(a[key][k], b[key][k], atol=0, rtol=0)

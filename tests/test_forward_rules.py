@@ -332,7 +332,7 @@ def test_cafo_frozen_blocks_mode_decides_whether_batchnorm_statistics_move(mode)
     x, y = torch.randn(6, 1, 8, 8) * 3 + 1, torch.randint(0, 10, (6,))
 
     def moved_by_a_step() -> bool:
-        rule.train_mode(True)
+        rule.set_phase("train")
         before = bn.running_mean.clone()
         rule.step(x, y)
         return not torch.equal(before, bn.running_mean)
@@ -417,7 +417,7 @@ def test_cafo_stops_each_predictor_at_its_best_validation_epoch():
     assert len(curves) == 3
     val = load_dataset("digits").val.to(next(res.model.parameters()).device)
     with torch.no_grad():
-        res.rule.train_mode(False)
+        res.rule.set_phase("test")
         final = [
             float(torch.nn.functional.cross_entropy(z, val.y)) for z in res.rule.part_scores(val.x)
         ]

@@ -25,6 +25,7 @@ from beyondbp.nets import build_net
 from beyondbp.rules import Rule, get_rule, make_options
 from beyondbp.runs import RunRecord, RunStore
 from beyondbp.runs.store import new_run_id
+from beyondbp.tasks import make_task
 
 
 @dataclass
@@ -43,7 +44,7 @@ class TrainResult:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted classes for normalised inputs ``x``."""
-        self.rule.train_mode(False)
+        self.rule.set_phase("test")
         device = next(self.model.parameters()).device
         return self.rule.predict(x.to(device)).argmax(1)
 
@@ -141,7 +142,9 @@ def train(
         record.metrics["data_notes"] = dataset.meta.notes
     ckpt_dir = run_store.checkpoint_dir(record.id) if run_store else None
     rule_obj = rule_cls(opts)
-    trainer = Trainer(rule_obj, model, dataset, cfg, record, run_store, ckpt_dir, callbacks)
+    trainer = Trainer(
+        rule_obj, model, make_task(dataset), cfg, record, run_store, ckpt_dir, callbacks
+    )
     trainer.fit(resume=resume is not None)
     return TrainResult(model, rule_obj, record)
 

@@ -1,4 +1,5 @@
-"""Learning rules by name. One module per rule; importing it registers it.
+"""Learning rules by name. One module per rule; the registry finds them through entry points
+(:mod:`beyondbp.rules.registry`).
 
 >>> from beyondbp.rules import available_rules, make_rule
 >>> rule = make_rule("bp", {"lr": 1e-3, "optimizer": "adamw"})
@@ -7,38 +8,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
 from beyondbp.errors import BeyondBPError, UnknownNameError, describe_validation
 from beyondbp.rules.base import Rule, RuleOptions, SetupContext
-
-_REGISTRY: dict[str, type[Rule]] = {}
-
-
-def register(name: str, description: str) -> Callable[[type[Rule]], type[Rule]]:
-    """Class decorator: register a :class:`Rule` subclass under ``name``."""
-
-    def deco(cls: type[Rule]) -> type[Rule]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"rule {name!r} is registered twice")
-        cls.name, cls.description = name, description
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def available_rules() -> dict[str, type[Rule]]:
-    return dict(sorted(_REGISTRY.items()))
-
-
-def get_rule(name: str) -> type[Rule]:
-    if name not in _REGISTRY:
-        raise UnknownNameError("rule", name, _REGISTRY)
-    return _REGISTRY[name]
+from beyondbp.rules.registry import available_rules, get_rule, register
 
 
 def parse_value(text: str) -> Any:
@@ -79,25 +56,6 @@ def make_rule(name: str, options: Mapping[str, Any] | None = None) -> Rule:
     cls = get_rule(name)
     return cls(make_options(cls, options))
 
-
-# Importing the rule modules registers them.
-from beyondbp.rules import bp as _bp  # noqa: E402, F401
-from beyondbp.rules import cafo as _cafo  # noqa: E402, F401
-from beyondbp.rules import convex_admm as _convex_admm  # noqa: E402, F401
-from beyondbp.rules import convex_gated as _convex_gated  # noqa: E402, F401
-from beyondbp.rules import convex_robust as _convex_robust  # noqa: E402, F401
-from beyondbp.rules import convex_scp as _convex_scp  # noqa: E402, F401
-from beyondbp.rules import de as _de  # noqa: E402, F401
-from beyondbp.rules import deep_ga as _deep_ga  # noqa: E402, F401
-from beyondbp.rules import dfa as _dfa  # noqa: E402, F401
-from beyondbp.rules import drtp as _drtp  # noqa: E402, F401
-from beyondbp.rules import es as _es  # noqa: E402, F401
-from beyondbp.rules import ff as _ff  # noqa: E402, F401
-from beyondbp.rules import mezo as _mezo  # noqa: E402, F401
-from beyondbp.rules import mono_forward as _mono_forward  # noqa: E402, F401
-from beyondbp.rules import noprop as _noprop  # noqa: E402, F401
-from beyondbp.rules import tpsgd as _tpsgd  # noqa: E402, F401
-from beyondbp.rules import zo_adam as _zo_adam  # noqa: E402, F401
 
 __all__ = [
     "Rule",

@@ -10,7 +10,8 @@ A rule's unit of work is one :meth:`Rule.step`. What a step consumes is declared
   full-batch graph step); an epoch is ``steps_per_epoch`` such steps.
 
 Either way the harness budgets work by epochs, steps, examples seen or wall time, and evaluates,
-stops early and checkpoints the same way.
+stops early and checkpoints the same way. A rule says which task kinds it learns (``tasks``);
+the task (:mod:`beyondbp.tasks`) draws the data and scores the predictions.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from beyondbp.data.core import DatasetMeta, Split
+from beyondbp.errors import BeyondBPError
 
 
 class RuleOptions(BaseModel):
@@ -73,19 +75,29 @@ class SetupContext:
     train: Split | None = None  # the training split, for data-dependent initialisation
 
 
+Phase = Literal["train", "val", "test"]
+
+
 class Rule:
     """Base class of every learning rule. Subclass, set the class variables, register.
 
-    Subclasses implement :meth:`setup`, :meth:`step` and :meth:`predict`; they override
-    :meth:`state_dict` / :meth:`load_state_dict` when they keep learning state beyond the net's
-    parameters (optimisers, feedback matrices, schedulers), so checkpoints resume exactly.
+    The core is three methods: :meth:`setup` (build learning state), :meth:`step` (one update)
+    and :meth:`predict`. Learning state beyond the modules (optimisers, schedules, feedback
+    matrices, counters) is *declared* by name in ``stateful``; the base class saves and loads
+    it, so checkpoints resume exactly without a hand-written ``state_dict``. Everything below
+    "optional hooks" has a default that most rules keep.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Options: ClassVar[type[RuleOptions]] = RuleOptions
     search_space: ClassVar[dict[str, Distribution]] = {}
+    # attributes holding learning state: objects with state_dict()/load_state_dict() (optimisers,
+    # schedules, modules outside modules(), Patience), tensors, numbers, strings, None, and lists
+    # or dicts of those
+    stateful: ClassVar[tuple[str, ...]] = ()
     unit: ClassVar[Literal["batch", "dataset"]] = "batch"
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)  # the task kinds it can learn
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     # False: left out of a grid that names no rules (``bench`` without --rules). For rules whose
     # defaults target another regime (LLM fine-tuning, populations for RL) and that would take
@@ -98,11 +110,11 @@ class Rule:
     def __init__(self, options: RuleOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()
         self.net: nn.Module | None = None
-        # True while the harness validates between epochs (False for the test): a rule whose
-        # inference is costly may validate more cheaply (NoProp's val_steps)
-        self.validating = False
+        # what the harness is doing: training, validating between epochs, or the final test (a
+        # rule whose inference is costly may validate more cheaply: NoProp's val_steps)
+        self.phase: Phase = "train"
 
-    # -- learning logic ---------------------------------------------------------------------
+    # -- the core -----------------------------------------------------------------------------
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         """Attach to the net and build learning state (optimisers, projections, ...)."""
         self.net = net
@@ -118,40 +130,9 @@ class Rule:
         assert self.net is not None
         return self.net(x)
 
-    def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Summed loss of a batch of scores, for validation metrics and early stopping."""
-        return F.cross_entropy(scores, y, reduction="sum")
-
-    def part_scores(self, x: torch.Tensor) -> list[torch.Tensor] | None:
-        """Class scores of each of the rule's local predictors (e.g. CaFo's per-block ones), for
-        their own validation losses (``val_part_losses``, seen by ``end_epoch``); None: none to
-        validate. Called under ``no_grad`` on validation batches only."""
-        return None
-
-    def finish_epoch(self) -> None:
-        """Called when an epoch's steps are done, before validation (e.g. a closed-form solve
-        over statistics gathered during the epoch)."""
-
+    # -- optional hooks -----------------------------------------------------------------------
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         """Called after each epoch's validation (learning-rate schedules live here)."""
-
-    @classmethod
-    def works_on(cls, net_spec: str) -> bool:
-        """Whether the rule can train the net of this spec (rules that need a special net, like
-        NoProp, say no to the others; a grid over "all rules" leaves them out)."""
-        return True
-
-    def warming_up(self) -> bool:
-        """True while the rule trains something other than the model it is tested with (e.g.
-        CaFo's DFA phase, which predicts through an auxiliary head that the final model does not
-        use): the harness logs that epoch's validation but neither keeps it as the best epoch
-        nor counts it towards early stopping. Checked after validation, before ``end_epoch``."""
-        return False
-
-    def done(self) -> str | None:
-        """Checked after ``end_epoch``: a reason to stop training that the rule itself decides
-        (e.g. its last layer-wise stage has finished), or None to go on."""
-        return None
 
     def modules(self) -> dict[str, nn.Module]:
         """Everything that predicts: the net plus any rule-owned modules that ``predict`` uses
@@ -159,18 +140,97 @@ class Rule:
         assert self.net is not None, "setup() was not called"
         return {"net": self.net}
 
-    def train_mode(self, training: bool) -> None:
-        """Switch train/eval behaviour (dropout, batch norm) of everything the rule drives."""
-        for m in self.modules().values():
-            m.train(training and not self.evaluates_only)
+    def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Summed loss of a batch of scores, for validation metrics and early stopping."""
+        return F.cross_entropy(scores, y, reduction="sum")
 
-    # -- learning state beyond modules() (optimisers, fixed random matrices, counters) ---------
+    def finish_epoch(self) -> None:
+        """Called when an epoch's steps are done, before validation (e.g. a closed-form solve
+        over statistics gathered during the epoch)."""
+
+    def done(self) -> str | None:
+        """Checked after ``end_epoch``: a reason to stop training that the rule itself decides
+        (e.g. its last layer-wise stage has finished), or None to go on."""
+        return None
+
+    def part_scores(self, x: torch.Tensor) -> list[torch.Tensor] | None:
+        """Class scores of the rule's local predictors (per-block heads), validated like the
+        whole model: their mean losses reach ``end_epoch`` as ``val["part_losses"]`` (CaFo stops
+        each predictor on its own). None: none to validate. Validation batches only."""
+        return None
+
+    def warming_up(self) -> bool:
+        """True while the rule trains something other than the model it is tested with (e.g.
+        CaFo's DFA phase, which predicts through an auxiliary head): the harness logs that
+        epoch's validation but never keeps it as the best epoch nor counts it for early
+        stopping. Checked after validation, before ``end_epoch``."""
+        return False
+
+    @classmethod
+    def works_on(cls, net_spec: str) -> bool:
+        """Whether the rule can train the net of this spec (rules that need a special net, like
+        NoProp, say no to the others; a grid over "all rules" leaves them out)."""
+        return True
+
+    def restored(self) -> None:
+        """Called after :meth:`load_state_dict`: rebuild what derives from the loaded state."""
+
+    # -- run by the harness -------------------------------------------------------------------
+    def set_phase(self, phase: Phase) -> None:
+        """Train or eval behaviour (dropout, batch norm) of everything the rule drives."""
+        self.phase = phase
+        for m in self.modules().values():
+            m.train(phase == "train" and not self.evaluates_only)
+
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        """The declared learning state (``stateful``); attributes not set (None) are left out.
+        Like ``nn.Module.state_dict`` it holds references to the live tensors (the step probe
+        counts them as resident): ``copy.deepcopy`` it for a snapshot to keep in memory."""
+        return {
+            name: _dump(getattr(self, name))
+            for name in self.stateful
+            if getattr(self, name, None) is not None
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            raise NotImplementedError(f"{type(self).__name__} saved state it cannot load")
+        unknown = sorted(set(state) - set(self.stateful))
+        if unknown:
+            raise BeyondBPError(
+                f"rule {self.name!r}: the checkpoint holds state {unknown} this version does not "
+                "know; resume it with the beyondbp version that wrote it, or start the run anew"
+            )
+        for name, value in state.items():
+            setattr(self, name, _load(getattr(self, name, None), value))
+        self.restored()
+
+
+def _dump(obj: Any) -> Any:
+    if hasattr(obj, "state_dict"):
+        return obj.state_dict()
+    if isinstance(obj, list | tuple):
+        return [_dump(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _dump(v) for k, v in obj.items()}
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    return obj
+
+
+def _load(current: Any, value: Any) -> Any:
+    """``value`` loaded into ``current`` where that has state (returned as is), else ``value``."""
+    if hasattr(current, "load_state_dict"):
+        current.load_state_dict(value)
+        return current
+    if isinstance(current, list | tuple) and isinstance(value, list) and len(current) == len(value):
+        return type(current)(_load(c, v) for c, v in zip(current, value, strict=True))
+    if isinstance(current, dict) and isinstance(value, dict) and current.keys() == value.keys():
+        return {k: _load(current[k], v) for k, v in value.items()}
+    if isinstance(current, torch.Tensor) and isinstance(value, torch.Tensor):
+        if current.shape == value.shape and current.dtype == value.dtype:
+            with torch.no_grad():  # in place: views of it (a flat parameter vector) follow
+                return current.copy_(value)
+        return value.to(current.device)
+    return value
 
 
 def is_diverged(logs: dict[str, float], limit: float) -> bool:

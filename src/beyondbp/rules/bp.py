@@ -15,9 +15,9 @@ from torch import nn
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
 from beyondbp.measure.robustness import fgsm, input_box, pgd
-from beyondbp.rules import register
 from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
 from beyondbp.rules.optim import OptimOptions, Schedule, make_optimizer
+from beyondbp.rules.registry import register
 
 
 class Options(OptimOptions):
@@ -43,6 +43,7 @@ class Backprop(Rule):
         "optimizer": Categorical(("adam", "adamw", "sgd")),
     }
     options: Options
+    stateful = ("opt", "schedule")
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         self.net = net
@@ -83,10 +84,3 @@ class Backprop(Rule):
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.schedule.step(val.get("loss"))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"opt": self.opt.state_dict(), "schedule": self.schedule.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["opt"])
-        self.schedule.load_state_dict(state["schedule"])

@@ -19,7 +19,6 @@ no weight does. ``frozen_blocks="eval"`` holds them in eval mode, as Spyra's cod
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -29,7 +28,7 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta
 from beyondbp.nets import as_blocknet
-from beyondbp.rules import register
+from beyondbp.patience import Patience
 from beyondbp.rules.base import (
     Categorical,
     Distribution,
@@ -40,6 +39,7 @@ from beyondbp.rules.base import (
 )
 from beyondbp.rules.dfa import dfa_backward, feedback_matrices
 from beyondbp.rules.optim import OptimOptions, make_optimizer
+from beyondbp.rules.registry import register
 
 
 class Options(OptimOptions):
@@ -96,6 +96,7 @@ class CaFo(Rule):
         "loss": Categorical(("ce", "mse", "sl")),
     }
     options: Options
+    stateful = ("opt", "gram", "cross", "patience", "stopped", "dfa_opt", "feedback")
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         o = self.options
@@ -115,11 +116,9 @@ class CaFo(Rule):
         self.net.blocks.requires_grad_(False)
         self._reset_normal_equations()
         k = len(self.predictors)
-        # per-predictor early stopping: stopped flags, best validation CE, epochs without
-        # improvement, and the best epoch's weights
-        self.stopping: dict[str, list[Any]] = {
-            "stopped": [False] * k, "best": [None] * k, "bad": [0] * k, "weights": [None] * k,
-        }  # fmt: skip
+        # per-predictor early stopping on its own validation CE, restoring its best weights
+        self.patience = [Patience(o.predictor_patience) for _ in range(k)]
+        self.stopped = [False] * k
 
     def modules(self) -> dict[str, nn.Module]:
         if self.options.block_training == "dfa":
@@ -138,16 +137,13 @@ class CaFo(Rule):
         # the DFA phase predicts through the auxiliary head: not the CaFo model that is tested
         return self.training_blocks
 
-    def train_mode(self, training: bool) -> None:
-        super().train_mode(training)
-        if training and not self.training_blocks and self.options.frozen_blocks == "eval":
-            self.net.eval()
-
     def _reset_normal_equations(self) -> None:
         self.gram: list[torch.Tensor | None] = [None] * len(self.predictors)
         self.cross: list[torch.Tensor | None] = [None] * len(self.predictors)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        if not self.training_blocks and self.options.frozen_blocks == "eval":
+            self.net.eval()  # frozen blocks at their running statistics while predictors learn
         if self.training_blocks:
             blocks = self.net.blocks
             blocks.requires_grad_(True)
@@ -162,7 +158,7 @@ class CaFo(Rule):
             return self._accumulate(feats, y)
         self.opt.zero_grad(set_to_none=True)
         losses = []
-        for f, p, stopped in zip(feats, self.predictors, self.stopping["stopped"], strict=True):
+        for f, p, stopped in zip(feats, self.predictors, self.stopped, strict=True):
             if stopped:
                 continue
             z = p(f)
@@ -178,7 +174,7 @@ class CaFo(Rule):
         """Add a batch to each predictor's normal equations [X 1]ᵀ[X 1] and [X 1]ᵀY."""
         target = F.one_hot(y, self.classes).double()
         for i, f in enumerate(feats):  # float64: the Gram matrix is often ill-conditioned
-            if self.stopping["stopped"][i]:
+            if self.stopped[i]:
                 continue
             xb = torch.cat([f.double(), torch.ones(len(f), 1, device=f.device).double()], 1)
             g, c = xb.T @ xb, xb.T @ target
@@ -234,43 +230,22 @@ class CaFo(Rule):
         losses, patience = val.get("part_losses"), self.options.predictor_patience
         if losses is None or patience is None:
             return
-        st = self.stopping
         for i, loss in enumerate(losses):
-            if st["stopped"][i]:
+            if self.stopped[i]:
                 continue
-            if st["best"][i] is None or loss < st["best"][i]:
-                st["best"][i], st["bad"][i] = loss, 0
-                st["weights"][i] = copy.deepcopy(self.predictors[i].state_dict())
-                continue
-            st["bad"][i] += 1
-            if st["bad"][i] >= patience:  # stop it at its best validation epoch
-                self.predictors[i].load_state_dict(st["weights"][i])
-                st["stopped"][i] = True
+            p = self.patience[i]
+            p.update(loss, snapshot=self.predictors[i].state_dict)
+            if p.exhausted:  # stop it at its best validation epoch
+                self.predictors[i].load_state_dict(p.best_state)
+                self.stopped[i] = True
 
     def done(self) -> str | None:
-        if all(self.stopping["stopped"]):
+        if all(self.stopped):
             return (
                 f"every predictor stopped: no validation improvement for "
                 f"{self.options.predictor_patience} epochs"
             )
         return None
-
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"opt": self.opt.state_dict(), "gram": self.gram,
-                                 "cross": self.cross, "stopping": copy.deepcopy(self.stopping)}  # fmt: skip
-        if self.options.block_training == "dfa":
-            state |= {"dfa_opt": self.dfa_opt.state_dict(),
-                      "feedback": self.feedback.state_dict()}  # fmt: skip
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["opt"])
-        self.gram, self.cross = state["gram"], state["cross"]
-        if "stopping" in state:
-            self.stopping = state["stopping"]
-        if self.options.block_training == "dfa":
-            self.dfa_opt.load_state_dict(state["dfa_opt"])
-            self.feedback.load_state_dict(state["feedback"])
 
 
 class _Flat(nn.Module):

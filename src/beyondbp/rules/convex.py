@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -192,6 +192,9 @@ class FistaState:
     L: float | None = None  # the last accepted local Lipschitz estimate (line search)
     ax: torch.Tensor | None = None  # A x and A y for a smooth part f(w) = h(w, A w), A linear:
     ay: torch.Tensor | None = None  # A y is then a combination of known products, not a pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def fista_step(
@@ -408,10 +411,12 @@ class ProximalConvexRule(ConvexRule):
     _prep: dict[str, Any] | None
     fista: FistaState | None
     converged: bool
+    stateful = ("fista", "converged")
 
     def setup(self, net: nn.Module, meta: Any, ctx: Any) -> None:
         super().setup(net, meta, ctx)
         self.dtype = getattr(torch, self.options.dtype)
+        self._train = ctx.train  # for a resumed run whose epoch ends before its next step
         self._prep = None
         self.fista = None
         self.converged = False
@@ -450,7 +455,8 @@ class ProximalConvexRule(ConvexRule):
     def recover(self, w: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _prepared(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """The set-up from the whole training set, made on first use (timed as training)."""
         if self._prep is None:
             self._prep = self.prepare(x, y)
             self._prep["L"] = self.lipschitz()
@@ -461,7 +467,11 @@ class ProximalConvexRule(ConvexRule):
             ), 1e-300)  # fmt: skip
             if self.fista is None:
                 self.fista = FistaState(x=zero, y=zero.clone(), objective=self.objective(zero))
-        st, p = self.fista, self._prep
+        return self._prep
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        p = self._prepared(x, y)
+        st = self.fista
         assert st is not None
         gmap = math.inf
         for _ in range(self.options.iterations_per_step):
@@ -472,8 +482,11 @@ class ProximalConvexRule(ConvexRule):
         return {"loss": st.objective / p["n"], "objective": st.objective, "optimality": rel}
 
     def finish_epoch(self) -> None:
-        if self.fista is not None:
-            self.recover(self.fista.x)
+        if self.fista is None or (self._prep is None and self._train is None):
+            return
+        if self._prep is None:  # resumed at the end of an epoch's steps: set up again
+            self._prepared(self._train.x, self._train.y)
+        self.recover(self.fista.x)
 
     def done(self) -> str | None:
         if self.converged:
@@ -484,15 +497,6 @@ class ProximalConvexRule(ConvexRule):
             )
         return None
 
-    def state_dict(self) -> dict[str, Any]:
-        st = self.fista
-        if st is None:
-            return {"fista": None}
-        keep = {k: getattr(st, k) for k in ("t", "L", "objective", "iterations")}
-        tensors = {k: getattr(st, k) for k in ("x", "y", "ax", "ay")}
-        return {
-            "fista": {**keep, **{k: None if v is None else v.clone() for k, v in tensors.items()}}
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.fista = FistaState(**state["fista"]) if state["fista"] is not None else None
+    def restored(self) -> None:
+        if isinstance(self.fista, dict):
+            self.fista = FistaState(**self.fista)

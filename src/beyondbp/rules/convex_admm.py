@@ -44,7 +44,6 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
-from beyondbp.rules import register
 from beyondbp.rules.base import Distribution, LogUniform, RuleOptions, SetupContext
 from beyondbp.rules.convex import (
     ConvexRule,
@@ -59,6 +58,7 @@ from beyondbp.rules.convex import (
     sample_gates,
     write_relu_net,
 )
+from beyondbp.rules.registry import register
 
 
 class Options(RuleOptions):
@@ -96,6 +96,7 @@ class Options(RuleOptions):
 class ConvexADMM(ConvexRule):
     Options = Options
     options: Options
+    stateful = ("it", "iterations", "converged")
     search_space: ClassVar[dict[str, Distribution]] = {
         **ConvexRule.search_space,
         "rho": LogUniform(1e-4, 1.0),
@@ -262,14 +263,6 @@ class ConvexADMM(ConvexRule):
                 f"converged: residuals below {self.options.tol} after {self.iterations} iterations"
             )
         return None
-
-    def state_dict(self) -> dict[str, Any]:
-        its = {k: v.clone() for k, v in self.it.items()} if self.it is not None else None
-        return {"iterates": its, "iterations": self.iterations, "converged": self.converged}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.it, self.iterations = state["iterates"], state["iterations"]
-        self.converged = state["converged"]
 
 
 def _chol_solve(rhs: torch.Tensor, factor: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -23,7 +23,6 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
-from beyondbp.rules import register
 from beyondbp.rules.base import SetupContext
 from beyondbp.rules.convex import (
     FistaOptions,
@@ -38,6 +37,7 @@ from beyondbp.rules.convex import (
     power_iteration,
     sample_gates,
 )
+from beyondbp.rules.registry import register
 
 
 class Options(FistaOptions):

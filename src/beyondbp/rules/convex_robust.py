@@ -35,7 +35,6 @@ from torch import nn
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
 from beyondbp.measure.robustness import input_box
-from beyondbp.rules import register
 from beyondbp.rules.base import RuleOptions, SetupContext
 from beyondbp.rules.convex import (
     ConvexRule,
@@ -45,6 +44,7 @@ from beyondbp.rules.convex import (
     sample_gates,
     write_relu_net,
 )
+from beyondbp.rules.registry import register
 
 
 class Options(RuleOptions):
@@ -67,6 +67,7 @@ class Options(RuleOptions):
 class ConvexRobust(ConvexRule):
     Options = Options
     options: Options
+    stateful = ("solution",)
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         super().setup(net, meta, ctx)
@@ -173,9 +174,3 @@ class ConvexRobust(ConvexRule):
         if self.solution is not None:
             return f"solved ({self.solution['status']})"
         return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"solution": self.solution}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.solution = state["solution"]

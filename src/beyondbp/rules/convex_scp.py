@@ -24,7 +24,6 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
-from beyondbp.rules import register
 from beyondbp.rules.base import SetupContext
 from beyondbp.rules.convex import (
     FistaOptions,
@@ -34,6 +33,7 @@ from beyondbp.rules.convex import (
     soft_threshold,
     write_relu_net,
 )
+from beyondbp.rules.registry import register
 
 
 class Options(FistaOptions):

@@ -19,7 +19,6 @@ The net carries the best member (what validation and prediction use).
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -29,7 +28,6 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
-from beyondbp.rules import register
 from beyondbp.rules.base import (
     Categorical,
     Distribution,
@@ -42,6 +40,7 @@ from beyondbp.rules.base import (
 )
 from beyondbp.rules.optim import OptimOptions, make_optimizer
 from beyondbp.rules.population import FlatNet
+from beyondbp.rules.registry import register
 from beyondbp.rules.zo import mix_seed
 
 MAX_POPULATION_BYTES = 2 << 30
@@ -65,6 +64,7 @@ class DifferentialEvolution(Rule):
     Options = Options
     default_grid = False  # zeroth-order / population: not in a bench without --rules
     evaluates_only = True
+    tasks = ("classification", "episodic")
     search_space: ClassVar[dict[str, Distribution]] = {
         "f": Uniform(0.1, 1.0),
         "cr": Uniform(0.0, 1.0),
@@ -72,6 +72,7 @@ class DifferentialEvolution(Rule):
         "variant": Categorical(("rand1bin", "clu")),
     }
     options: Options
+    stateful = ("t", "pop", "best")
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         o = self.options
@@ -163,11 +164,7 @@ class DifferentialEvolution(Rule):
                 self.pop[worst], fit[worst] = cand[i], cand_fit[i]
         return fit
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"t": self.t, "pop": self.pop.clone(), "best": self.best}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.t, self.pop, self.best = int(state["t"]), state["pop"], int(state["best"])
+    def restored(self) -> None:
         self._carry_best()
 
     def _carry_best(self) -> None:
@@ -191,6 +188,8 @@ class DEInit(DifferentialEvolution):
         "generations": IntUniform(10, 1000, log=True),
     }
     options: InitOptions  # type: ignore[assignment]
+    stateful = (*DifferentialEvolution.stateful, "opt")
+    tasks = ("classification",)  # backprop on labels after the DE phase
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         super().setup(net, meta, ctx)
@@ -211,6 +210,7 @@ class DEInit(DifferentialEvolution):
         if self.opt is None:  # backprop starts from the best member (the net carries it)
             self.net.train()
             self.opt = make_optimizer(self.net.parameters(), self.options)
+            self.pop = None  # done with: the net's weights were views of its best row
         self.opt.zero_grad(set_to_none=True)
         scores = self.net(x)
         loss = F.cross_entropy(scores, y)
@@ -219,14 +219,10 @@ class DEInit(DifferentialEvolution):
         self.t += 1
         return {"loss": loss.detach(), "correct": (scores.detach().argmax(1) == y).sum()}
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["opt"] = None if self.opt is None else copy.deepcopy(self.opt.state_dict())
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        if state["opt"] is not None:
+    def restored(self) -> None:
+        if isinstance(self.opt, dict):  # backprop had started: its optimiser's state
             assert self.net is not None
-            self.opt = make_optimizer(self.net.parameters(), self.options)
-            self.opt.load_state_dict(state["opt"])
+            state, self.opt = self.opt, make_optimizer(self.net.parameters(), self.options)
+            self.opt.load_state_dict(state)
+            self.pop = None
+        super().restored()

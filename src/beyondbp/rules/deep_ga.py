@@ -33,7 +33,6 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from beyondbp.data.core import DatasetMeta
-from beyondbp.rules import register
 from beyondbp.rules.base import (
     Distribution,
     IntUniform,
@@ -44,6 +43,7 @@ from beyondbp.rules.base import (
     Uniform,
 )
 from beyondbp.rules.population import FlatNet, Genome, rebuild
+from beyondbp.rules.registry import register
 from beyondbp.rules.zo import mix_seed
 
 
@@ -80,6 +80,7 @@ class DeepGA(Rule):
     Options = Options
     default_grid = False  # zeroth-order / population: not in a bench without --rules
     evaluates_only = True
+    tasks = ("classification", "episodic")
     search_space: ClassVar[dict[str, Distribution]] = {
         "sigma": LogUniform(1e-4, 1e-1),
         "truncation": IntUniform(2, 100, log=True),
@@ -87,6 +88,8 @@ class DeepGA(Rule):
         "novelty": Uniform(0.0, 1.0),
     }
     options: Options
+    # genomes (seed lists), never weights
+    stateful = ("gen", "parents", "elite", "archive", "recent", "probe_x")
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         self.net = net
@@ -205,26 +208,18 @@ class DeepGA(Rule):
         k = min(self.options.k, len(ref) - 1)
         return d.topk(k, largest=False).values.mean(1)
 
-    # -- checkpoints: genomes (seeds), never weights -------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"gen": self.gen, "parents": [list(map(list, g)) for g in self.parents],
-                "elite": None if self.elite is None else list(map(list, self.elite)),
-                "archive": self.archive, "recent": self.recent, "probe_x": self.probe_x}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.gen = int(state["gen"])
-        self.parents = [tuple((int(s), float(sg)) for s, sg in g) for g in state["parents"]]
-        self.elite = None
-        if state["elite"] is not None:
-            self.elite = tuple((int(s), float(sg)) for s, sg in state["elite"])
+    def restored(self) -> None:
+        """Genomes back as tuples, and the weights of the elite and the parents from their seeds."""
+        self.parents = [tuple((int(s), float(sg)) for s, sg in g) for g in self.parents]
+        if self.elite is not None:
+            self.elite = tuple((int(s), float(sg)) for s, sg in self.elite)
             self.elite_flat = self.rebuild(self.elite)
         self.parent_flats = (
             torch.stack([self.rebuild(g) for g in self.parents])
             if self.parents
             else torch.zeros(0, self.flat.d, device=self.flat.device)
         )
-        self.archive, self.recent = state["archive"], list(state["recent"])
-        self.probe_x = state["probe_x"]
+        self.recent = [tuple(r) for r in self.recent]
 
 
 def _ranks(v: torch.Tensor) -> torch.Tensor:

@@ -21,9 +21,9 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta
 from beyondbp.nets import as_blocknet
-from beyondbp.rules import register
 from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
 from beyondbp.rules.optim import OptimOptions, Schedule, make_optimizer
+from beyondbp.rules.registry import register
 
 
 class Options(OptimOptions):
@@ -46,6 +46,7 @@ class DFA(Rule):
         "feedback": Categorical(("uniform", "gaussian")),
     }
     options: Options
+    stateful = ("opt", "schedule", "feedback")
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         self.net = as_blocknet(net)
@@ -68,15 +69,6 @@ class DFA(Rule):
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.schedule.step(val.get("loss"))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"opt": self.opt.state_dict(), "schedule": self.schedule.state_dict(),
-                "feedback": self.feedback.state_dict()}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["opt"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.feedback.load_state_dict(state["feedback"])
 
 
 class Feedback(nn.Module):

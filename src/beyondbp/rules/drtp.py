@@ -26,10 +26,10 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta
 from beyondbp.nets import as_blocknet
-from beyondbp.rules import register
 from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
 from beyondbp.rules.dfa import feedback_matrices
 from beyondbp.rules.optim import OptimOptions, Schedule, make_optimizer
+from beyondbp.rules.registry import register
 
 
 class Options(OptimOptions):
@@ -67,6 +67,7 @@ class DRTP(Rule):
         "output_loss": Categorical(("bce", "ce")),
     }
     options: Options
+    stateful = ("opt", "schedule", "feedback")
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         o = self.options
@@ -107,12 +108,3 @@ class DRTP(Rule):
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.schedule.step(val.get("loss"))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"opt": self.opt.state_dict(), "schedule": self.schedule.state_dict(),
-                "feedback": self.feedback.state_dict()}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["opt"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.feedback.load_state_dict(state["feedback"])

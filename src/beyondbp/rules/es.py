@@ -31,7 +31,6 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
-from beyondbp.rules import register
 from beyondbp.rules.base import (
     Categorical,
     Distribution,
@@ -42,6 +41,7 @@ from beyondbp.rules.base import (
     SetupContext,
 )
 from beyondbp.rules.population import FlatNet
+from beyondbp.rules.registry import register
 from beyondbp.rules.zo import mix_seed
 
 FULL_COVARIANCE_LIMIT = 1_000  # weights; CMA-ES/XNES above it need allow_large
@@ -74,6 +74,7 @@ class EvolutionStrategy(Rule):
     Options = Options
     default_grid = False  # zeroth-order / population: not in a bench without --rules
     evaluates_only = True
+    tasks = ("classification", "episodic")
     search_space: ClassVar[dict[str, Distribution]] = {
         "sigma": LogUniform(1e-3, 0.5),
         "lr": LogUniform(1e-3, 0.3),

@@ -30,9 +30,9 @@ from torch import nn
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
 from beyondbp.nets import as_blocknet
-from beyondbp.rules import register
 from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
 from beyondbp.rules.optim import LayerOptimizers, OptimOptions
+from beyondbp.rules.registry import register
 
 
 class Options(OptimOptions):
@@ -113,6 +113,7 @@ class ForwardForward(Rule):
         "optimizer": Categorical(("sgd", "adamw")),
     }
     options: Options
+    stateful = ("layers", "head_opts", "running")
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         self.net = as_blocknet(net)
@@ -265,18 +266,6 @@ class ForwardForward(Rule):
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.layers.end_epoch(val.get("loss"))
         self.head_opts.end_epoch(val.get("loss"))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**self.layers.state_dict(), "head": self.head_opts.state_dict(),
-                "running": self.running}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.layers.load_state_dict(state)
-        if "head" in state:
-            self.head_opts.load_state_dict(state["head"])
-        else:  # checkpoints before the head options: its SGD optimiser, no schedule
-            self.head_opt.load_state_dict(state["head_opt"])
-        self.running = [r.to(self.running[0].device) for r in state["running"]]
 
 
 class _PassThroughReLU(nn.Module):

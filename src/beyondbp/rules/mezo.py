@@ -21,8 +21,8 @@ from pydantic import Field
 from torch import nn
 
 from beyondbp.data.core import DatasetMeta
-from beyondbp.rules import register
 from beyondbp.rules.base import Distribution, IntUniform, LogUniform, Rule, SetupContext
+from beyondbp.rules.registry import register
 from beyondbp.rules.zo import ZOOptions, mix_seed, select_targets, spsa_coefficient, update_
 
 
@@ -46,6 +46,7 @@ class MeZO(Rule):
         "directions": IntUniform(1, 16, log=True),
     }
     options: Options
+    stateful = ("t",)
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         self.net = net
@@ -75,9 +76,3 @@ class MeZO(Rule):
         self.t += 1
         mean_loss = sum(p + m for _, p, m in estimates) / (2 * o.directions)
         return {"loss": mean_loss, "projected_grad": estimates[0][0]}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"t": self.t}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.t = int(state["t"])

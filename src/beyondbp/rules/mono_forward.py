@@ -17,7 +17,6 @@ exactly the local loss of the layer in training. Training ends when the last lay
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -27,7 +26,7 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta
 from beyondbp.nets import as_blocknet
-from beyondbp.rules import register
+from beyondbp.patience import Patience
 from beyondbp.rules.base import (
     Categorical,
     Distribution,
@@ -37,6 +36,7 @@ from beyondbp.rules.base import (
     SetupContext,
 )
 from beyondbp.rules.optim import LayerOptimizers, OptimOptions
+from beyondbp.rules.registry import register
 
 
 class Options(OptimOptions):
@@ -72,6 +72,7 @@ class MonoForward(Rule):
         "predict_with": Categorical(("last", "sum")),
     }
     options: Options
+    stateful = ("layers", "stage", "stage_epochs", "finished")
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         self.net = as_blocknet(net)
@@ -82,7 +83,9 @@ class MonoForward(Rule):
         greedy = self.options.layer_schedule == "greedy"
         start = 0 if greedy else len(widths) - 1
         self.projections.register_buffer("layer", torch.tensor(start, device=ctx.device))
-        self.stage: dict[str, Any] = {"epochs": 0, "best": None, "bad": 0, "best_state": None}
+        # the greedy stage: its epochs, and patience on the layer's validation loss
+        self.stage_epochs = 0
+        self.stage = Patience(self.options.layer_patience)
         self.finished: str | None = None
         # one optimiser per layer, stepped right after the layer's backward: its gradients are
         # freed before the next layer runs (the same update as one optimiser over all layers)
@@ -139,38 +142,24 @@ class MonoForward(Rule):
         """Count the epoch of the layer in training; move on when its budget or patience ends."""
         o, st = self.options, self.stage
         k = int(self.projections.layer)
-        st["epochs"] += 1
+        self.stage_epochs += 1
         if o.layer_patience is not None and val_loss is not None:
-            if st["best"] is None or val_loss < st["best"]:
-                st["best"], st["bad"] = val_loss, 0
-                st["best_state"] = self._layer_state(k)
-            else:
-                st["bad"] += 1
-        patience_out = o.layer_patience is not None and st["bad"] >= o.layer_patience
-        if st["epochs"] < o.epochs_per_layer and not patience_out:
+            st.update(val_loss, snapshot=lambda: self._layer_state(k))
+        if self.stage_epochs < o.epochs_per_layer and not st.exhausted:
             return
-        if st["best_state"] is not None:  # the layer's best validation epoch
-            self.net.blocks[k].load_state_dict(st["best_state"]["block"])
-            self.projections[k].load_state_dict(st["best_state"]["projection"])
-        why = f"no improvement for {o.layer_patience} epochs" if patience_out else "epoch budget"
+        if st.best_state is not None:  # the layer's best validation epoch
+            self.net.blocks[k].load_state_dict(st.best_state["block"])
+            self.projections[k].load_state_dict(st.best_state["projection"])
+        why = f"no improvement for {o.layer_patience} epochs" if st.exhausted else "epoch budget"
         if k + 1 < len(self.projections):
             self.projections.layer.fill_(k + 1)
-            self.stage = {"epochs": 0, "best": None, "bad": 0, "best_state": None}
+            self.stage_epochs, self.stage = 0, Patience(o.layer_patience)
         else:
             self.finished = f"greedy layer schedule complete (last layer: {why})"
 
     def _layer_state(self, k: int) -> dict[str, Any]:
-        return {
-            "block": copy.deepcopy(self.net.blocks[k].state_dict()),
-            "projection": copy.deepcopy(self.projections[k].state_dict()),
-        }
+        return {"block": self.net.blocks[k].state_dict(),
+                "projection": self.projections[k].state_dict()}  # fmt: skip
 
     def done(self) -> str | None:
         return self.finished
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**self.layers.state_dict(), "stage": self.stage, "finished": self.finished}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.layers.load_state_dict(state)
-        self.stage, self.finished = state["stage"], state["finished"]

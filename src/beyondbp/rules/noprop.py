@@ -36,9 +36,9 @@ from torch import nn
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
 from beyondbp.nets.noprop import NoPropNet, snr
-from beyondbp.rules import register
 from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
 from beyondbp.rules.optim import LayerOptimizers, OptimOptions
+from beyondbp.rules.registry import register
 
 
 class Options(OptimOptions):
@@ -77,6 +77,7 @@ class NoProp(Rule):
         "inference": Categorical(("mean", "sample")),
     }
     options: Options
+    stateful = ("layers",)
 
     @classmethod
     def works_on(cls, net_spec: str) -> bool:
@@ -165,14 +166,8 @@ class NoProp(Rule):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert isinstance(self.net, NoPropNet)
         sample = self.options.inference == "sample"
-        steps = self.options.val_steps if self.validating else None
+        steps = self.options.val_steps if self.phase == "val" else None
         return self.net.scores(x, self.options.solver, sample, steps)
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.layers.end_epoch(val.get("loss"))
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.layers.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.layers.load_state_dict(state)

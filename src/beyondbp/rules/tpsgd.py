@@ -28,10 +28,10 @@ from torch import nn
 from beyondbp.data.core import DatasetMeta
 from beyondbp.nets import as_blocknet
 from beyondbp.nets.recurrent import RecurrentBlock
-from beyondbp.rules import register
 from beyondbp.rules.base import Categorical, Distribution, LogUniform, Rule, SetupContext
 from beyondbp.rules.dfa import feedback_matrices
 from beyondbp.rules.optim import LayerOptimizers, OptimOptions
+from beyondbp.rules.registry import register
 
 LocalLoss = Literal["l2", "l1"]
 
@@ -76,6 +76,7 @@ class TpSGD(Rule):
         "local_loss": Categorical(("l2", "l1")),
     }
     options: Options
+    stateful = ("layers", "targets")
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         o = self.options
@@ -130,10 +131,3 @@ class TpSGD(Rule):
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.layers.end_epoch(val.get("loss"))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**self.layers.state_dict(), "targets": self.targets.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.layers.load_state_dict(state)
-        self.targets.load_state_dict(state["targets"])

@@ -17,7 +17,6 @@ prompt, a token embedding, a layer), as in the paper, chosen with ``params``.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, ClassVar
 
@@ -28,7 +27,6 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
-from beyondbp.rules import register
 from beyondbp.rules.base import (
     Categorical,
     Distribution,
@@ -37,6 +35,7 @@ from beyondbp.rules.base import (
     Rule,
     SetupContext,
 )
+from beyondbp.rules.registry import register
 from beyondbp.rules.zo import ZOOptions, dimension, loss_at, mix_seed, select_targets
 
 MAX_STATE_BYTES = 4 << 30
@@ -65,6 +64,7 @@ class ZOAdam(Rule):
         "subspace": Categorical((True, False)),
     }
     options: Options
+    stateful = ("t", "theta", "opt", "history", "basis")
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         o = self.options
@@ -144,15 +144,5 @@ class ZOAdam(Rule):
             t.value.copy_(self.theta[i : i + n].view(t.shape).to(t.value.dtype))
             i += n
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"t": self.t, "theta": self.theta.detach().clone(),
-                "opt": copy.deepcopy(self.opt.state_dict()),
-                "history": self.history.clone(), "basis": self.basis}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.t = int(state["t"])
-        with torch.no_grad():
-            self.theta.copy_(state["theta"])
-        self.opt.load_state_dict(state["opt"])
-        self.history, self.basis = state["history"], state["basis"]
+    def restored(self) -> None:
         self._write_back()
