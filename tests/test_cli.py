@@ -108,12 +108,22 @@ def test_bench_compares_rules(tmp_path):
 
 
 def test_a_grid_over_all_rules_leaves_out_rules_that_cannot_train_its_nets():
-    from beyondbp.cli import _rules_for
+    from beyondbp.api import GridSpec, default_rules, grid_cells
 
-    plain = _rules_for(["mlp:256x2"])
+    plain, why = default_rules(["mlp:256x2"], ["digits"])
     assert "bp" in plain and "ff" in plain and "noprop" not in plain
     assert not {"mezo", "zo-adam", "deep-ga", "es", "de", "de-init"} & set(plain)  # --rules only
-    assert "noprop" in _rules_for(["mlp:256x2", "noprop:3"])
+    assert "cannot train net mlp:256x2" in why["noprop"] and "--rules" in why["mezo"]
+    both, _ = default_rules(["mlp:256x2", "noprop:3"], ["digits"])
+    assert "noprop" in both
+    # inside the grid, the pairs that do not fit are left out, each with its reason
+    grid = GridSpec(rules=both, datasets=["digits"], nets=["mlp:256x2", "noprop:3"], seeds=[0])
+    cells, unfit = grid_cells([grid], skip_unfit=True)
+    assert ("noprop", "noprop:3") in {(c.rule, c.net) for c in cells}
+    assert "noprop on digits, mlp:256x2" in unfit and "bp on digits, noprop:3" not in unfit
+    # a population rule named on an episodic task fits; a gradient rule does not
+    pop, why = default_rules(["mlp:8"], ["deceptive-maze"])
+    assert "bp" not in pop and "episodic" in why["bp"]
 
 
 def test_train_reports_robust_accuracy_with_attack_eps(tmp_path):

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from beyondbp import api
@@ -161,19 +162,6 @@ AugmentOpt = Annotated[
 ]
 
 
-def _rules_for(nets: list[str]) -> list[str]:
-    """The default rules of a grid: every rule that can train at least one of these nets, except
-    the zeroth-order and population rules (name them with --rules): their defaults target LLM
-    fine-tuning or RL populations and would take hours and learn little on these nets."""
-    from beyondbp.rules import available_rules
-
-    return [
-        n
-        for n, cls in available_rules().items()
-        if cls.default_grid and any(cls.works_on(s) for s in nets)
-    ]
-
-
 def _seed_list(count: int | None, listed: str | None) -> list[int] | None:
     if listed is not None:
         try:
@@ -320,6 +308,10 @@ def bench(
     grid: Annotated[
         Path | None, typer.Option(help="grid file (YAML/TOML); replaces the flags")
     ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="a preset's grids (e.g. quickstart: each rule at tuned settings)"),
+    ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="RULE.key=value")] = None,
     options_file: Annotated[
         Path | None, typer.Option("--options", help="{rule: options} file")
@@ -344,6 +336,7 @@ def bench(
     store: StoreOpt = None,
     report: Annotated[Path | None, typer.Option(help="write the report to this folder")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    baseline: Annotated[str, typer.Option(help="the rule every ratio is taken against")] = "bp",
 ):
     """Compare rules on a grid (rules × datasets × nets × seeds), each cell in its own process.
 
@@ -352,8 +345,17 @@ def bench(
 
     from beyondbp.bench.grid import GridSpec, load_grid_file
 
+    get_rule(baseline)
+    skipped: dict[str, str] = {}
     if grid is not None:
-        spec = load_grid_file(grid)
+        specs = [load_grid_file(grid)]
+    elif preset is not None:
+        from beyondbp.bench.presets import get_preset
+
+        specs = [
+            g.model_copy(update={"config": {**g.config, "device": device}})
+            for g in get_preset(preset).grids
+        ]
     else:
         config = _train_config(
             epochs=epochs, patience=patience, batch_size=batch_size, augment=augment
@@ -367,19 +369,31 @@ def bench(
             }
         for rule_name, opts in _rule_options(set_ or []).items():
             rule_options.setdefault(rule_name, {}).update(opts)
-        spec = GridSpec(
-            rules=_split(rules) or _rules_for(_split(nets) or ["mlp:1000x2"]),
-            datasets=_split(data) or ["digits"],
-            nets=_split(nets) or ["mlp:1000x2"],
-            seeds=list(range(seeds)),
-            options=rule_options,
-            config={**config, "device": device},
-            data_dir=str(data_dir) if data_dir else None,
-            target_acc=target_acc,
-        )
-    for r in spec.rules:
-        get_rule(r)
-    n = len(spec.cells())
+        datasets, net_list = _split(data) or ["digits"], _split(nets) or ["mlp:1000x2"]
+        chosen = _split(rules)
+        if chosen is None:  # every rule that fits; the cells that do not fit are left out
+            chosen, skipped = api.default_rules(net_list, datasets)
+        specs = [
+            GridSpec(
+                rules=chosen,
+                datasets=datasets,
+                nets=net_list,
+                seeds=list(range(seeds)),
+                options=rule_options,
+                config={**config, "device": device},
+                data_dir=str(data_dir) if data_dir else None,
+                target_acc=target_acc,
+            )
+        ]
+    for spec in specs:
+        for r in spec.rules:
+            get_rule(r)
+    skip_unfit = grid is None and preset is None and rules is None
+    cells, unfit = api.grid_cells(specs, skip_unfit)
+    for what, why in (skipped | unfit).items():
+        if not as_json:
+            console.print(f"[dim]left out {escape(what)}: {escape(why)}[/]", highlight=False)
+    n = len(cells)
     with Progress(console=Console(stderr=True), disable=as_json) as bar:
         task = bar.add_task(f"grid of {n} cells", total=n)
 
@@ -391,7 +405,9 @@ def bench(
             bar.advance(task)
 
         result = api.bench(
-            spec,
+            specs,
+            skip_unfit=skip_unfit,
+            baseline=baseline,
             store=store if store is not None else True,
             jobs=jobs,
             retry_failed=retry_failed,
@@ -402,7 +418,9 @@ def bench(
     if as_json:
         print(json.dumps(result.rows, indent=1))
     else:
-        title = f"{', '.join(spec.datasets)}: mean ± std over {len(spec.seeds)} seeds"
+        datasets = sorted({d for s in specs for d in s.datasets})
+        seeds_n = max(len(s.seeds) for s in specs)
+        title = f"{', '.join(datasets)}: mean ± std over {seeds_n} seeds (ratios vs {baseline})"
         console.print(summary_table(result.rows, title))
         for row in result.rows:
             for err in row["errors"]:
@@ -410,7 +428,7 @@ def bench(
     if report is not None:
         from beyondbp.bench.report import write_report
 
-        paths = write_report(result.store, report, records=result.records)
+        paths = write_report(result.store, report, records=result.records, baseline=baseline)
         console.print(f"report: {paths['html']} and {paths['md']}", highlight=False)
 
 
@@ -555,11 +573,13 @@ def report(
         "beyondbp-report"
     ),
     store: StoreOpt = None,
+    baseline: Annotated[str, typer.Option(help="the rule every ratio is taken against")] = "bp",
 ):
     """Markdown summary and a self-contained HTML page with plots, from the run store."""
     from beyondbp.bench.report import write_report
 
-    paths = write_report(RunStore(store), out)
+    get_rule(baseline)
+    paths = write_report(RunStore(store), out, baseline=baseline)
     console.print(f"wrote {paths['md']} and {paths['html']}", highlight=False)
 
 

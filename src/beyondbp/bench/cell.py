@@ -18,7 +18,7 @@ from beyondbp.runs import RunStore
 
 
 def main(payload: str) -> int:
-    from beyondbp import api
+    from beyondbp import runner
 
     if os.environ.get("BEYONDBP_THREADS"):
         import torch
@@ -37,7 +37,7 @@ def main(payload: str) -> int:
         try:
             ckpt = store.checkpoint_dir(record.id if record else "") / "last.pt"
             if record is not None and ckpt.is_file():
-                api.train(
+                runner.train(
                     record.rule,
                     store=store,
                     resume=record.id,
@@ -45,7 +45,7 @@ def main(payload: str) -> int:
                     progress=False,
                 )
             else:
-                api.train(
+                runner.train(
                     cell.rule,
                     cell.dataset,
                     cell.net,

@@ -161,7 +161,7 @@ class Cell:
         return make_options(get_rule(self.rule), self.options).model_dump()
 
     def full_config(self) -> dict[str, Any]:
-        from beyondbp.api import resolve_device
+        from beyondbp.runner import resolve_device
 
         cfg = make_config(self.config)
         device = resolve_device(cfg.device, get_rule(self.rule), check=False)  # checked on run

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from beyondbp.api import options_diff, summarize
 from beyondbp.bench.grid import natural_key, setup_key
+from beyondbp.bench.summary import BASELINE, options_diff, summarize
 from beyondbp.runs import RunRecord, RunStore
 
 PALETTE = (
@@ -231,13 +231,16 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def write_report(
-    store: RunStore, out_dir: str | Path, records: list[RunRecord] | None = None
+    store: RunStore,
+    out_dir: str | Path,
+    records: list[RunRecord] | None = None,
+    baseline: str = BASELINE,
 ) -> dict[str, Path]:
     """Write ``report.md`` (+ PNGs beside it) and the self-contained ``report.html``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = store.list() if records is None else records
-    rows = summarize(records)
+    rows = summarize(records, baseline=baseline)
     plots = make_plots(records)
     table = table_rows(rows)
 

@@ -54,7 +54,7 @@ def tune(
     """
     import optuna
 
-    from beyondbp import api
+    from beyondbp import runner
 
     rule_cls = get_rule(rule)
     space = dict(space if space is not None else rule_cls.search_space)
@@ -87,7 +87,7 @@ def tune(
             trial.report(value, row["epoch"] - 1)
             return "pruned by Optuna's median pruner" if trial.should_prune() else None
 
-        result = api.train(
+        result = runner.train(
             rule,
             data,
             net,

@@ -1,0 +1,178 @@
+"""``reproduce``: a paper preset's grids run, with the paper's numbers and the gap beside ours."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from beyondbp.bench.grid import Cell, natural_key, run_grid, setup_key
+from beyondbp.bench.summary import summarize
+from beyondbp.runner import open_store
+from beyondbp.runs import RunRecord, RunStore
+
+
+@dataclass
+class ReproduceResult:
+    preset: Any  # beyondbp.bench.presets.Preset
+    rows: list[dict[str, Any]]  # summary rows with the paper's numbers and the gap
+    records: list[RunRecord]
+    quick: bool
+
+
+def reproduce(
+    name: str,
+    *,
+    quick: bool = False,
+    datasets: Sequence[str] | None = None,
+    nets: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    data_dir: str | Path | None = None,
+    store: str | Path | RunStore | bool | None = True,
+    jobs: int = 1,
+    on_done: Callable[[Cell, RunRecord | None], None] | None = None,
+    run: bool = True,
+    rules: Sequence[str] | None = None,
+    device: str | None = None,
+    max_seconds: float | None = None,
+) -> ReproduceResult:
+    """Run a paper preset and put the paper's numbers next to ours.
+
+    Each row gets ``paper_acc`` (%), ``gap`` (ours − paper, points) and ``verdict``: whether the
+    paper's number lies inside the range of our seeds, or below / above it. ``quick`` runs the
+    preset's reduced budget with one seed, so anyone can try it in minutes. ``datasets``,
+    ``nets`` and ``rules`` keep only those parts of the preset. ``run=False`` runs nothing: the table of what
+    the store already holds. ``device`` (cpu, cuda, auto) and ``max_seconds`` (a training-time
+    budget per run) change every cell's harness settings, so such runs are stored as cells of
+    their own, apart from the preset's as written.
+    """
+    from beyondbp.bench.presets import get_preset
+
+    preset = get_preset(name)
+    cells: list[Cell] = []
+    for grid in preset.grids:
+        update: dict[str, Any] = {}
+        config = {**grid.config, **(preset.quick if quick else {})}
+        if device is not None:
+            config["device"] = device
+        if max_seconds is not None:
+            config["max_seconds"] = max_seconds
+        if config != grid.config:
+            update["config"] = config
+        if quick:
+            update["seeds"] = [0]
+        if seeds is not None:
+            update["seeds"] = list(seeds)
+        if datasets:
+            update["datasets"] = [d for d in grid.datasets if d in datasets]
+        if nets:
+            update["nets"] = [n for n in grid.nets if n in nets]
+        if rules:
+            update["rules"] = [r for r in grid.rules if r in rules]
+        if data_dir is not None:
+            update["data_dir"] = str(data_dir)
+        cells += grid.model_copy(update=update).cells()
+    run_store = open_store(store if store is not False else True)
+    assert run_store is not None
+    if run:
+        run_grid(cells, run_store, jobs=jobs, on_done=on_done)
+    found = [(c, c.find(run_store)) for c in cells]
+    records = [r for _, r in found if r is not None]
+    rows = summarize(records)
+    options, accs = {}, {}  # per setup: the rule's options, the finished seeds' accuracies
+    for r in records:
+        key = (r.rule, r.dataset, r.net, setup_key(r))
+        options[key] = r.options
+        if r.status == "finished":
+            accs.setdefault(key, []).append(100 * r.metrics["test_acc"])
+    for c in (c for c, r in found if r is None):  # a setup with no run yet: a row that says so
+        ghost = RunRecord(c.rule, c.dataset, c.net, c.seed, options=c.full_options(),
+                          config=c.full_config())  # fmt: skip
+        key = (c.rule, c.dataset, c.net, setup_key(ghost))
+        if key not in options:
+            options[key] = ghost.options
+            rows += [{**summarize([ghost])[0], "not_finished": 0, "errors": []}]
+    for row in rows:
+        key = (row["rule"], row["dataset"], row["net"], row["setup"])
+        paper = preset.paper_number(row["rule"], row["dataset"], row["net"], options[key])
+        ours = accs.get(key, [])
+        row.update(paper_acc=None, gap=None, verdict="no paper number", paper_time_s=None)
+        row["paper_time_ratio"] = None
+        if paper is not None:
+            row.update(
+                paper_acc=paper.test_acc, paper_time_s=paper.time_s, paper_energy_wh=paper.energy_wh
+            )
+            paper_bp = preset.paper_number("bp", row["dataset"], row["net"], {})
+            if paper.time_s and paper_bp is not None and paper_bp.time_s:
+                row["paper_time_ratio"] = paper.time_s / paper_bp.time_s
+            if ours:
+                row["gap"] = statistics.fmean(ours) - paper.test_acc
+                if min(ours) <= paper.test_acc <= max(ours):
+                    row["verdict"] = "inside our seed spread"
+                else:
+                    row["verdict"] = "ours above" if min(ours) > paper.test_acc else "ours below"
+            else:
+                row["verdict"] = "not run"
+    return ReproduceResult(preset, rows, records, quick)
+
+
+def reproduce_markdown(result: ReproduceResult) -> str:
+    """The ours-vs-paper table of a reproduction, as Markdown."""
+    p = result.preset
+    quick = " **Quick run** (reduced budget, one seed): not a reproduction." if result.quick else ""
+    lines = [
+        f"# {p.name}: {p.description}",
+        "",
+        f"Source of the paper's numbers: {p.source}.{quick}",
+        "",
+        "| data | net | rule | runs | ours: test acc % | paper % | gap (points) | verdict "
+        "| train time s | time ×BP | paper time s | paper time ×BP | energy Wh | epochs "
+        "| GFLOP/step | step memory MiB (of it allocated by the step) |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def num(v: float | None, fmt: str, scale: float = 1.0) -> str:
+        return "-" if v is None else fmt.format(v * scale)
+
+    def pm(r: dict[str, Any], key: str, fmt: str, scale: float = 1.0) -> str:
+        if r[key] is None:
+            return "-"
+        return f"{num(r[key], fmt, scale)} ± {num(r[key + '_std'], fmt, scale)}"
+
+    for r in sorted(result.rows, key=lambda r: (r["dataset"], natural_key(r["net"]), r["rule"])):
+        energy = "-" if r["energy_wh"] is None else f"{r['energy_wh']:.3f} ({r['energy_label']})"
+        memory = num(r["peak_step_bytes"], "{:.1f}", 2**-20)
+        if r["step_transient_bytes"] is not None:
+            memory += f" ({r['step_transient_bytes'] / 2**20:.1f})"
+        cells = [
+            r["dataset"],
+            r["net"],
+            r["rule"] + (f" ({r['variant']})" if r["variant"] else ""),
+            str(r["runs"]),
+            pm(r, "test_acc", "{:.2f}", 100),
+            num(r["paper_acc"], "{}"),
+            num(r["gap"], "{:+.2f}"),
+            r["verdict"],
+            pm(r, "train_time_s", "{:.1f}"),
+            num(r["time_ratio"], "{:.2f}")
+            + ("*" if (r["baseline"] or "").endswith("own budget") else ""),
+            num(r["paper_time_s"], "{}"),
+            num(r["paper_time_ratio"], "{:.2f}"),
+            energy,
+            num(r["epochs"], "{:.0f}"),
+            num(r["flops_per_step"], "{:.2f}", 1e-9),
+            memory,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "time ×BP: our training time over that of bp on the same data and net in this table "
+        "(* bp under its own budget, e.g. another batch size: each rule to its own stopping "
+        "rule, as in the paper). Train time excludes validation passes; the paper's includes "
+        "them.",
+    ]
+    if p.notes:
+        lines += ["", p.notes]
+    return "\n".join(lines) + "\n"
