@@ -82,24 +82,35 @@ def make_plots(records: list[RunRecord]) -> dict[str, bytes]:
     ax.grid(alpha=0.3)
     out["accuracy_vs_time"] = _fig_png(fig)
 
+    # one horizontal bar per setup (rule, dataset, net, options): the mean over its seeds, each
+    # seed a dot; a label per bar, in one line, so none overlap however many setups there are
     with_energy = [r for r in done if r.metrics.get("energy_wh") is not None]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    if with_energy:
-        with_energy.sort(key=lambda r: (r.rule != "bp", r.rule, r.dataset, r.net, r.seed))
-        labels = [f"{r.rule}\n{r.dataset}\n{r.net} s{r.seed}" for r in with_energy]
-        ax.bar(
-            range(len(with_energy)),
-            [1000 * r.metrics["energy_wh"] for r in with_energy],
-            color=[colours[r.rule] for r in with_energy],
-        )
-        ax.set_xticks(range(len(with_energy)), labels, fontsize=6, rotation=90)
+    groups: dict[tuple[str, str, str, str], list[RunRecord]] = {}
+    for r in sorted(with_energy, key=lambda r: (r.rule != "bp", r.rule, r.dataset, r.net)):
+        groups.setdefault((r.rule, r.dataset, r.net, setup_key(r)), []).append(r)
+    many_data = len({k[1] for k in groups}) > 1
+    many_nets = len({k[2] for k in groups}) > 1
+    rule_setups = [k[0] for k in groups]  # a rule under several options: name its variant
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 1.2 + 0.32 * len(groups))))
+    if groups:
+        labels = []
+        for i, ((rule, dataset, net, _), rs) in enumerate(groups.items()):
+            mwh = [1000 * r.metrics["energy_wh"] for r in rs]
+            ax.barh(i, sum(mwh) / len(mwh), color=colours[rule], alpha=0.85)
+            ax.scatter(mwh, [i] * len(mwh), color="black", s=10, zorder=3)
+            variant = options_diff(rs[0]) if rule_setups.count(rule) > 1 else ""
+            parts = [rule, *([dataset] if many_data else []), *([net] if many_nets else [])]
+            label = " · ".join(parts) + (f" ({variant})" if variant else "")
+            labels.append(label if len(label) <= 48 else label[:47] + "…")
+        ax.set_yticks(range(len(groups)), labels, fontsize=8)
+        ax.invert_yaxis()
         kinds = sorted({r.metrics.get("energy_label", "?") for r in with_energy})
-        ax.set_title(f"Energy per run ({' / '.join(kinds)})")
+        ax.set_title(f"Energy per run ({' / '.join(kinds)}; dots: seeds)")
     else:
         _empty(ax, "no run with an energy reading")
         ax.set_title("Energy per run")
-    ax.set_ylabel("energy (mWh)")
-    ax.grid(alpha=0.3, axis="y")
+    ax.set_xlabel("energy (mWh)")
+    ax.grid(alpha=0.3, axis="x")
     out["energy_per_run"] = _fig_png(fig)
 
     # one line per (rule, options and budget, dataset, width): the depth sweep of one setup

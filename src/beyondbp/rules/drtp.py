@@ -65,6 +65,7 @@ class DRTP(Rule):
         "weight_decay": LogUniform(1e-8, 1e-3),
         "feedback_scale": LogUniform(0.1, 10.0),
         "output_loss": Categorical(("bce", "ce")),
+        "optimizer": Categorical(("sgd", "adam")),  # the reference's SGD suits long budgets
     }
     options: Options
     stateful = ("opt", "schedule", "feedback")
