@@ -29,6 +29,7 @@ PRESET_OF_RESULTS = {
     "spyra2025.json": "spyra2025",  # benchmarks/spyra2025.py
     "local_targets.json": "local-targets",  # benchmarks/preset_table.py local-targets
     "noprop2025_cpu.json": "noprop2025",  # `beyondbp reproduce noprop2025` (its .md says how)
+    "quickstart.json": "quickstart",  # benchmarks/quickstart.py (the main job)
 }
 
 
