@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
 from rich.console import Console
@@ -156,10 +160,48 @@ def datasets_cmd():
         console.print(f"{name:<14} {desc}{dirs}", highlight=False)
 
 
-AugmentOpt = Annotated[
-    str | None,
-    typer.Option(help="training augmentation: none, crop-flip (pad-4 crop + flip, for CIFAR)"),
-]
+def harness_flags(*, exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """Give a command one ``--flag`` per :class:`~beyondbp.harness.TrainConfig` setting it does
+    not declare itself, with the help and default taken from the model (one source); the
+    command receives the flags that were given as ``config`` (a dict)."""
+    from beyondbp.harness import TrainConfig
+
+    def flag(name: str) -> inspect.Parameter:
+        field = TrainConfig.model_fields[name]
+        kind: Any = field.annotation
+        choices = ""
+        if get_origin(kind) is Literal:
+            kind, choices = str, f" ({', '.join(map(str, get_args(kind)))})"
+        elif get_origin(kind) in (UnionType, Union):
+            kind = next(a for a in get_args(kind) if a is not type(None))
+        default = "off" if field.default is None else field.default
+        text = f"{field.description or name.replace('_', ' ')}{choices} [default: {default}]"
+        option = typer.Option(
+            help=escape(text), rich_help_panel="Harness settings", show_default=False
+        )
+        return inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=None,
+            annotation=Annotated[kind | None, option],
+        )  # fmt: skip
+
+    def deco(fn: Callable) -> Callable:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "config"]
+        names = [
+            n for n in TrainConfig.model_fields if n not in sig.parameters and n not in exclude
+        ]
+        params = own + [flag(n) for n in names]
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            given = {n: kwargs.pop(n) for n in names}
+            return fn(*args, config={k: v for k, v in given.items() if v is not None}, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return deco
 
 
 def _seed_list(count: int | None, listed: str | None) -> list[int] | None:
@@ -173,11 +215,8 @@ def _seed_list(count: int | None, listed: str | None) -> list[int] | None:
     return None if count is None else list(range(count))
 
 
-def _train_config(**kw: Any) -> dict[str, Any]:
-    return {k: v for k, v in kw.items() if v is not None}
-
-
 @app.command()
+@harness_flags(exclude=("checkpoint",))
 def train(
     rule: Annotated[str, typer.Argument(help="learning rule (see `beyondbp rules`)")],
     data: Annotated[
@@ -186,17 +225,9 @@ def train(
     net: Annotated[
         str, typer.Option("--net", "-n", help="net spec: mlp:1000x2, cnn3, ...")
     ] = "mlp:1000x2",
-    epochs: Annotated[int | None, typer.Option(help="maximum epochs [default: 100]")] = None,
-    patience: Annotated[
-        int | None, typer.Option(help="early-stopping patience [default: 10]")
-    ] = None,
     no_early_stop: Annotated[
-        bool, typer.Option("--no-early-stop", help="train all epochs")
+        bool, typer.Option("--no-early-stop", help="train all epochs (patience off)")
     ] = False,
-    monitor: Annotated[
-        str | None, typer.Option(help="val_loss or val_acc [default: val_loss]")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="[default: 128]")] = None,
     lr: Annotated[float | None, typer.Option(help="learning rate (the rule's `lr` option)")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="rule option key=value")
@@ -204,37 +235,15 @@ def train(
     options_file: Annotated[
         Path | None, typer.Option("--options", help="options file (JSON/YAML), e.g. from tune")
     ] = None,
-    seed: Annotated[int, typer.Option(help="run seed (weights, batch order)")] = 0,
-    data_seed: Annotated[int, typer.Option(help="seed of the validation split")] = 0,
-    max_seconds: Annotated[float | None, typer.Option(help="training time budget")] = None,
-    max_steps: Annotated[
-        int | None, typer.Option(help="training step budget (generations of a population rule)")
-    ] = None,
-    augment: AugmentOpt = None,
-    head_init: Annotated[
-        str | None,
-        typer.Option(
-            help="random, or probe: fit the head on the frozen net's features first "
-            "[default: random]"
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="cpu, cuda, cuda:N or auto (the GPU when there is one)")
+    ] = "auto",
     data_dir: Annotated[
         Path | None, typer.Option(help="folder with dataset files [$BEYONDBP_DATA]")
     ] = None,
     store: StoreOpt = None,
     resume: Annotated[str | None, typer.Option(help="continue the run with this id")] = None,
-    progress: Annotated[bool, typer.Option(help="live progress bar")] = True,
-    energy: Annotated[bool, typer.Option(help="measure or estimate energy")] = True,
-    attack_eps: Annotated[
-        float | None,
-        typer.Option(help="also test under FGSM and PGD ℓ∞ attacks of this radius (pixels)"),
-    ] = None,
-    attack_steps: Annotated[int | None, typer.Option(help="PGD steps [default: 20]")] = None,
-    attack_loss: Annotated[
-        str | None,
-        typer.Option(help="loss the attacks ascend: margin, ce or rule [default: margin]"),
-    ] = None,
+    config: dict[str, Any] | None = None,
 ):
     """Train one model with one rule; print the result table and store the run."""
     from beyondbp.bench.tune import read_options
@@ -243,24 +252,14 @@ def train(
     options.update(parse_assignments(set_ or []))
     if lr is not None:
         options["lr"] = lr
-    config = _train_config(
-        epochs=epochs,
-        patience=patience,
-        monitor=monitor,
-        batch_size=batch_size,
-        max_seconds=max_seconds,
-        max_steps=max_steps,
-        augment=augment,
-        head_init=head_init,
-        attack_eps=attack_eps,
-        attack_steps=attack_steps,
-        attack_loss=attack_loss,
-    )
+    config = dict(config or {})
     if no_early_stop:
         config["patience"] = None
     if resume is None:
-        config.update(seed=seed, data_seed=data_seed, device=device)
-    config.update(progress=progress and sys.stderr.isatty(), energy=energy)
+        config.setdefault("device", device)
+    elif "seed" in config or "data_seed" in config:
+        raise BeyondBPError("--resume continues a run with its own seeds; drop --seed/--data-seed")
+    config["progress"] = config.get("progress", True) and sys.stderr.isatty()
     result = api.train(
         rule,
         data,
@@ -295,6 +294,7 @@ def _rule_options(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 @app.command()
+@harness_flags(exclude=("seed", "progress", "checkpoint"))
 def bench(
     rules: Annotated[
         str | None,
@@ -316,10 +316,6 @@ def bench(
     options_file: Annotated[
         Path | None, typer.Option("--options", help="{rule: options} file")
     ] = None,
-    epochs: Annotated[int | None, typer.Option()] = None,
-    patience: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    augment: AugmentOpt = None,
     target_acc: Annotated[
         float | None, typer.Option(help="val accuracy for time-to-target")
     ] = None,
@@ -337,6 +333,7 @@ def bench(
     report: Annotated[Path | None, typer.Option(help="write the report to this folder")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     baseline: Annotated[str, typer.Option(help="the rule every ratio is taken against")] = "bp",
+    config: dict[str, Any] | None = None,
 ):
     """Compare rules on a grid (rules × datasets × nets × seeds), each cell in its own process.
 
@@ -352,14 +349,12 @@ def bench(
     elif preset is not None:
         from beyondbp.bench.presets import get_preset
 
-        specs = [
-            g.model_copy(update={"config": {**g.config, "device": device}})
+        specs = [  # the harness flags given override the preset's
+            g.model_copy(update={"config": {**g.config, **(config or {}), "device": device}})
             for g in get_preset(preset).grids
         ]
     else:
-        config = _train_config(
-            epochs=epochs, patience=patience, batch_size=batch_size, augment=augment
-        )
+        config = dict(config or {})
         rule_options: dict[str, dict[str, Any]] = {}
         if options_file is not None:
             from beyondbp.bench.tune import read_options
@@ -508,6 +503,7 @@ def reproduce(
 
 
 @app.command()
+@harness_flags(exclude=("progress", "checkpoint"))
 def tune(
     rule: Annotated[str, typer.Argument(help="learning rule")],
     data: Annotated[str, typer.Option("--data", "-d")] = "digits",
@@ -517,9 +513,6 @@ def tune(
         list[str] | None, typer.Option("--set", "-s", help="fixed option key=value")
     ] = None,
     metric: Annotated[str, typer.Option(help="val_acc (maximised) or val_loss")] = "val_acc",
-    epochs: Annotated[int | None, typer.Option()] = None,
-    patience: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage URL [sqlite beside the store]")
     ] = None,
@@ -531,13 +524,14 @@ def tune(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="write the best options (JSON)")
     ] = None,
+    config: dict[str, Any] | None = None,
 ):
     """Optuna search (TPE, median pruning) over the rule's search space; resumable."""
     from beyondbp.bench.tune import best_options, write_options
     from beyondbp.bench.tune import tune as run_tune
 
     fixed = parse_assignments(set_ or [])
-    config = _train_config(epochs=epochs, patience=patience, batch_size=batch_size)
+    config = dict(config or {})
     result = run_tune(
         rule,
         data,
