@@ -10,6 +10,7 @@ recomputed when the script runs again. Writes benchmarks/results/bp_baselines.{m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -77,12 +78,7 @@ def main() -> None:
     ]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "bp_baselines.md").write_text("\n".join(md) + "\n")
-    runs = [
-        {"id": r.id, "status": r.status, "dataset": r.dataset, "net": r.net, "seed": r.seed,
-         "options": r.options, "config": r.config, "metrics": r.metrics, "history": r.history,
-         "env": r.env}
-        for r in result.records
-    ]  # fmt: skip
+    runs = [dataclasses.asdict(r) for r in result.records]  # full records: `runs import` reads them
     out = {"command": command, "machine": machine, "versions": versions, "summary": result.rows,
            "runs": runs}  # fmt: skip
     (HERE / "results" / "bp_baselines.json").write_text(json.dumps(out, indent=1) + "\n")
