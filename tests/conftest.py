@@ -11,7 +11,14 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Caches (decoded data, matmul peak) and the default run store go to a temp folder."""
+    """Caches (decoded data, matmul peak) and the default run store go to a temp folder. Under
+    pytest-xdist each worker (and each process it starts) uses one torch thread, so N workers
+    on N cores do not oversubscribe them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+        os.environ["BEYONDBP_THREADS"] = "1"
     os.environ["BEYONDBP_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ["BEYONDBP_RUNS"] = str(tmp_path_factory.mktemp("runs"))
     os.environ.pop("BEYONDBP_DATA", None)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -43,6 +44,7 @@ def _bench_cmd(store: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_killed_grid_restarts_without_lost_or_duplicated_cells(tmp_path):
     store_path = tmp_path / "runs.sqlite"
     parent = subprocess.Popen(
@@ -72,6 +74,7 @@ def test_killed_grid_restarts_without_lost_or_duplicated_cells(tmp_path):
             assert r.updated == done_before[r.id]
 
 
+@pytest.mark.slow
 def test_grid_goes_on_past_a_failing_cell_and_records_the_error(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
     grid = GridSpec(
@@ -227,6 +230,7 @@ def test_every_preset_cell_has_valid_options_config_and_net():
                 assert get_rule(c.rule).works_on(c.net), (preset.name, c.rule, c.net)
 
 
+@pytest.mark.slow
 def test_reproduce_puts_the_paper_next_to_ours(tmp_path):
     register_preset(Preset(
         name="toy-paper", description="bp on digits", source="a toy paper",
@@ -244,6 +248,15 @@ def test_reproduce_puts_the_paper_next_to_ours(tmp_path):
     assert "| digits | mlp:16 | bp | 2 |" in md and "ours below" in md and "a toy paper" in md
     stored = reproduce("toy-paper", store=tmp_path / "runs.sqlite", run=False)
     assert [r.id for r in stored.records] == [r.id for r in res.records]
+    # --out DIR: the table and the runs with their provenance, in one place; the runs import
+    from beyondbp.api import write_reproduction
+    from beyondbp.runs import records_from_json
+
+    md, js = write_reproduction(res, tmp_path / "out", "beyondbp reproduce toy-paper")
+    assert md.name == "toy-paper.md" and "Command: `beyondbp reproduce toy-paper`" in md.read_text()
+    assert "| digits | mlp:16 | bp | 2 |" in md.read_text()
+    assert [r.id for r in records_from_json(js)] == [r.id for r in res.records]
+    assert json.loads(js.read_text())["environment"]["git_commit"]
     # cells not run yet still get their row: no runs, the paper's number, "not run"
     (empty,) = reproduce("toy-paper", store=tmp_path / "empty.sqlite", run=False).rows
     assert (empty["runs"], empty["not_finished"], empty["paper_acc"]) == (0, 0, 99.9)
@@ -276,6 +289,7 @@ def report_store(tmp_path_factory) -> RunStore:
     return store
 
 
+@pytest.mark.slow
 def test_html_report_is_self_contained_and_has_every_plot(report_store, tmp_path):
     paths = write_report(report_store, tmp_path / "report")
     page = paths["html"].read_text()
@@ -314,6 +328,7 @@ def test_report_renders_in_headless_chromium(report_store, tmp_path):
     assert sum(1 for count in img.histogram() if count) > 50
 
 
+@pytest.mark.slow
 def test_tune_resumes_a_killed_study(tmp_path):
     import optuna
 
@@ -398,6 +413,7 @@ def test_tune_resumes_a_killed_study(tmp_path):
     assert last.options["lr"] == best["bp"]["lr"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_grid_and_its_running_cell_saves(tmp_path):
     store_path = tmp_path / "runs.sqlite"
     cmd = [sys.executable, "-m", "beyondbp.cli", "bench", "--rules", "bp", "--nets", "mlp:16",
@@ -418,6 +434,7 @@ def test_sigterm_stops_the_grid_and_its_running_cell_saves(tmp_path):
     assert ckpt.is_file()
 
 
+@pytest.mark.slow
 def test_ray_backend_runs_the_grid_like_local_processes(tmp_path):
     ray = pytest.importorskip("ray")
     grid = GridSpec(rules=["bp"], datasets=["digits"], nets=["mlp:8"], seeds=[0, 1], config=TINY)

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from beyondbp.cli import app
@@ -75,6 +76,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_unknown_names_exit_2_with_the_valid_ones():
     out = _cli("train", "bp", "--data", "imagenet")
     assert out.returncode == 2 and "valid datasets: cifar10, digits" in out.stderr
@@ -84,6 +86,7 @@ def test_unknown_names_exit_2_with_the_valid_ones():
     assert out.returncode == 2 and "valid options:" in out.stderr
 
 
+@pytest.mark.slow
 def test_bench_compares_rules(tmp_path):
     out = runner.invoke(
         app,

@@ -79,6 +79,7 @@ def assert_at_cvxpy_optimum(rule, beta: float) -> None:
     assert violation < 1e-3
 
 
+@pytest.mark.slow
 def test_admm_reaches_the_cvxpy_optimum_and_residuals_vanish():
     x, y = toy()
     rule, _ = make("convex-admm", {"patterns": 6, "beta": 0.1, "rho": 0.1, "iterations_per_step": 50,
@@ -136,6 +137,7 @@ def test_admm_stops_on_its_residuals():
     assert steps < 400 and "converged" in rule.done()
 
 
+@pytest.mark.slow
 def test_exact_patterns_are_all_the_patterns():
     x, _y = toy(n=14)
     X = design_matrix(x, torch.float64)
@@ -152,6 +154,7 @@ def test_exact_patterns_are_all_the_patterns():
     assert len(found) <= 2 * (1 + 13 + 78)
 
 
+@pytest.mark.slow
 def test_exact_program_by_admm_matches_cvxpy_and_lower_bounds_the_sampled_one():
     x, y = toy(n=12, classes=2)
     X = design_matrix(x, torch.float64)

@@ -99,6 +99,7 @@ def test_mlp_fast_path_equals_vmap_of_the_net():
     assert FlatNet(build_net("cnn3", (1, 28, 28), 10)).layers is None  # not an MLP: vmap
 
 
+@pytest.mark.slow
 def test_deep_ga_balances_cartpole_and_the_harness_reports_returns():
     r = bb.train("deep-ga", data="gym:CartPole-v1", net="mlp:16", epochs=1, batch_size=1,
                  max_steps=10, store=False, progress=False, energy=False,
@@ -110,6 +111,7 @@ def test_deep_ga_balances_cartpole_and_the_harness_reports_returns():
     assert r.record.history[-1]["val_return"] == m["val_return"]
 
 
+@pytest.mark.slow
 def test_novelty_search_escapes_the_deceptive_maze_and_reward_alone_does_not():
     common = dict(data="deceptive-maze", net="mlp:32", epochs=1, batch_size=1, max_steps=60,
                   store=False, progress=False, energy=False)  # fmt: skip

@@ -27,6 +27,7 @@ def _final_weights(store: Path, run_id: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(store.parent / "checkpoints" / run_id / "last.pt")["modules"]["net"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("flag", "at"), [("--kill-at", "55"), ("--int-at", "70")])
 def test_killed_or_interrupted_run_resumes_to_the_same_result(tmp_path, flag, at):
     """digits: 1294 training examples, batch 32 -> 41 steps per epoch; the signal lands mid

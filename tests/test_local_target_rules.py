@@ -61,6 +61,7 @@ def test_drtp_can_keep_conv_blocks_frozen():
     assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "net,options,want",
     [
@@ -116,6 +117,7 @@ def test_no_gradient_reaches_a_layer_from_the_layers_above(rule):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "net,options",
     [
@@ -142,6 +144,7 @@ def test_a_detached_recurrent_state_cuts_the_gradient_through_time():
     assert grad[:, 0].abs().sum() > 0  # backprop through time reaches the first step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options,want", [({}, 0.75), ({"bptt_in_layer": True}, 0.85)])
 def test_tpsgd_learns_digits_row_by_row_with_a_gru(options, want):
     res = bb.train("tpsgd", "digits", "gru:64", options={"optimizer": "adam", "lr": 1e-3, **options},

@@ -91,6 +91,7 @@ def test_noprop_refuses_other_nets():
         _rule(build_net("mlp:8", (1, 8, 8), 10))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["noprop:3", "noprop:3:learned-8"])
 def test_noprop_learns_digits(spec):
     res = bb.train("noprop", "digits", spec, epochs=15, batch_size=32, patience=None,
@@ -150,6 +151,7 @@ def test_variant_must_match_the_net():
         _rule(build_net("noprop:3", (1, 8, 8), 10), variant="ct")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec,epochs,want", [("noprop:10:fm", 8, 0.9), ("noprop:10:ct", 16, 0.6)])
 def test_continuous_noprop_learns_digits(spec, epochs, want):
     # CT learns slowly on digits (seeds 0-3: 76-88% after 12 epochs, 78-93% after 24, still rising);

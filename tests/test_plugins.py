@@ -70,6 +70,7 @@ def plugin(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     sys.modules.pop("tiny_sgd_rule", None)
 
 
+@pytest.mark.slow
 def test_an_out_of_tree_rule_runs_in_a_grid_and_in_tune(plugin, tmp_path):
     assert plugin in bb.available_rules()
     store = tmp_path / "runs.sqlite"

@@ -87,6 +87,7 @@ def test_truncation_must_be_below_the_population():
         setup_rule("deep-ga", bb.build_net("mlp:4", (1, 8, 8), 10), {"population": 10})
 
 
+@pytest.mark.slow
 def test_the_same_seed_reproduces_a_whole_run_and_ga_beats_random_search():
     def run(**options) -> dict:  # type: ignore[no-untyped-def]
         opts = {"population": 100, "elite_evals": 5, "sigma": 0.02, **options}
@@ -255,6 +256,7 @@ def local_ray():  # type: ignore[no-untyped-def]
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_workers_give_the_same_run_and_send_only_seeds(local_ray):
     def run(workers: int) -> tuple[torch.Tensor, object]:
         net = bb.build_net("mlp:16", (1, 8, 8), 10)

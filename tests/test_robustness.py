@@ -85,6 +85,7 @@ def test_fgsm_finds_the_exact_worst_case_of_a_linear_margin():
 
 # Measured on digits (mlp:100, 30 epochs, eps 0.1, PGD-10 test, seeds 0-2): plain bp 56.7-58.3 %
 # PGD accuracy (clean 96.1-96.7 %), PGD-trained bp 76.9-77.5 % (clean 95.3-96.1 %).
+@pytest.mark.slow
 def test_pgd_training_makes_bp_robust_on_digits():
     common = dict(data="digits", net="mlp:100", epochs=30, store=False, progress=False,
                   attack_eps=0.1, attack_steps=10)  # fmt: skip

@@ -106,6 +106,7 @@ def _assert_equal(a: Any, b: Any, where: str = "") -> None:
         assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"  # NaN equals NaN
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("rule", "setup"), _cases())
 def test_resume_mid_epoch_is_bit_identical_and_predict_has_the_shape(rule, setup, tmp_path):
     assert setup is not None, f"add rule {rule!r} to SETUPS in {__file__}"

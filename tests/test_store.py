@@ -105,6 +105,7 @@ def _writer(path: str, worker: int, n: int) -> None:
         store.save(r)
 
 
+@pytest.mark.slow
 def test_concurrent_writers_lose_nothing(tmp_path):
     path = str(tmp_path / "runs.sqlite")
     RunStore(path)

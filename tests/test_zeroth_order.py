@@ -194,6 +194,7 @@ def test_zo_adam_refuses_state_it_cannot_hold(monkeypatch):
         setup_rule("zo-adam", bb.build_net("mlp:8", (1, 8, 8), 10), {})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "rule,options,bar",
     [("mezo", {"lr": 3e-3}, 0.55), ("zo-adam", {}, 0.55), ("zo-adam", {"subspace": False}, 0.55)],

@@ -9,7 +9,12 @@ only; the work lives in :mod:`beyondbp.runner` and :mod:`beyondbp.bench`).
 from __future__ import annotations
 
 from beyondbp.bench.grid import GridSpec
-from beyondbp.bench.reproduce import ReproduceResult, reproduce, reproduce_markdown
+from beyondbp.bench.reproduce import (
+    ReproduceResult,
+    reproduce,
+    reproduce_markdown,
+    write_reproduction,
+)
 from beyondbp.bench.run import BenchResult, bench, default_rules, fits, grid_cells
 from beyondbp.bench.summary import (
     BASELINE,
@@ -45,4 +50,5 @@ __all__ = [
     "summarize",
     "time_to_target",
     "train",
+    "write_reproduction",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -454,7 +455,13 @@ def reproduce(
     data_dir: Annotated[Path | None, typer.Option()] = None,
     store: StoreOpt = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="also write the table here")
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="a folder: write PRESET.md (the table) and PRESET.json (rows, runs), each with "
+            "the command, machine, versions and commit; a .md file: the table alone",
+        ),
     ] = None,
     no_run: Annotated[bool, typer.Option("--no-run", help="only tabulate stored runs")] = False,
     device: Annotated[
@@ -495,11 +502,8 @@ def reproduce(
     text = api.reproduce_markdown(result)
     console.print(Markdown(text))
     if out is not None:
-        from beyondbp.measure import provenance_markdown
-
-        command = f"beyondbp {' '.join(sys.argv[1:])}"
-        provenance = ["", *provenance_markdown(command, runs=[r.env for r in result.records])]
-        out.write_text(text + "\n".join(provenance) + "\n")
+        for path in api.write_reproduction(result, out, f"beyondbp {' '.join(sys.argv[1:])}"):
+            console.print(f"wrote {path}", highlight=False)
 
 
 @app.command()
@@ -675,10 +679,14 @@ def runs_import(
 
 
 def main() -> None:
+    if os.environ.get("BEYONDBP_THREADS"):  # e.g. one thread per run pinned to a core
+        import torch
+
+        torch.set_num_threads(int(os.environ["BEYONDBP_THREADS"]))
     try:
         app()
     except BeyondBPError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -176,3 +178,28 @@ def reproduce_markdown(result: ReproduceResult) -> str:
     if p.notes:
         lines += ["", p.notes]
     return "\n".join(lines) + "\n"
+
+
+def write_reproduction(result: ReproduceResult, out: str | Path, command: str) -> list[Path]:
+    """Write a reproduction where ``out`` says: a folder gets ``PRESET.md`` (the table) and
+    ``PRESET.json`` (summary rows and full run records, which ``beyondbp runs import`` reads),
+    both with their provenance (command, machine, versions, commit); a ``.md`` path gets the
+    table alone."""
+    from beyondbp.measure import environment, provenance_markdown
+
+    out = Path(out)
+    provenance = provenance_markdown(command, runs=[r.env for r in result.records])
+    table = reproduce_markdown(result) + "\n" + "\n".join(provenance) + "\n"
+    if out.suffix == ".md":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+        return [out]
+    out.mkdir(parents=True, exist_ok=True)
+    name = result.preset.name + ("-quick" if result.quick else "")
+    md, js = out / f"{name}.md", out / f"{name}.json"
+    md.write_text(table)
+    record = {"command": command, "preset": result.preset.name, "quick": result.quick,
+              "environment": environment(), "rows": result.rows,
+              "runs": [dataclasses.asdict(r) for r in result.records]}  # fmt: skip
+    js.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    return [md, js]
