@@ -26,6 +26,7 @@ from beyondbp.harness import (
     seed_everything,
 )
 from beyondbp.measure import environment
+from beyondbp.measure.energy import warm_up
 from beyondbp.nets import build_net
 from beyondbp.rules import Rule, get_rule, make_options
 from beyondbp.runs import RunRecord, RunStore
@@ -121,6 +122,8 @@ def train(
         raise UnknownNameError("training setting", bad[0], known)
     cfg = make_config(config)
     cfg = cfg.model_copy(update={"device": resolve_device(cfg.device, rule_cls)})
+    if cfg.energy:  # CodeCarbon's one-off hardware detection, beside the set-up below
+        warm_up(cfg.device)
 
     dataset = (
         data if isinstance(data, Dataset) else load_dataset(data, data_dir, data_seed=cfg.data_seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import logging
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,40 @@ class _Nvml:
         return (self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) - self.start) / 1e3
 
 
+def _codecarbon_tracker() -> Any:
+    from codecarbon import OfflineEmissionsTracker
+
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return OfflineEmissionsTracker(
+            country_iso_code="USA",
+            save_to_file=False,
+            log_level="error",
+            measure_power_secs=5,
+            tracking_mode="process",
+        )
+
+
+def _detect_hardware() -> None:
+    with contextlib.suppress(Exception):  # a failure shows when the run's meter starts
+        tracker = _codecarbon_tracker()
+        tracker.start()
+        tracker.stop()
+
+
+def warm_up(device: str | torch.device = "cpu") -> threading.Thread | None:
+    """Run CodeCarbon's hardware detection (about 1.5 s, once per process: it caches the
+    result) in a background thread while the run loads its data and builds its rule, so the
+    meter starts at once when training does. Nothing to do where a counter will be read."""
+    device = torch.device(device)
+    if device.type == "cuda" or _Rapl().available():
+        return None
+    thread = threading.Thread(target=_detect_hardware, name="codecarbon-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 class EnergyMeter:
     """Context manager over a stretch of work; ``reading`` is set on exit.
 
@@ -109,18 +144,7 @@ class EnergyMeter:
             self._counter.begin()
             return self
         try:
-            from codecarbon import OfflineEmissionsTracker
-
-            logging.getLogger("codecarbon").setLevel(logging.ERROR)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                self._tracker = OfflineEmissionsTracker(
-                    country_iso_code="USA",
-                    save_to_file=False,
-                    log_level="error",
-                    measure_power_secs=5,
-                    tracking_mode="process",
-                )
+            self._tracker = _codecarbon_tracker()
             self._tracker.start()
         except Exception as e:  # CodeCarbon missing or failing must not break training
             self.reading = EnergyReading(None, "unavailable", f"no counter, CodeCarbon failed: {e}")
