@@ -156,3 +156,9 @@ def test_train_head_init_probe_is_stored(tmp_path):
     bad = runner.invoke(app, ["train", "bp", "--head-init", "warm", "--no-progress", "--store",
                               str(tmp_path / "bad.sqlite")])  # fmt: skip
     assert bad.exit_code != 0 and "head_init" in bad.output + str(bad.exception)
+
+
+def test_bench_with_a_preset_refuses_flags_it_cannot_honour():
+    out = runner.invoke(app, ["bench", "--preset", "quickstart", "--rules", "bp"])
+    assert out.exit_code != 0
+    assert "--preset sets the rules" in (out.stdout + str(out.exception))

@@ -200,3 +200,30 @@ def test_callbacks_see_every_epoch_and_can_stop_the_run():
     )
     assert [r["epoch"] for r in rows] == [1, 2, 3] and "val_acc" in rows[0]
     assert res.metrics["stop_reason"] == "stopped by callback" and res.record.id == "my-run"
+
+
+def test_a_run_without_checkpoints_cannot_be_resumed(tmp_path):
+    from beyondbp.errors import BeyondBPError
+    from beyondbp.harness import Callback
+
+    class Stop(Callback):
+        def on_step_end(self, trainer, x, y, logs):  # type: ignore[no-untyped-def]
+            trainer.interrupt()
+
+    store = tmp_path / "runs.sqlite"
+    cut = bb.train("bp", "digits", "mlp:16", epochs=2, checkpoint=False, store=store,
+                   callbacks=[Stop()], **FAST)  # fmt: skip
+    assert cut.record.status == "interrupted"
+    with pytest.raises(BeyondBPError, match="checkpoint=False"):
+        bb.train("bp", store=store, resume=cut.record.id, **FAST)
+
+
+def test_loaded_rule_state_never_writes_into_a_view_of_other_data():
+    from beyondbp.rules.base import _load
+
+    data = torch.zeros(10, 3)
+    view = data[:4]
+    out = _load(view, torch.ones(4, 3))
+    assert torch.equal(out, torch.ones(4, 3)) and torch.equal(data, torch.zeros(10, 3))
+    own = torch.zeros(4, 3)
+    assert _load(own, torch.ones(4, 3)) is own and torch.equal(own, torch.ones(4, 3))

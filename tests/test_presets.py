@@ -30,6 +30,7 @@ PRESET_OF_RESULTS = {
     "local_targets.json": "local-targets",  # benchmarks/preset_table.py local-targets
     "noprop2025_cpu.json": "noprop2025",  # `beyondbp reproduce noprop2025` (its .md says how)
     "quickstart.json": "quickstart",  # benchmarks/quickstart.py (the main job)
+    "population-digits.json": "population-digits",  # `beyondbp reproduce population-digits`
 }
 
 

@@ -350,8 +350,18 @@ def bench(
     elif preset is not None:
         from beyondbp.bench.presets import get_preset
 
+        if rules or set_ or options_file:
+            raise BeyondBPError(
+                "--preset sets the rules and their options; drop --rules/--set/--options "
+                "(or use `beyondbp reproduce PRESET --rules ...`)"
+            )
+        update: dict[str, Any] = {"data_dir": str(data_dir)} if data_dir else {}
+        if target_acc is not None:
+            update["target_acc"] = target_acc
         specs = [  # the harness flags given override the preset's
-            g.model_copy(update={"config": {**g.config, **(config or {}), "device": device}})
+            g.model_copy(
+                update={"config": {**g.config, **(config or {}), "device": device}, **update}
+            )
             for g in get_preset(preset).grids
         ]
     else:

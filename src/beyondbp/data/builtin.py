@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +36,10 @@ def digits(search_dirs: list[Path], download: bool) -> RawData:
         )
         x_train, y_train, x_test, y_test = x[idx_train], y[idx_train], x[idx_test], y[idx_test]
         cached.parent.mkdir(parents=True, exist_ok=True)
-        part = cached.with_suffix(".part.npz")
-        np.savez(part, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-        part.replace(cached)  # atomic: a killed process leaves no half-written cache
+        fd, part = tempfile.mkstemp(dir=cached.parent, suffix=".npz")  # one per process
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+        Path(part).replace(cached)  # atomic: a killed process leaves no half-written cache
     return RawData(
         x_train,
         y_train,

@@ -3,7 +3,7 @@
 The :class:`~beyondbp.harness.loop.Trainer` calls these events in this order::
 
     on_fit_start(resume)          before the rule's setup (the head probe)
-    on_setup_end(resume)          the rule is set up (checkpoints load here on resume)
+    on_setup_end(resume)          the rule is set up (and, on resume, its checkpoint loaded)
       on_epoch_start()
       step_context(x, y)          a context manager around one step, or None (the step probe)
       on_step_end(x, y, logs)
@@ -12,7 +12,7 @@ The :class:`~beyondbp.harness.loop.Trainer` calls these events in this order::
     on_train_end(status)          (the last checkpoint)
     on_test_start / on_test_end   finished runs only (restore the best weights; robustness)
     on_metrics(metrics)           when the run's metrics are assembled
-    on_exception(error)           training raised (the run is stored as failed)
+    on_exception(error)           training raised (an Exception: the run is stored as failed)
 
 A callback with a ``state_key`` has its :meth:`Callback.state_dict` saved in every checkpoint
 under that key, and loaded on resume (PyTorch Lightning's shape). A callback stops training with
@@ -149,16 +149,10 @@ class EarlyStopping(Callback):
 
 class Checkpointing(Callback):
     """Writes the trainer's whole state (``last.pt``, atomically) after every epoch and when
-    training ends (Ctrl-C included), and loads it on resume."""
+    training ends (Ctrl-C included); the trainer loads it on resume, before ``on_setup_end``."""
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
-
-    def on_setup_end(self, trainer: Trainer, resume: bool) -> None:
-        if resume:
-            from beyondbp.runs import load_checkpoint
-
-            trainer.restore(load_checkpoint(self.dir / "last.pt"))
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         if trainer.state.stop_reason is None:  # a stopping run saves once, at the end
@@ -174,6 +168,7 @@ class StepProbeCallback(Callback):
     then, as in every later step), and the memory of predicting one batch."""
 
     state_key = "probe"
+    METHOD = "live tensors during the second training step"
 
     def __init__(self) -> None:
         self.result: dict[str, int] = {}
@@ -237,7 +232,7 @@ class StepProbeCallback(Callback):
         # (activations, gradients, temporaries) at its peak
         m["step_resident_bytes"] = p["step_resident_bytes"]
         m["step_transient_bytes"] = p["step_transient_bytes"]
-        m["peak_step_bytes_method"] = "live tensors during the second training step"
+        m["peak_step_bytes_method"] = self.METHOD
         if p.get("inference_step_bytes"):
             m["inference_step_bytes"] = p["inference_step_bytes"]
             m["step_to_inference_memory"] = m["peak_step_bytes"] / m["inference_step_bytes"]
@@ -317,10 +312,9 @@ class ProgressBar(Callback):
         )
         self.task: Any = None
 
-    def on_setup_end(self, trainer: Trainer, resume: bool) -> None:
-        self.bar.start()
-
     def on_epoch_start(self, trainer: Trainer) -> None:
+        if not self.bar.live.is_started:
+            self.bar.start()
         st, cfg = trainer.state, trainer.config
         self.task = self.bar.add_task(
             f"epoch {st.epoch + 1}/{cfg.epochs}",

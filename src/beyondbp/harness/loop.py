@@ -165,6 +165,7 @@ class Trainer:
         self.task.to(self.device)
         self.record, self.store = record, store
         ckpt_dir = checkpoint_dir if config.checkpoint else None
+        self.checkpoint_dir = ckpt_dir
         self.callbacks = default_callbacks(config, ckpt_dir)
         self.callbacks += [c if isinstance(c, Callback) else EpochFunction(c) for c in callbacks]
         if ckpt_dir is not None:
@@ -208,6 +209,8 @@ class Trainer:
             for m in rule.modules().values():
                 m.to(memory_format=torch.channels_last)
             self.task.to_channels_last()
+        if resume:
+            self._resume()
         self._emit("on_setup_end", resume)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -389,7 +392,7 @@ class Trainer:
         if self.device.type == "cuda":  # the allocator's view: the whole run on the GPU
             m["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             m["cuda_data_bytes"] = self.task.data_bytes
-            if "peak_step_bytes" not in m:
+            if m.get("peak_step_bytes_method") != StepProbeCallback.METHOD:
                 m["peak_step_bytes"] = m["cuda_max_allocated_bytes"] - m["cuda_data_bytes"]
                 m["peak_step_bytes_method"] = (
                     "torch.cuda.max_memory_allocated over training (validation passes "
@@ -415,6 +418,16 @@ class Trainer:
             "metrics": dict(self.record.metrics),
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
         }
+
+    def _resume(self) -> None:
+        from beyondbp.runs import load_checkpoint
+
+        if self.checkpoint_dir is None:
+            raise BeyondBPError(
+                "resume needs the run's checkpoints: this run was started with checkpoint=False, "
+                "so it cannot continue; start it anew"
+            )
+        self.restore(load_checkpoint(self.checkpoint_dir / "last.pt"))
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` (also one written before the callbacks held their state)."""

@@ -199,7 +199,9 @@ class Rule:
                 f"rule {self.name!r}: the checkpoint holds state {unknown} this version does not "
                 "know; resume it with the beyondbp version that wrote it, or start the run anew"
             )
+        device = next((p.device for m in self.modules().values() for p in m.parameters()), None)
         for name, value in state.items():
+            value = _to(value, device) if device is not None else value
             setattr(self, name, _load(getattr(self, name, None), value))
         self.restored()
 
@@ -216,6 +218,17 @@ def _dump(obj: Any) -> Any:
     return obj
 
 
+def _to(value: Any, device: torch.device) -> Any:
+    """Tensors of a checkpoint (read onto the CPU) moved to the rule's device."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list | tuple):
+        return type(value)(_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
 def _load(current: Any, value: Any) -> Any:
     """``value`` loaded into ``current`` where that has state (returned as is), else ``value``."""
     if hasattr(current, "load_state_dict"):
@@ -226,7 +239,8 @@ def _load(current: Any, value: Any) -> Any:
     if isinstance(current, dict) and isinstance(value, dict) and current.keys() == value.keys():
         return {k: _load(current[k], v) for k, v in value.items()}
     if isinstance(current, torch.Tensor) and isinstance(value, torch.Tensor):
-        if current.shape == value.shape and current.dtype == value.dtype:
+        same = current.shape == value.shape and current.dtype == value.dtype
+        if same and current._base is None:  # never into a view (of the data, say)
             with torch.no_grad():  # in place: views of it (a flat parameter vector) follow
                 return current.copy_(value)
         return value.to(current.device)

@@ -209,8 +209,9 @@ class DEInit(DifferentialEvolution):
         assert self.net is not None
         if self.opt is None:  # backprop starts from the best member (the net carries it)
             self.net.train()
+            self.flat.set_(self.pop[self.best].clone())  # the net's weights: its own storage,
+            self.pop = None  # so the population is freed (they were views of its best row)
             self.opt = make_optimizer(self.net.parameters(), self.options)
-            self.pop = None  # done with: the net's weights were views of its best row
         self.opt.zero_grad(set_to_none=True)
         scores = self.net(x)
         loss = F.cross_entropy(scores, y)

@@ -101,7 +101,9 @@ class DeepGA(Rule):
         self.elite: Genome | None = None
         self.recent: list[tuple[torch.Tensor, torch.Tensor]] = []  # the elite's re-evaluation data
         self.archive = torch.zeros(0, 0, device=self.flat.device)
-        self.probe_x = ctx.train.x[: self.options.probe].to(self.flat.device) if ctx.train else None
+        self.probe_x = (  # a copy: never a view of the training data
+            ctx.train.x[: self.options.probe].to(self.flat.device).clone() if ctx.train else None
+        )
         self.remote = None  # Ray actors, started on the first generation when workers > 0
 
     # -- genomes -------------------------------------------------------------------------------
