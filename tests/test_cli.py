@@ -162,3 +162,18 @@ def test_bench_with_a_preset_refuses_flags_it_cannot_honour():
     out = runner.invoke(app, ["bench", "--preset", "quickstart", "--rules", "bp"])
     assert out.exit_code != 0
     assert "--preset sets the rules" in (out.stdout + str(out.exception))
+
+
+@pytest.mark.parametrize("net", ["mlp:0", "mlp:100x0", "cnn3:16-0-64", "gru:0"])
+def test_impossible_net_specs_are_refused_before_training(net, tmp_path):
+    out = runner.invoke(app, ["train", "bp", "--net", net, "--store", str(tmp_path / "r.sqlite")])
+    assert out.exit_code != 0 and "zero width" in str(out.exception)
+    assert not (tmp_path / "r.sqlite").exists() or not RunStore(tmp_path / "r.sqlite").list()
+
+
+def test_user_text_is_printed_as_written():
+    from beyondbp import cli
+
+    with cli.console.capture() as cap:
+        cli.console.print("mlp:[bold]x :smile: [/]")
+    assert cap.get().strip() == "mlp:[bold]x :smile: [/]"

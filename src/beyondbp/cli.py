@@ -33,7 +33,9 @@ runs_app = typer.Typer(
 )
 app.add_typer(runs_app, name="runs")
 # Wide tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 200)
+# No markup or emoji codes read from text by default: net specs, dataset names and error messages
+# come from the user (a print that styles its own words says markup=True and escapes the rest).
+console = Console(width=None if sys.stdout.isatty() else 200, markup=False, emoji=False)
 
 StoreOpt = Annotated[
     Path | None,
@@ -150,15 +152,16 @@ def datasets_cmd():
     """List the datasets and where their files are looked for."""
     from beyondbp.data import available_datasets, data_search_dirs
 
+    fileless = ("digits", "deceptive-maze", "gym:ID")  # bundled or generated: nothing to look for
     for name, desc in available_datasets().items():
         dirs = (
             ""
-            if name == "digits"
+            if name in fileless
             else "  [dim](looks in "
-            + ", ".join(str(d) for d in data_search_dirs(name)[:-1])
+            + escape(", ".join(str(d) for d in data_search_dirs(name)[:-1]))
             + ")[/dim]"
         )
-        console.print(f"{name:<14} {desc}{dirs}", highlight=False)
+        console.print(f"{escape(name):<14} {escape(desc)}{dirs}", highlight=False, markup=True)
 
 
 def harness_flags(*, exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
@@ -398,9 +401,11 @@ def bench(
     cells, unfit = api.grid_cells(specs, skip_unfit)
     for what, why in (skipped | unfit).items():
         if not as_json:
-            console.print(f"[dim]left out {escape(what)}: {escape(why)}[/]", highlight=False)
+            console.print(
+                f"[dim]left out {escape(what)}: {escape(why)}[/]", highlight=False, markup=True
+            )
     n = len(cells)
-    with Progress(console=Console(stderr=True), disable=as_json) as bar:
+    with Progress(console=Console(stderr=True, markup=False, emoji=False), disable=as_json) as bar:
         task = bar.add_task(f"grid of {n} cells", total=n)
 
         def done(cell, record) -> None:  # type: ignore[no-untyped-def]
@@ -430,7 +435,11 @@ def bench(
         console.print(summary_table(result.rows, title))
         for row in result.rows:
             for err in row["errors"]:
-                console.print(f"[yellow]{row['rule']} {row['net']}: {err}[/]", highlight=False)
+                console.print(
+                    f"[yellow]{escape(row['rule'])} {escape(row['net'])}: {escape(err)}[/]",
+                    highlight=False,
+                    markup=True,
+                )
     if report is not None:
         from beyondbp.bench.report import write_report
 

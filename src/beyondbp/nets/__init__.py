@@ -134,6 +134,11 @@ NET_SPECS = {
 
 def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
     """Build a net from its spec string for the given input shape and number of classes."""
+    if re.search(r"(?<![\d.])0+(?![\d.])", spec):
+        raise BeyondBPError(
+            f"net spec {spec!r} has a zero width, depth or count: every layer needs at least one "
+            "unit and a net at least one layer (e.g. mlp:256x2)"
+        )
     if m := _MLP.match(spec):
         widths_s = m["widths"] or ""
         if "x" in widths_s:
