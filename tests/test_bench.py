@@ -456,3 +456,18 @@ def test_ray_backend_runs_the_grid_like_local_processes(tmp_path):
         ray.shutdown()
     with pytest.raises(BeyondBPError, match="unknown grid backend"):
         bb.bench(grid, store=RunStore(tmp_path / "x.sqlite"), backend="dask")
+
+
+def test_reproduce_shows_a_failed_cell_and_retries_it(tmp_path):
+    register_preset(Preset(
+        name="toy-missing", description="data that is not there", source="a toy paper",
+        grids=(GridSpec(rules=["bp"], datasets=["no-such-data"], nets=["mlp:8"], seeds=[0],
+                        config={"epochs": 1, "energy": False}),),
+        paper={("bp", "no-such-data", "mlp:8"): PaperNumber(90.0)},
+    ))  # fmt: skip
+    first = reproduce("toy-missing", store=tmp_path / "runs.sqlite")
+    (row,) = first.rows
+    assert row["verdict"].startswith("failed: ") and "no-such-data" in row["verdict"]
+    (before,) = first.records
+    again = reproduce("toy-missing", store=tmp_path / "runs.sqlite")  # retried, not skipped
+    assert again.records[0].updated > before.updated

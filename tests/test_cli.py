@@ -177,3 +177,15 @@ def test_user_text_is_printed_as_written():
     with cli.console.capture() as cap:
         cli.console.print("mlp:[bold]x :smile: [/]")
     assert cap.get().strip() == "mlp:[bold]x :smile: [/]"
+
+
+def test_bench_exits_non_zero_when_a_cell_failed(tmp_path):
+    out = runner.invoke(
+        app,
+        ["bench", "--rules", "bp", "--data", "no-such-data", "--nets", "mlp:8", "--seeds", "1",
+         "--epochs", "1", "--store", str(tmp_path / "r.sqlite")],
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert out.exit_code == 1, out.output
+    (record,) = RunStore(tmp_path / "r.sqlite").list()
+    assert record.status == "failed" and "no-such-data" in record.error

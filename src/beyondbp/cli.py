@@ -445,6 +445,17 @@ def bench(
 
         paths = write_report(result.store, report, records=result.records, baseline=baseline)
         console.print(f"report: {paths['html']} and {paths['md']}", highlight=False)
+    _exit_if_failed(result.records)
+
+
+def _exit_if_failed(records: list[RunRecord]) -> None:
+    """Exit 1 when a cell failed (its error is printed above; a rerun retries it)."""
+    failed = [r for r in records if r.status == "failed"]
+    if failed:
+        Console(stderr=True, markup=False).print(
+            f"{len(failed)} of {len(records)} runs failed (errors above)", highlight=False
+        )
+        raise typer.Exit(1)
 
 
 def summary_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -523,6 +534,7 @@ def reproduce(
     if out is not None:
         for path in api.write_reproduction(result, out, f"beyondbp {' '.join(sys.argv[1:])}"):
             console.print(f"wrote {path}", highlight=False)
+    _exit_if_failed(result.records)
 
 
 @app.command()

@@ -177,10 +177,10 @@ class Cell:
         return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
     def record_failure(self, store: RunStore, error: str) -> None:
-        """Mark the cell failed with ``error``, unless its run already reached a final status
-        (a run that fails inside training records that itself)."""
+        """Mark the cell failed with ``error`` (a failed run again: the latest error), unless its
+        run finished or diverged."""
         record = self.find(store)
-        if record is not None and record.status in TERMINAL:
+        if record is not None and record.status in ("finished", "diverged"):
             return
         record = record or RunRecord(
             id=self.run_id,

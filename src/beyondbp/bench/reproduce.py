@@ -79,7 +79,9 @@ def reproduce(
     run_store = open_store(store if store is not False else True)
     assert run_store is not None
     if run:
-        run_grid(cells, run_store, jobs=jobs, on_done=on_done)
+        # a cell that failed may fail no more (its data has been placed, a bug fixed): retried;
+        # a diverged one is a result
+        run_grid(cells, run_store, jobs=jobs, retry_failed=True, on_done=on_done)
     found = [(c, c.find(run_store)) for c in cells]
     records = [r for _, r in found if r is not None]
     rows = summarize(records)
@@ -116,7 +118,8 @@ def reproduce(
                 else:
                     row["verdict"] = "ours above" if min(ours) > paper.test_acc else "ours below"
             else:
-                row["verdict"] = "not run"
+                failed = [e for e in row["errors"] if e.startswith("failed")]
+                row["verdict"] = "failed: " + failed[0] if failed else "not run"
     return ReproduceResult(preset, rows, records, quick)
 
 
