@@ -111,7 +111,7 @@ def test_bench_compares_rules(tmp_path):
 
 
 def test_a_grid_over_all_rules_leaves_out_rules_that_cannot_train_its_nets():
-    from beyondbp.api import GridSpec, default_rules, grid_cells
+    from beyondbp.api import default_rules, plan_grid
 
     plain, why = default_rules(["mlp:256x2"], ["digits"])
     assert "bp" in plain and "ff" in plain and "noprop" not in plain
@@ -120,9 +120,9 @@ def test_a_grid_over_all_rules_leaves_out_rules_that_cannot_train_its_nets():
     both, _ = default_rules(["mlp:256x2", "noprop:3"], ["digits"])
     assert "noprop" in both
     # inside the grid, the pairs that do not fit are left out, each with its reason
-    grid = GridSpec(rules=both, datasets=["digits"], nets=["mlp:256x2", "noprop:3"], seeds=[0])
-    cells, unfit = grid_cells([grid], skip_unfit=True)
-    assert ("noprop", "noprop:3") in {(c.rule, c.net) for c in cells}
+    plan = plan_grid(data="digits", nets=["mlp:256x2", "noprop:3"], seeds=[0])
+    assert ("noprop", "noprop:3") in {(c.rule, c.net) for c in plan.cells}
+    unfit = plan.skipped
     assert "noprop on digits, mlp:256x2" in unfit and "bp on digits, noprop:3" not in unfit
     # a population rule named on an episodic task fits; a gradient rule does not
     pop, why = default_rules(["mlp:8"], ["deceptive-maze"])

@@ -15,7 +15,7 @@ from beyondbp.bench.reproduce import (
     reproduce_markdown,
     write_reproduction,
 )
-from beyondbp.bench.run import BenchResult, bench, default_rules, fits, grid_cells
+from beyondbp.bench.run import BenchResult, GridPlan, bench, default_rules, fits, plan_grid
 from beyondbp.bench.summary import (
     BASELINE,
     METRICS,
@@ -33,6 +33,7 @@ __all__ = [
     "RATIOS",
     "BenchResult",
     "Callback",
+    "GridPlan",
     "GridSpec",
     "ReproduceResult",
     "TrainConfig",
@@ -41,9 +42,9 @@ __all__ = [
     "bench",
     "default_rules",
     "fits",
-    "grid_cells",
     "open_store",
     "options_diff",
+    "plan_grid",
     "reproduce",
     "reproduce_markdown",
     "resolve_device",

@@ -344,12 +344,11 @@ def bench(
     Finished cells are never recomputed: kill the grid at any time and start it again."""
     from rich.progress import Progress
 
-    from beyondbp.bench.grid import GridSpec, load_grid_file
+    from beyondbp.bench.grid import load_grid_file
 
     get_rule(baseline)
-    skipped: dict[str, str] = {}
     if grid is not None:
-        specs = [load_grid_file(grid)]
+        plan = api.plan_grid(load_grid_file(grid))
     elif preset is not None:
         from beyondbp.bench.presets import get_preset
 
@@ -361,14 +360,15 @@ def bench(
         update: dict[str, Any] = {"data_dir": str(data_dir)} if data_dir else {}
         if target_acc is not None:
             update["target_acc"] = target_acc
-        specs = [  # the harness flags given override the preset's
-            g.model_copy(
-                update={"config": {**g.config, **(config or {}), "device": device}, **update}
-            )
-            for g in get_preset(preset).grids
-        ]
+        plan = api.plan_grid(
+            [  # the harness flags given override the preset's
+                g.model_copy(
+                    update={"config": {**g.config, **(config or {}), "device": device}, **update}
+                )
+                for g in get_preset(preset).grids
+            ]
+        )
     else:
-        config = dict(config or {})
         rule_options: dict[str, dict[str, Any]] = {}
         if options_file is not None:
             from beyondbp.bench.tune import read_options
@@ -378,32 +378,25 @@ def bench(
             }
         for rule_name, opts in _rule_options(set_ or []).items():
             rule_options.setdefault(rule_name, {}).update(opts)
-        datasets, net_list = _split(data) or ["digits"], _split(nets) or ["mlp:1000x2"]
-        chosen = _split(rules)
-        if chosen is None:  # every rule that fits; the cells that do not fit are left out
-            chosen, skipped = api.default_rules(net_list, datasets)
-        specs = [
-            GridSpec(
-                rules=chosen,
-                datasets=datasets,
-                nets=net_list,
-                seeds=list(range(seeds)),
-                options=rule_options,
-                config={**config, "device": device},
-                data_dir=str(data_dir) if data_dir else None,
-                target_acc=target_acc,
-            )
-        ]
-    for spec in specs:
+        plan = api.plan_grid(
+            rules=_split(rules),  # None: every rule that fits; unfit cells are left out
+            data=_split(data) or ["digits"],
+            nets=_split(nets) or ["mlp:1000x2"],
+            seeds=list(range(seeds)),
+            options=rule_options,
+            data_dir=data_dir,
+            target_acc=target_acc,
+            **{**(config or {}), "device": device},
+        )
+    for spec in plan.grids:
         for r in spec.rules:
             get_rule(r)
-    skip_unfit = grid is None and preset is None and rules is None
-    cells, unfit = api.grid_cells(specs, skip_unfit)
-    for what, why in (skipped | unfit).items():
+    for what, why in plan.skipped.items():
         if not as_json:
             console.print(
                 f"[dim]left out {escape(what)}: {escape(why)}[/]", highlight=False, markup=True
             )
+    cells = plan.cells
     n = len(cells)
     with Progress(console=Console(stderr=True, markup=False, emoji=False), disable=as_json) as bar:
         task = bar.add_task(f"grid of {n} cells", total=n)
@@ -416,8 +409,7 @@ def bench(
             bar.advance(task)
 
         result = api.bench(
-            specs,
-            skip_unfit=skip_unfit,
+            plan,
             baseline=baseline,
             store=store if store is not None else True,
             jobs=jobs,
@@ -429,8 +421,8 @@ def bench(
     if as_json:
         print(json.dumps(result.rows, indent=1))
     else:
-        datasets = sorted({d for s in specs for d in s.datasets})
-        seeds_n = max(len(s.seeds) for s in specs)
+        datasets = sorted({d for s in plan.grids for d in s.datasets})
+        seeds_n = max(len(s.seeds) for s in plan.grids)
         title = f"{', '.join(datasets)}: mean ± std over {seeds_n} seeds (ratios vs {baseline})"
         console.print(summary_table(result.rows, title))
         for row in result.rows:

@@ -51,23 +51,16 @@ def default_rules(nets: Sequence[str], datasets: Sequence[str]) -> tuple[list[st
     return chosen, skipped
 
 
-def grid_cells(
-    grids: Sequence[GridSpec], skip_unfit: bool = False
-) -> tuple[list[Cell], dict[str, str]]:
-    """The cells of ``grids``; with ``skip_unfit``, without the (rule, dataset, net) cells the
-    rule cannot run, each named with the reason."""
-    cells, skipped = [], {}
-    for grid in grids:
-        for c in grid.cells():
-            why = fits(c.rule, c.dataset, c.net) if skip_unfit else None
-            if why:
-                skipped[f"{c.rule} on {c.dataset}, {c.net}"] = why
-            else:
-                cells.append(c)
-    return cells, skipped
+@dataclass
+class GridPlan:
+    """What a grid will run: its grids, their cells, and the cells left out with the reason."""
+
+    grids: list[GridSpec]
+    cells: list[Cell]
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
-def bench(
+def plan_grid(
     grid: GridSpec | Sequence[GridSpec] | None = None,
     *,
     rules: Sequence[str] | None = None,
@@ -76,32 +69,16 @@ def bench(
     seeds: Sequence[int] = (0, 1, 2),
     options: Mapping[str, Mapping[str, Any]] | None = None,
     data_dir: str | Path | None = None,
-    store: str | Path | RunStore | bool | None = True,
-    jobs: int = 1,
-    retry_failed: bool = False,
     target_acc: float | None = None,
-    on_done: Callable[[Cell, RunRecord | None], None] | None = None,
-    backend: str = "local",
-    address: str | None = None,
-    baseline: str = BASELINE,
-    skip_unfit: bool | None = None,
     **config: Any,
-) -> BenchResult:
-    """Run a grid (every rule × dataset × net × seed), each cell in its own process, and
-    summarise it against the ``baseline`` rule. Finished cells are never recomputed; a killed
-    grid continues where it stopped.
-
-    Give one or more :class:`GridSpec` (from a YAML/TOML file or a preset) or the same fields as
-    arguments; ``config`` are harness settings for every cell. Without ``rules``, the grid holds
-    the :func:`default_rules`, and ``skip_unfit`` (default: only then) leaves out the cells a
-    rule cannot run, saying why in :attr:`BenchResult.skipped`. ``backend="ray"`` runs the cells
-    as Ray tasks (``address``: a cluster's; default a local Ray head), ``jobs`` at a time.
-    """
-    datasets = [data] if isinstance(data, str) else list(data)
+) -> GridPlan:
+    """The cells of one or more :class:`GridSpec` (from a file or a preset) or of a grid given
+    by its fields. Without ``rules`` the grid holds the :func:`default_rules` and leaves out
+    the (rule, dataset, net) cells a rule cannot run, each named with the reason."""
     skipped: dict[str, str] = {}
-    if skip_unfit is None:
-        skip_unfit = grid is None and rules is None
+    auto = grid is None and rules is None
     if grid is None:
+        datasets = [data] if isinstance(data, str) else list(data)
         if rules is None:
             rules, skipped = default_rules(nets, datasets)
         grid = GridSpec(
@@ -115,12 +92,45 @@ def bench(
             target_acc=target_acc,
         )
     grids = [grid] if isinstance(grid, GridSpec) else list(grid)
-    cells, unfit = grid_cells(grids, skip_unfit)
+    cells = []
+    for g in grids:
+        for c in g.cells():
+            why = fits(c.rule, c.dataset, c.net) if auto else None
+            if why:
+                skipped[f"{c.rule} on {c.dataset}, {c.net}"] = why
+            else:
+                cells.append(c)
+    return GridPlan(grids, cells, skipped)
+
+
+def bench(
+    grid: GridPlan | GridSpec | Sequence[GridSpec] | None = None,
+    *,
+    store: str | Path | RunStore | bool | None = True,
+    jobs: int = 1,
+    retry_failed: bool = False,
+    on_done: Callable[[Cell, RunRecord | None], None] | None = None,
+    backend: str = "local",
+    address: str | None = None,
+    baseline: str = BASELINE,
+    **fields: Any,
+) -> BenchResult:
+    """Run a grid (every rule × dataset × net × seed), each cell in its own process, and
+    summarise it against the ``baseline`` rule. Finished cells are never recomputed; a killed
+    grid continues where it stopped.
+
+    Give a :class:`GridPlan`, one or more :class:`GridSpec` (from a YAML/TOML file or a preset),
+    or the grid's fields (``rules``, ``data``, ``nets``, ``seeds``, ``options``, ``data_dir``,
+    ``target_acc`` and harness settings, as :func:`plan_grid` takes them). ``backend="ray"``
+    runs the cells as Ray tasks (``address``: a cluster's; default a local Ray head), ``jobs``
+    at a time.
+    """
+    plan = grid if isinstance(grid, GridPlan) else plan_grid(grid, **fields)
     run_store = open_store(store if store is not False else True)
     assert run_store is not None
     records = run_grid(
-        cells, run_store, jobs=jobs, retry_failed=retry_failed, on_done=on_done,
+        plan.cells, run_store, jobs=jobs, retry_failed=retry_failed, on_done=on_done,
         backend=backend, address=address,
     )  # fmt: skip
-    rows = summarize(records, grids[0].target_acc, baseline=baseline)
-    return BenchResult(records, rows, run_store, skipped | unfit)
+    rows = summarize(records, plan.grids[0].target_acc, baseline=baseline)
+    return BenchResult(records, rows, run_store, plan.skipped)
