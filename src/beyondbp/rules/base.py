@@ -183,14 +183,11 @@ class Rule:
             m.train(phase == "train" and not self.evaluates_only)
 
     def state_dict(self) -> dict[str, Any]:
-        """The declared learning state (``stateful``); attributes not set (None) are left out.
+        """The declared learning state (``stateful``; an attribute the rule never set is left
+        out, one set to None is kept, so loading restores it as None).
         Like ``nn.Module.state_dict`` it holds references to the live tensors (the step probe
         counts them as resident): ``copy.deepcopy`` it for a snapshot to keep in memory."""
-        return {
-            name: _dump(getattr(self, name))
-            for name in self.stateful
-            if getattr(self, name, None) is not None
-        }
+        return {name: _dump(getattr(self, name)) for name in self.stateful if hasattr(self, name)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unknown = sorted(set(state) - set(self.stateful))
@@ -231,6 +228,8 @@ def _to(value: Any, device: torch.device) -> Any:
 
 def _load(current: Any, value: Any) -> Any:
     """``value`` loaded into ``current`` where that has state (returned as is), else ``value``."""
+    if value is None:
+        return None
     if hasattr(current, "load_state_dict"):
         current.load_state_dict(value)
         return current

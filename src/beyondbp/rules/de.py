@@ -225,5 +225,4 @@ class DEInit(DifferentialEvolution):
             assert self.net is not None
             state, self.opt = self.opt, make_optimizer(self.net.parameters(), self.options)
             self.opt.load_state_dict(state)
-            self.pop = None
         super().restored()
