@@ -159,6 +159,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "beyondbp"
 
 
+def is_episodic(name: str) -> bool:
+    """Whether a dataset name is an episodic task (episode seeds, no files): ``gym:ID`` or the
+    deceptive maze."""
+    return name.partition(":")[0] == "gym" or name == "deceptive-maze"
+
+
 def load_dataset(
     name: str,
     data_dir: str | Path | None = None,
@@ -177,7 +183,7 @@ def load_dataset(
     normalised with the statistics of the kept training images.
     """
     base, _, wanted = name.partition(":")
-    if base == "gym" or name == "deceptive-maze":  # episodic tasks: episode seeds, no files
+    if is_episodic(name):  # episode seeds, no files
         from beyondbp.data.envs import episode_dataset
 
         key = (name, data_seed)

@@ -29,6 +29,7 @@ Where the next kinds plug in (design note; not built here):
 from __future__ import annotations
 
 from beyondbp.data import Dataset
+from beyondbp.data.core import is_episodic
 from beyondbp.tasks.base import Task
 from beyondbp.tasks.classification import ClassificationTask
 from beyondbp.tasks.episodic import EpisodicTask
@@ -41,10 +42,7 @@ TASK_KINDS: dict[str, type[Task]] = {
 
 def task_kind(data: Dataset | str) -> str:
     """The kind of task a dataset (or a dataset name, without loading it) poses."""
-    if isinstance(data, str):
-        episodic = data.startswith("gym:") or data == "deceptive-maze"
-    else:
-        episodic = data.meta.env is not None
+    episodic = is_episodic(data) if isinstance(data, str) else data.meta.env is not None
     return EpisodicTask.kind if episodic else ClassificationTask.kind
 
 
