@@ -471,3 +471,40 @@ def test_reproduce_shows_a_failed_cell_and_retries_it(tmp_path):
     (before,) = first.records
     again = reproduce("toy-missing", store=tmp_path / "runs.sqlite")  # retried, not skipped
     assert again.records[0].updated > before.updated
+
+
+def test_a_preset_tables_its_metric_extra_columns_and_a_solved_bar(tmp_path):
+    # robust accuracy as a column, and "solved" = above the task's floor (its chance level)
+    register_preset(Preset(
+        name="toy-robust", description="bp on 3s and 8s, attacked", source="ours",
+        grids=(GridSpec(rules=["bp"], datasets=["digits:3,8"], nets=["mlp:16"], seeds=[0, 1],
+                        config={"epochs": 2, "energy": False, "attack_eps": 0.05,
+                                "attack_steps": 2}),),
+        columns={"test_pgd_acc": "PGD %"}, solved_at={"digits:3,8": "chance"},
+    ))  # fmt: skip
+    res = reproduce("toy-robust", store=tmp_path / "runs.sqlite")
+    (row,) = res.rows
+    assert row["solved_at"] == pytest.approx(100 * 37 / 72, abs=2)  # the larger class's share
+    assert row["solved"] == 2 and 0 <= row["test_pgd_acc"] <= row["test_acc"]
+    md = reproduce_markdown(res, notes=["What I saw."])
+    assert "| ours: test acc % | PGD % | paper % |" in md and "What I saw." in md
+    pgd = f"{100 * row['test_pgd_acc']:.2f} ± {100 * row['test_pgd_acc_std']:.2f}"
+    assert f"| {pgd} | - | - | no paper number | 2/2 (≥ {row['solved_at']:g}) |" in md
+
+
+@pytest.mark.slow
+def test_a_preset_scored_by_return_tables_returns():
+    register_preset(Preset(
+        name="toy-rl", description="Deep GA on the maze", source="ours", metric="test_return",
+        grids=(GridSpec(rules=["deep-ga"], datasets=["deceptive-maze"], nets=["mlp:8"],
+                        seeds=[0], options={"deep-ga": {"population": 20, "truncation": 5, "elite_evals": 1}},
+                        config={"epochs": 1, "max_steps": 2, "batch_size": 1, "energy": False,
+                                "patience": None}),),
+        solved_at={"deceptive-maze": -0.5},
+    ))  # fmt: skip
+    res = reproduce("toy-rl", store=False)
+    (row,) = res.rows
+    assert row["score"] == row["test_return"] < -0.5 and row["solved"] == 0
+    md = reproduce_markdown(res)
+    assert "| ours: test return | paper | gap | verdict | solved |" in md
+    assert f"| {row['test_return']:.2f} ± 0.00 |" in md and "| 0/1 (≥ -0.5) |" in md

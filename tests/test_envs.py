@@ -139,3 +139,12 @@ def test_atari_plays_on_the_console_ram():
     returns, behaviour = rollout(policy, spec, d.test.x[:1], copies=2)
     assert returns.shape == (2, 1) and behaviour.shape == (2, 1, 128)
     assert max(seen) <= 1.0 and bool(torch.isfinite(returns).all())  # RAM bytes scaled by 1/255
+
+
+def test_chance_of_the_maze_is_a_random_walk_that_never_reaches_the_goal():
+    from beyondbp.tasks import make_task
+
+    task = make_task(load_dataset("deceptive-maze"))
+    floor = task.chance("test")
+    assert floor == task.chance("test")  # seeded: the same floor every time
+    assert -12 < floor < -0.5  # a random walk ends far from the goal (the goal is 0)

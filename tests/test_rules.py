@@ -102,3 +102,14 @@ def test_bp_cnn3_learns_digits_with_cosine_schedule():
     )
     assert res.metrics["test_acc"] >= 0.9
     assert res.rule.opt.param_groups[0]["lr"] < 1e-3  # the schedule decayed the rate
+
+
+def test_bp_trains_only_the_parameters_params_names():
+    net = build_net("mlp:16x2", (64,), 10)
+    frozen = {n: p.detach().clone() for n, p in net.named_parameters()}
+    bb.train("bp", data="digits", net=net, options={"params": "blocks.1.*"}, epochs=1,
+                 store=False, **FAST)  # fmt: skip
+    changed = {n for n, p in net.named_parameters() if not torch.equal(p, frozen[n])}
+    assert changed == {n for n in frozen if n.startswith("blocks.1.")}
+    with pytest.raises(BeyondBPError, match="matches no parameter"):
+        bb.train("bp", data="digits", net="mlp:16", options={"params": "nope.*"}, **FAST)

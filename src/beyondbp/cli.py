@@ -6,6 +6,7 @@ import functools
 import inspect
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -492,6 +493,10 @@ def reproduce(
     max_seconds: Annotated[
         float | None, typer.Option(help="training-time budget of each run (its own cells)")
     ] = None,
+    note: Annotated[
+        list[str] | None,
+        typer.Option(help="a paragraph printed under the table (what you observed); repeatable"),
+    ] = None,
 ):
     """Run a paper's setup and print our numbers next to the paper's, with the gap."""
     from rich.markdown import Markdown
@@ -521,10 +526,11 @@ def reproduce(
             highlight=False,
         ),
     )
-    text = api.reproduce_markdown(result)
+    text = api.reproduce_markdown(result, note or ())
     console.print(Markdown(text))
     if out is not None:
-        for path in api.write_reproduction(result, out, f"beyondbp {' '.join(sys.argv[1:])}"):
+        command = f"beyondbp {shlex.join(sys.argv[1:])}"
+        for path in api.write_reproduction(result, out, command, note or ()):
             console.print(f"wrote {path}", highlight=False)
     _exit_if_failed(result.records)
 

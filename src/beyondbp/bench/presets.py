@@ -11,6 +11,11 @@ A preset file's keys::
     description: one line for `beyondbp reproduce --list`
     source: the paper, and where its numbers come from
     notes: caveats printed under the table (optional)
+    metric: test_acc                 # the score of the "ours" column: test_acc (%, default) or
+                                     # test_return (an episodic task's mean return)
+    columns: {test_pgd_acc: PGD-20 %}  # more metrics to table, with their headers (optional)
+    solved_at: {gym:CartPole-v1: 475}  # a "solved" column: seeds whose score reaches the bar;
+                                     # `chance` = the task's floor (Task.chance) (optional)
     quick: {epochs: 2}               # config overrides of a quick run (optional; this default)
     shared: {...}                    # optional, ignored: a place for YAML anchors (&name) that
                                      # the grids below refer to (*name, or `<<: *name` to merge)
@@ -31,7 +36,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -48,6 +53,8 @@ class PaperNumber:
     energy_wh: float | None = None
 
 
+Metric = Literal["test_acc", "test_return"]
+
 PaperKey = tuple[str, ...]
 """(rule, dataset, net), or (rule, dataset, net, "option=value, ...") for a number that belongs to
 one variant of a rule (e.g. ``("cafo", "mnist", "cnn3", "block_training=dfa")``)."""
@@ -62,6 +69,9 @@ class Preset:
     paper: dict[PaperKey, PaperNumber] = field(default_factory=dict)
     quick: dict[str, Any] = field(default_factory=lambda: {"epochs": 2})  # config overrides
     notes: str = ""
+    metric: Metric = "test_acc"  # the score of the "ours" column
+    columns: dict[str, str] = field(default_factory=dict)  # more metrics: header by key
+    solved_at: dict[str, float | Literal["chance"]] = field(default_factory=dict)  # by dataset
 
     def paper_number(
         self, rule: str, dataset: str, net: str, options: dict[str, Any]
@@ -94,7 +104,7 @@ class _PaperEntry(BaseModel):
     dataset: str
     net: str
     variant: str | None = None  # "option=value, ..."
-    test_acc: float
+    test_acc: float  # the paper's score in the preset's metric (percent for test_acc)
     time_s: float | None = None
     energy_wh: float | None = None
 
@@ -110,6 +120,9 @@ class _PresetFile(BaseModel):
     description: str
     source: str
     notes: str = ""
+    metric: Metric = "test_acc"
+    columns: dict[str, str] = {}
+    solved_at: dict[str, float | Literal["chance"]] = {}
     quick: dict[str, Any] = {"epochs": 2}
     shared: Any = None  # anchors only
     subset_of: str | None = None
@@ -219,6 +232,9 @@ def load_preset_file(path: str | Path, _loading: tuple[Path, ...] = ()) -> Prese
         paper=paper,
         quick=spec.quick,
         notes=spec.notes,
+        metric=spec.metric,
+        columns=spec.columns,
+        solved_at=spec.solved_at,
     )
 
 

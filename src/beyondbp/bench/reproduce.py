@@ -85,12 +85,13 @@ def reproduce(
     found = [(c, c.find(run_store)) for c in cells]
     records = [r for _, r in found if r is not None]
     rows = summarize(records)
-    options, accs = {}, {}  # per setup: the rule's options, the finished seeds' accuracies
+    metric, scale = preset.metric, 100.0 if preset.metric.endswith("_acc") else 1.0
+    options, scores = {}, {}  # per setup: the rule's options, the finished seeds' scores
     for r in records:
         key = (r.rule, r.dataset, r.net, setup_key(r))
         options[key] = r.options
-        if r.status == "finished":
-            accs.setdefault(key, []).append(100 * r.metrics["test_acc"])
+        if r.status == "finished" and r.metrics.get(metric) is not None:
+            scores.setdefault(key, []).append(scale * r.metrics[metric])
     for c in (c for c, r in found if r is None):  # a setup with no run yet: a row that says so
         ghost = RunRecord(c.rule, c.dataset, c.net, c.seed, options=c.full_options(),
                           config=c.full_config())  # fmt: skip
@@ -98,10 +99,15 @@ def reproduce(
         if key not in options:
             options[key] = ghost.options
             rows += [{**summarize([ghost])[0], "not_finished": 0, "errors": []}]
+    bars = _solved_bars(preset, {row["dataset"] for row in rows}, data_dir, scale)
     for row in rows:
         key = (row["rule"], row["dataset"], row["net"], row["setup"])
         paper = preset.paper_number(row["rule"], row["dataset"], row["net"], options[key])
-        ours = accs.get(key, [])
+        ours = scores.get(key, [])
+        row["score"], row["score_std"] = row.get(metric), row.get(metric + "_std")
+        if row["dataset"] in bars:
+            row["solved_at"] = bars[row["dataset"]]
+            row["solved"] = sum(v >= bars[row["dataset"]] for v in ours)
         row.update(paper_acc=None, gap=None, verdict="no paper number", paper_time_s=None)
         row["paper_time_ratio"] = None
         if paper is not None:
@@ -123,28 +129,62 @@ def reproduce(
     return ReproduceResult(preset, rows, records, quick)
 
 
-def reproduce_markdown(result: ReproduceResult) -> str:
-    """The ours-vs-paper table of a reproduction, as Markdown."""
+def _solved_bars(
+    preset: Any, datasets: set[str], data_dir: str | Path | None, scale: float
+) -> dict[str, float]:
+    """Each dataset's bar of the "solved" column, in the table's units (``chance``: the
+    task's floor on its test split, computed here)."""
+    bars = {}
+    for dataset in datasets & set(preset.solved_at):
+        bar = preset.solved_at[dataset]
+        if bar == "chance":
+            from beyondbp.data import load_dataset
+            from beyondbp.tasks import make_task
+
+            bar = scale * make_task(load_dataset(dataset, data_dir)).chance("test")
+        bars[dataset] = float(bar)
+    return bars
+
+
+def reproduce_markdown(result: ReproduceResult, notes: Sequence[str] = ()) -> str:
+    """The ours-vs-paper table of a reproduction, as Markdown; ``notes``: paragraphs of the
+    person who ran it, printed under the preset's."""
     p = result.preset
     quick = " **Quick run** (reduced budget, one seed): not a reproduction." if result.quick else ""
+    acc = p.metric.endswith("_acc")
+    score = "test acc %" if acc else p.metric.replace("_", " ")
+    extra = list(p.columns.items())
+    solved = " solved |" if p.solved_at else ""
     lines = [
         f"# {p.name}: {p.description}",
         "",
         f"Source of the paper's numbers: {p.source}.{quick}",
         "",
-        "| data | net | rule | runs | ours: test acc % | paper % | gap (points) | verdict "
-        "| train time s | time ×BP | paper time s | paper time ×BP | energy Wh | epochs "
+        f"| data | net | rule | runs | ours: {score} |"
+        + "".join(f" {header} |" for _, header in extra)
+        + f" paper{' %' if acc else ''} | gap{' (points)' if acc else ''} | verdict |{solved}"
+        " train time s | time ×BP | paper time s | paper time ×BP | energy Wh | epochs "
         "| GFLOP/step | step memory MiB (of it allocated by the step) |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+        "|---|---|---|---:|---:|" + "---:|" * len(extra) + "---:|---:|---|"
+        + ("---:|" if solved else "") + "---:|" * 8,
+    ]  # fmt: skip
 
     def num(v: float | None, fmt: str, scale: float = 1.0) -> str:
         return "-" if v is None else fmt.format(v * scale)
 
     def pm(r: dict[str, Any], key: str, fmt: str, scale: float = 1.0) -> str:
-        if r[key] is None:
+        if r.get(key) is None:
             return "-"
         return f"{num(r[key], fmt, scale)} ± {num(r[key + '_std'], fmt, scale)}"
+
+    def metric(r: dict[str, Any], key: str) -> str:  # a metric in its unit, by its name
+        if key.endswith("_acc"):
+            return pm(r, key, "{:.2f}", 100)
+        if key.endswith("_bytes"):
+            return pm(r, key, "{:.1f}", 2**-20)
+        if key != p.metric and r.get(key + "_std") == 0:  # a setting, e.g. attack_eps
+            return f"{r[key]:g}"
+        return pm(r, key, "{:.2f}")
 
     for r in sorted(result.rows, key=lambda r: (r["dataset"], natural_key(r["net"]), r["rule"])):
         energy = "-" if r["energy_wh"] is None else f"{r['energy_wh']:.3f} ({r['energy_label']})"
@@ -156,10 +196,13 @@ def reproduce_markdown(result: ReproduceResult) -> str:
             r["net"],
             r["rule"] + (f" ({r['variant']})" if r["variant"] else ""),
             str(r["runs"]),
-            pm(r, "test_acc", "{:.2f}", 100),
+            metric(r, p.metric),
+            *(metric(r, key) for key, _ in extra),
             num(r["paper_acc"], "{}"),
             num(r["gap"], "{:+.2f}"),
             r["verdict"],
+            *([f"{r['solved']}/{r['runs']} (≥ {r['solved_at']:g})" if "solved" in r else "-"]
+              if solved else []),
             pm(r, "train_time_s", "{:.1f}"),
             num(r["time_ratio"], "{:.2f}")
             + ("*" if (r["baseline"] or "").endswith("own budget") else ""),
@@ -169,7 +212,7 @@ def reproduce_markdown(result: ReproduceResult) -> str:
             num(r["epochs"], "{:.0f}"),
             num(r["flops_per_step"], "{:.2f}", 1e-9),
             memory,
-        ]
+        ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -178,12 +221,19 @@ def reproduce_markdown(result: ReproduceResult) -> str:
         "rule, as in the paper). Train time excludes validation passes; the paper's includes "
         "them.",
     ]
-    if p.notes:
-        lines += ["", p.notes]
+    if any(r["energy_label"] == "estimated" for r in result.rows):
+        lines += [
+            "",
+            "Energy (estimated): no RAPL or NVML counter was readable, so CodeCarbon modelled "
+            "the CPU's power from its power class, plus RAM: an estimate, not a measurement.",
+        ]
+    lines += [x for n in (p.notes, *notes) if n for x in ("", n)]
     return "\n".join(lines) + "\n"
 
 
-def write_reproduction(result: ReproduceResult, out: str | Path, command: str) -> list[Path]:
+def write_reproduction(
+    result: ReproduceResult, out: str | Path, command: str, notes: Sequence[str] = ()
+) -> list[Path]:
     """Write a reproduction where ``out`` says: a folder gets ``PRESET.md`` (the table) and
     ``PRESET.json`` (summary rows and full run records, which ``beyondbp runs import`` reads),
     both with their provenance (command, machine, versions, commit); a ``.md`` path gets the
@@ -192,7 +242,7 @@ def write_reproduction(result: ReproduceResult, out: str | Path, command: str) -
 
     out = Path(out)
     provenance = provenance_markdown(command, runs=[r.env for r in result.records])
-    table = reproduce_markdown(result) + "\n" + "\n".join(provenance) + "\n"
+    table = reproduce_markdown(result, notes) + "\n" + "\n".join(provenance) + "\n"
     if out.suffix == ".md":
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(table)

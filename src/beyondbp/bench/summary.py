@@ -71,7 +71,7 @@ def summarize(
                 }
             ),
         }
-        for key in METRICS:
+        for key in metric_keys(done):
             row[key], row[key + "_std"] = stats([r.metrics.get(key) for r in done])
         if target_acc is not None:
             times = [time_to_target(r, target_acc) for r in done]
@@ -116,6 +116,20 @@ METRICS = (
     "epochs",
     "step_transient_bytes",
 )
+
+
+def metric_keys(records: Iterable[RunRecord]) -> list[str]:
+    """:data:`METRICS`, then every other numeric metric the runs hold (robust accuracies,
+    inference memory, ...), in the order first seen; not a run's own ``*_std`` (the row's
+    ``*_std`` is the spread over seeds)."""
+    keys = dict.fromkeys(METRICS)
+    for r in records:
+        for k, v in r.metrics.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and not k.endswith("_std"):
+                keys.setdefault(k)
+    return list(keys)
+
+
 RATIOS = (
     ("test_acc", "delta_acc"),
     ("train_time_s", "time_ratio"),

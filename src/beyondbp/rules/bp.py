@@ -32,6 +32,11 @@ class Options(OptimOptions):
     )
     adv_steps: int = Field(10, ge=1, description="PGD steps")
     adv_alpha: float | None = Field(None, gt=0, description="PGD step; None: 2.5·eps/steps")
+    params: str = Field(
+        "all",
+        description="which parameters to train: 'all', or comma-separated name patterns "
+        "(fnmatch, e.g. 'prompt,head.*'); the rest are frozen",
+    )
 
 
 @register("bp", "Backpropagation: end-to-end gradient descent (Adam/AdamW/SGD), the baseline")
@@ -47,7 +52,7 @@ class Backprop(Rule):
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         self.net = net
-        self.opt = make_optimizer(net.parameters(), self.options)
+        self.opt = make_optimizer(self._trained(net), self.options)
         self.schedule = Schedule(self.opt, self.options, ctx.max_epochs)
         if self.options.adversarial != "none" and self.options.adv_eps is None:
             raise BeyondBPError(
@@ -55,6 +60,21 @@ class Backprop(Rule):
                 "raw input units, e.g. --set adv_eps=0.1)"
             )
         self.box = input_box(meta)
+
+    def _trained(self, net: nn.Module) -> list[nn.Parameter]:
+        """The parameters ``params`` names; the others stop taking gradients."""
+        if self.options.params.strip() == "all":
+            return list(net.parameters())
+        from beyondbp.rules.zo import select_targets
+
+        targets = select_targets(net, self.options.params)
+        if any(t.rows is not None for t in targets):
+            raise BeyondBPError("bp: params takes whole tensors; rows (e.g. 'embed.weight[3]') "
+                                "are for the zeroth-order rules")  # fmt: skip
+        chosen = {id(t.param) for t in targets}
+        for p in net.parameters():
+            p.requires_grad_(id(p) in chosen)
+        return [p for p in net.parameters() if id(p) in chosen]
 
     def _adversarial(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         o, net = self.options, self.net

@@ -92,3 +92,7 @@ class Task:
     def example_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """Net inputs like a training batch ``x`` (the probe's inference yardstick)."""
         return x
+
+    def chance(self, split: str = "test") -> float:
+        """The task's score on a split of a model that ignores its input (a table's floor)."""
+        raise NotImplementedError

@@ -42,3 +42,8 @@ class ClassificationTask(Task):
         if part_losses is not None:
             out["part_losses"] = [v / len(data) for v in part_losses]
         return out
+
+    def chance(self, split: str = "test") -> float:
+        """The accuracy of always answering the split's most common class."""
+        y = self.split(split).y
+        return float(torch.bincount(y).max()) / len(y)

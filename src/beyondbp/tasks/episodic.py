@@ -36,6 +36,17 @@ class EpisodicTask(Task):
         mean = float(returns.mean())
         return {"loss": -mean, "return": mean, "return_std": float(returns.std())}
 
+    @torch.no_grad()
+    def chance(self, split: str = "test") -> float:
+        """The mean return of uniformly random action scores on the split's episodes (seeded)."""
+        g = torch.Generator().manual_seed(0)
+
+        def policy(obs: torch.Tensor) -> torch.Tensor:
+            return torch.rand(*obs.shape[:2], self.meta.classes, generator=g)
+
+        returns, _ = rollout(policy, self.meta.env, self.split(split).x, 1)
+        return float(returns.mean())
+
     def example_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """One observation per episode seed (zeros): the net's input for one time step."""
         return torch.zeros(len(x), *self.meta.input_shape, device=x.device)
