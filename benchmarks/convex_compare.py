@@ -41,8 +41,9 @@ import numpy as np
 import torch
 
 import beyondbp as bb
+from beyondbp.bench.results import write_result
 from beyondbp.data import load_dataset
-from beyondbp.measure import environment, provenance_markdown
+from beyondbp.measure import environment
 from beyondbp.rules.convex import design_matrix, patterned, sample_gates
 
 HERE = Path(__file__).resolve().parent
@@ -280,9 +281,8 @@ def write(rows: list[dict], command: str) -> None:
             f"{fmt(time_to_peer(r, rows), '.1f') if r['method'].startswith(tuple(PEERS)) else ''} | "
             f"{(r.get('commit') or '-')[:7]} |"
         )
-    md += ["", "Each row was measured at the commit it names; the last run's provenance:", "",
-           *provenance_markdown(command)]  # fmt: skip
-    (HERE / "results" / "convex_compare.md").write_text("\n".join(md) + "\n")
+    md += ["", "Each row was measured at the commit it names; the last run's provenance:"]
+    write_result("convex_compare", md, command=command)
 
 
 def main() -> None:

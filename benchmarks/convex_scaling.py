@@ -14,16 +14,14 @@ writes benchmarks/results/convex_scaling.{json,md,png}. One torch thread.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from beyondbp.bench.results import results_folder, write_result
 from beyondbp.data import load_dataset
-from beyondbp.measure import provenance_markdown
 from beyondbp.nets import build_net
 from beyondbp.rules import make_rule
 from beyondbp.rules.base import SetupContext
@@ -73,8 +71,7 @@ def main() -> None:
 
     slopes = {f"{col} vs {key}": slope(kind, key, col)
               for kind, key in (("n", "n"), ("P", "P")) for col in ("iter_s", "setup_s")}  # fmt: skip
-    out = HERE / "results"
-    (out / "convex_scaling.json").write_text(json.dumps({"rows": rows, "slopes": slopes}, indent=1))
+    out = results_folder()
 
     import matplotlib
 
@@ -114,10 +111,8 @@ def main() -> None:
         "",
         "Per iteration after the set-up: O((P d)² c + n P d c) expected, i.e. slope 1 in n and "
         "between 1 and 2 in P; the set-up is O(P² n d² + (P d)³).",
-        "",
-        *provenance_markdown(" ".join(["python", *sys.argv])),
     ]
-    (out / "convex_scaling.md").write_text("\n".join(md) + "\n")
+    write_result("convex_scaling", md, {"rows": rows, "slopes": slopes})
     print("\n".join(md))
 
 

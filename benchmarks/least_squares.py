@@ -10,13 +10,12 @@ writes benchmarks/results/least_squares.md.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
+from beyondbp.bench.results import write_result
 from beyondbp.data import load_dataset
-from beyondbp.measure import provenance_markdown
 
 HERE = Path(__file__).resolve().parent
 
@@ -48,11 +47,8 @@ def main() -> None:
         "",
         "Trained on the training split (validation held out as in every run), tested on the "
         "official test set.",
-        "",
-        *provenance_markdown(" ".join(["python", *sys.argv])),
     ]
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "least_squares.md").write_text("\n".join(md) + "\n")
+    write_result("least_squares", md, dict(rows))
     print("\n".join(md))
 
 

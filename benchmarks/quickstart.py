@@ -9,18 +9,16 @@ cell trains) and writes benchmarks/results/quickstart.{md,json}.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from beyondbp.bench.results import write_result
 from beyondbp.bench.summary import summarize
-from beyondbp.measure import provenance_markdown
 from beyondbp.runs import RunStore
 
-HERE = Path(__file__).resolve().parent
 COMMAND = ["bench", "--preset", "quickstart", "--jobs", "2"]
 
 
@@ -48,15 +46,10 @@ def main() -> None:
         + ".",
         "",
         table,
-        "",
-        *provenance_markdown("python benchmarks/quickstart.py", runs=[r.env for r in records]),
     ]
-    (HERE / "results" / "quickstart.md").write_text("\n".join(lines) + "\n")
-    (HERE / "results" / "quickstart.json").write_text(
-        json.dumps({"command": "beyondbp " + " ".join(COMMAND), "wall_time_s": wall,
-                    "rows": summarize(records),
-                    "runs": [r.__dict__ for r in records]}, indent=1, default=str) + "\n"
-    )  # fmt: skip
+    data = {"cli": "beyondbp " + " ".join(COMMAND), "wall_time_s": wall,
+            "rows": summarize(records), "runs": [r.__dict__ for r in records]}  # fmt: skip
+    write_result("quickstart", lines, data, runs=[r.env for r in records])
     print(f"{wall:.0f} s; wrote benchmarks/results/quickstart.md")
 
 

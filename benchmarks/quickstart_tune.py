@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from beyondbp.bench.results import write_result
 from beyondbp.bench.tune import tune
-from beyondbp.measure import provenance_markdown
 from beyondbp.rules import available_rules
 
 HERE = Path(__file__).resolve().parent
@@ -96,8 +96,8 @@ def _write(out: dict[str, dict], trials: int) -> None:
         opts = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(r["options"].items()))
         lines.append(f"| {rule} | {100 * r['best_val_acc']:.2f} | {opts} | {r['trials']} "
                      f"({r['complete']} / {r['pruned']}) | {r['seconds']:.0f} |")  # fmt: skip
-    lines += ["", *NOTES, "", *provenance_markdown(command)]
-    (HERE / "results" / "quickstart_tune.md").write_text("\n".join(lines) + "\n")
+    lines += ["", *NOTES]
+    write_result("quickstart_tune", lines, command=command)
     preset = {
         "name": "quickstart",
         "description": "every rule on digits at settings tuned for it (the main job)",

@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 import beyondbp as bb
-from beyondbp.measure import provenance_markdown
+from beyondbp.bench.results import write_result
 from beyondbp.rules import make_rule
 from beyondbp.rules.base import SetupContext
 from beyondbp.rules.population import FlatNet
-
-HERE = Path(__file__).resolve().parent
 
 
 def run(workers: int, args: argparse.Namespace) -> dict:
@@ -92,12 +87,8 @@ def main() -> None:
         "elite's re-evaluation (10 candidates on up to 30 recent batches) and the rebuild of the "
         "next parents, and on this 2-core machine it shares the cores with the actors: those "
         "serial parts bound the speed-up (Amdahl), not the transfer.",
-        "",
-        *provenance_markdown(" ".join(["python", *sys.argv])),
     ]
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "ray_throughput.md").write_text("\n".join(md) + "\n")
-    (HERE / "results" / "ray_throughput.json").write_text(json.dumps(rows, indent=1) + "\n")
+    write_result("ray_throughput", md, rows)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ benchmarks/runs/bp_baselines.sqlite; this script only tabulates what the store h
 is not committed: in a fresh checkout rebuild it from the committed runs first, so the queue
 skips them and the tables keep them:
 
-    beyondbp runs import benchmarks/results/spyra2025.json benchmarks/results/local_targets.json \
+    beyondbp runs import benchmarks/results/spyra2025.json benchmarks/results/local-targets.json \
         --store benchmarks/runs/bp_baselines.sqlite
 
 Writes benchmarks/results/spyra2025.{md,json}: accuracy over all seeds, and the cost table (time,

@@ -29,7 +29,7 @@ case "$1" in
 esac
 # a fresh checkout has no store: start from the committed runs, so finished cells are not rerun
 [ -f "$S" ] || .venv/bin/beyondbp runs import benchmarks/results/spyra2025.json \
-  benchmarks/results/local_targets.json --store "$S"
+  benchmarks/results/local-targets.json --store "$S"
 run() { .venv/bin/beyondbp reproduce spyra2025 --data-dir "$DATA" --store "$S" --seed-list "$SEEDS" "$@"; }
 
 run --rules bp,mono-forward,dfa --nets mlp:1000x2 --data fashion-mnist,mnist

@@ -15,11 +15,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from beyondbp.measure import provenance_markdown
+from beyondbp.bench.results import write_result
 
-HERE = Path(__file__).resolve().parent
 REPEATS = 5
 
 
@@ -57,10 +55,8 @@ def main() -> None:
         "| what | seconds |",
         "|---|---:|",
         *(f"| {what} | {s:.2f} |" for what, s in rows),
-        "",
-        *provenance_markdown("python benchmarks/startup.py"),
     ]
-    (HERE / "results" / "startup.md").write_text("\n".join(lines) + "\n")
+    write_result("startup", lines, {"repeats": REPEATS, "median_s": dict(rows)})
     print("\n".join(lines))
 
 

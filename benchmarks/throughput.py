@@ -11,14 +11,12 @@ peak is measured afresh (best of 5 fp32 2048² matmuls). Writes benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import torch
 
 import beyondbp as bb
-from beyondbp.measure import environment
+from beyondbp.bench.results import write_result
 from beyondbp.measure.flops import matmul_peak_gflops
 
 HERE = Path(__file__).resolve().parent
@@ -49,11 +47,7 @@ def main() -> None:
     peak_after = _fresh_peak()
     m = res.metrics
     peak = max(peak_before, peak_after)
-    env = environment("cpu")
-    out = {
-        "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
-        "machine": f"{env['cpu']} ({env['cpu_count']} cores, torch threads {env['torch_threads']})",
-        "versions": {k: env[k] for k in ("python", "torch", "beyondbp", "git_commit")},
+    data = {
         "net": args.net,
         "batch_size": args.batch_size,
         "epochs": args.epochs,
@@ -66,26 +60,20 @@ def main() -> None:
         "fraction_of_peak": m["gflops_per_s"] / peak,
         "test_acc": m["test_acc"],
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "throughput.json").write_text(json.dumps(out, indent=1))
     md = [
         "# BP training throughput vs fp32 matmul peak",
-        "",
-        f"Command: `{out['command']}`  ",
-        f"Machine: {out['machine']}  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in out["versions"].items()),
         "",
         "| net | batch | steps | train time s | FLOPs/step | achieved GFLOP/s | matmul peak GFLOP/s | fraction |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         f"| {args.net} (Fashion-MNIST) | {args.batch_size} | {m['steps']} | {m['train_time_s']:.2f} | "
         f"{m['flops_per_step']:.3g} | {m['gflops_per_s']:.1f} | {peak:.1f} | "
-        f"{100 * out['fraction_of_peak']:.0f} % |",
+        f"{100 * data['fraction_of_peak']:.0f} % |",
         "",
         "The matmul peak is the best of 5 fp32 2048x2048 matmuls, measured before and after the "
         f"run ({peak_before:.1f} and {peak_after:.1f} GFLOP/s); the higher is used. Training "
         "time covers the whole step (batch gather, forward, backward, fused Adam update).",
     ]
-    (HERE / "results" / "throughput.md").write_text("\n".join(md) + "\n")
+    write_result("throughput", md, data)
     print("\n".join(md))
 
 

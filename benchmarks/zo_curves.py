@@ -18,7 +18,7 @@ from pathlib import Path
 
 from beyondbp.api import reproduce
 from beyondbp.bench.report import PALETTE
-from beyondbp.measure import provenance_markdown
+from beyondbp.bench.results import results_folder, write_result
 from beyondbp.runs import RunRecord, RunStore
 
 HERE = Path(__file__).resolve().parent
@@ -88,10 +88,8 @@ def main() -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle("MiniLM-L6 on MSRP (batch 16, one CPU thread)")
     fig.tight_layout()
-    fig.savefig(HERE / "results" / "zo_curves.png", dpi=110)
-    cmd = " ".join(["python", *sys.argv])
-    md += ["", *provenance_markdown(cmd, runs=[r.env for r in runs])]
-    (HERE / "results" / "zo_curves.md").write_text("\n".join(md) + "\n")
+    fig.savefig(results_folder() / "zo_curves.png", dpi=110)
+    write_result("zo_curves", md, runs=[r.env for r in runs])
     print("\n".join(md))
 
 

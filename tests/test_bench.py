@@ -175,6 +175,17 @@ def test_a_rule_under_its_own_budget_is_compared_with_bp_under_bp_s():
     assert next(r for r in same if r["rule"] == "other")["baseline"] == "bp, same budget"
 
 
+def test_the_baseline_is_a_parameter_of_the_ratios_and_the_table():
+    from beyondbp.bench.report import rule_colours, table_header, table_rows
+
+    rows = summarize([_record("bp", 0.90, 10, 0), _record("dfa", 0.80, 20, 0)], baseline="dfa")
+    bp = next(r for r in rows if r["rule"] == "bp")
+    assert bp["delta_acc"] == pytest.approx(0.10) and bp["time_ratio"] == pytest.approx(0.5)
+    assert "Δacc vs dfa" in table_header("dfa") and "time ×dfa" in table_header("dfa")
+    assert [r[0] for r in table_rows(rows, "dfa")] == ["dfa", "bp"]  # the baseline first
+    assert list(rule_colours(["bp", "dfa"], "dfa")) == ["dfa", "bp"]
+
+
 def test_paper_numbers_can_belong_to_one_variant_of_a_rule():
     preset = Preset(
         name="variants", description="", source="", grids=(),
@@ -435,6 +446,33 @@ def test_sigterm_stops_the_grid_and_its_running_cell_saves(tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_in_a_cell_s_first_epoch_ends_it_interrupted_and_the_grid_with_130(tmp_path):
+    # a terminal's Ctrl-C goes to the whole foreground process group: here, killpg(SIGINT)
+    store_path = tmp_path / "runs.sqlite"
+    cmd = [sys.executable, "-m", "beyondbp.cli", "bench", "--rules", "bp", "--nets", "mlp:512x4",
+           "--seeds", "1", "--epochs", "3", "--batch-size", "1", "--store", str(store_path),
+           "--device", "cpu", "--no-energy"]  # fmt: skip
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the cell is in its first epoch: running, no epoch done
+        runs = RunStore(store_path).list() if store_path.exists() else []
+        if runs and runs[0].status == "running" and not runs[0].history:
+            break
+        time.sleep(0.05)
+    os.killpg(parent.pid, signal.SIGINT)
+    assert parent.wait(timeout=60) == 130
+    err = parent.stderr.read().decode()
+    assert "interrupted" in err and "Aborted" not in err
+    (run,) = RunStore(store_path).list()
+    assert run.status == "interrupted", (run.status, run.error)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    (run,) = RunStore(store_path).list()
+    assert run.status == "finished" and run.metrics["epochs"] == 3
+
+
+@pytest.mark.slow
 def test_ray_backend_runs_the_grid_like_local_processes(tmp_path):
     ray = pytest.importorskip("ray")
     grid = GridSpec(rules=["bp"], datasets=["digits"], nets=["mlp:8"], seeds=[0, 1], config=TINY)
@@ -508,3 +546,18 @@ def test_a_preset_scored_by_return_tables_returns():
     md = reproduce_markdown(res)
     assert "| ours: test return | paper | gap | verdict | solved |" in md
     assert f"| {row['test_return']:.2f} ± 0.00 |" in md and "| 0/1 (≥ -0.5) |" in md
+
+
+def test_benchmark_results_are_written_with_their_provenance(tmp_path, monkeypatch):
+    from beyondbp.bench.results import write_result
+
+    monkeypatch.setenv("BEYONDBP_RESULTS", str(tmp_path))  # a dry run: not benchmarks/results
+    md, js = write_result("speed", ["# Speed", "", "| a |", "|---|", "| 1 |"], {"a": 1},
+                          command="python benchmarks/speed.py")  # fmt: skip
+    assert md.parent == tmp_path and md.read_text().startswith("# Speed\n")
+    assert "Command: `python benchmarks/speed.py`" in md.read_text()
+    record = json.loads(js.read_text())
+    assert record["a"] == 1 and record["command"] == "python benchmarks/speed.py"
+    assert record["environment"]["torch"] and record["environment"]["git_commit"]
+    (only_md,) = write_result("rows", ["# Rows"], folder=tmp_path / "x")
+    assert only_md == tmp_path / "x" / "rows.md"

@@ -124,16 +124,19 @@ def test_evolution_strategies_learn_digits(algorithm, net, bar):
     assert res["test_acc"] >= bar, res
 
 
-@pytest.mark.parametrize("algorithm", ["openai-es", "snes", "cmaes"])
-def test_es_checkpoint_resumes_exactly(algorithm):
+@pytest.mark.parametrize("algorithm", ["openai-es", "pgpe", "snes", "xnes", "cem", "cmaes"])
+def test_es_checkpoint_resumes_exactly(algorithm, tmp_path):
+    from beyondbp.runs.checkpoint import atomic_save, load_checkpoint
+
     def run(resume_at: int | None) -> torch.Tensor:
         options = {"algorithm": algorithm, "popsize": 10}
         torch.manual_seed(0)
         net = bb.build_net("mlp:2", (1, 8, 8), 10)
         rule = setup_rule("es", net, options)
         for s in range(4):
-            if s == resume_at:
-                state = rule.state_dict()
+            if s == resume_at:  # through a file, read as data only (weights_only)
+                atomic_save(rule.state_dict(), tmp_path / "es.pt")
+                state = load_checkpoint(tmp_path / "es.pt")
                 net = bb.build_net("mlp:2", (1, 8, 8), 10)
                 rule = setup_rule("es", net, options)
                 rule.load_state_dict(state)

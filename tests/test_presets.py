@@ -25,9 +25,10 @@ PRESET_FILES = sorted(PRESET_DIR.glob("*.yaml"))
 
 # The committed results files whose runs came from a preset, and the preset.
 PRESET_OF_RESULTS = {
-    "bp_baselines.json": "spyra2025-bp",  # benchmarks/bp_baselines.py
+    "spyra2025-bp.json": "spyra2025-bp",  # `beyondbp reproduce spyra2025-bp` (its .md says how)
     "spyra2025.json": "spyra2025",  # benchmarks/spyra2025.py
-    "local_targets.json": "local-targets",  # benchmarks/preset_table.py local-targets
+    "local-targets.json": "local-targets",  # `beyondbp reproduce local-targets`
+    "zo-memory.json": "zo-memory",  # `beyondbp reproduce zo-memory`
     "noprop2025_cpu.json": "noprop2025",  # `beyondbp reproduce noprop2025` (its .md says how)
     "quickstart.json": "quickstart",  # benchmarks/quickstart.py (the main job)
     "population-digits.json": "population-digits",  # `beyondbp reproduce population-digits`
@@ -76,15 +77,6 @@ def test_a_subset_preset_keeps_its_base_s_rules_only():
     assert bp.quick == {"epochs": 2} and full.quick == {"epochs": 1, "max_steps": 50}
 
 
-def test_ff_recipe_is_the_spyra2025_preset_s():
-    from beyondbp.bench.presets import FF_RECIPE  # benchmarks/ff_init.py imports it
-
-    assert FF_RECIPE == {
-        "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine",
-        "input_norm": True,
-    }  # fmt: skip
-
-
 def _committed_runs(path: Path) -> list[RunRecord] | None:
     """The run records in a results file; None when it holds none (tables of other kinds)."""
     data = json.loads(path.read_text())
@@ -93,10 +85,8 @@ def _committed_runs(path: Path) -> list[RunRecord] | None:
         return None
     if not all({"options", "config", "status"} <= r.keys() for r in rows):
         return None
-    # benchmarks/bp_baselines.py wrote BP runs only, without their rule
-    defaults = {"rule": "bp"} if path.name == "bp_baselines.json" else {}
     names = {f.name for f in fields(RunRecord)}
-    return [RunRecord(**{**defaults, **{k: v for k, v in r.items() if k in names}}) for r in rows]
+    return [RunRecord(**{k: v for k, v in r.items() if k in names}) for r in rows]
 
 
 def _skipped(path: Path, r: RunRecord) -> bool:

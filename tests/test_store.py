@@ -126,3 +126,33 @@ def test_corrupt_store_file(tmp_path):
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(BeyondBPError, match="cannot be opened"):
         RunStore(path)
+
+
+class _Planted:
+    """Unpickling this calls Path.touch: what a hostile checkpoint could make torch.load run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return Path.touch, (Path(self.marker),)
+
+
+def test_a_checkpoint_carrying_a_pickled_callable_is_refused_and_runs_nothing(tmp_path):
+    import torch
+
+    from beyondbp.runs.checkpoint import atomic_save, load_checkpoint
+
+    marker = tmp_path / "ran"
+    torch.save({"modules": {}, "rule": {"x": _Planted(marker)}}, tmp_path / "last.pt")
+    with pytest.raises(BeyondBPError, match="holds more than data.*refused") as err:
+        load_checkpoint(tmp_path / "last.pt")
+    assert not marker.exists() and "\n" not in str(err.value)
+    # data (tensors, numbers, strings, lists, dicts) loads
+    atomic_save(
+        {"w": torch.ones(2), "step": 3, "name": "bp", "xs": [1.5, None]}, tmp_path / "ok.pt"
+    )
+    ok = load_checkpoint(tmp_path / "ok.pt")
+    assert ok["step"] == 3 and torch.equal(ok["w"], torch.ones(2)) and ok["xs"] == [1.5, None]

@@ -165,6 +165,24 @@ def datasets_cmd():
         console.print(f"{escape(name):<14} {escape(desc)}{dirs}", highlight=False, markup=True)
 
 
+def interruptible(fn: Callable) -> Callable:
+    """Ctrl-C (or SIGTERM in a grid) ends the command with exit code 130, as ``train`` does;
+    click would turn the interrupt into "Aborted!" and exit 1."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            Console(stderr=True, markup=False).print(
+                "interrupted: finished runs are stored; run the same command again to continue",
+                highlight=False,
+            )
+            raise typer.Exit(130) from None
+
+    return run
+
+
 def harness_flags(*, exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
     """Give a command one ``--flag`` per :class:`~beyondbp.harness.TrainConfig` setting it does
     not declare itself, with the help and default taken from the model (one source); the
@@ -222,6 +240,7 @@ def _seed_list(count: int | None, listed: str | None) -> list[int] | None:
 
 @app.command()
 @harness_flags(exclude=("checkpoint",))
+@interruptible
 def train(
     rule: Annotated[str, typer.Argument(help="learning rule (see `beyondbp rules`)")],
     data: Annotated[
@@ -300,6 +319,7 @@ def _rule_options(items: list[str]) -> dict[str, dict[str, Any]]:
 
 @app.command()
 @harness_flags(exclude=("seed", "progress", "checkpoint"))
+@interruptible
 def bench(
     rules: Annotated[
         str | None,
@@ -425,7 +445,7 @@ def bench(
         datasets = sorted({d for s in plan.grids for d in s.datasets})
         seeds_n = max(len(s.seeds) for s in plan.grids)
         title = f"{', '.join(datasets)}: mean ± std over {seeds_n} seeds (ratios vs {baseline})"
-        console.print(summary_table(result.rows, title))
+        console.print(summary_table(result.rows, title, baseline))
         for row in result.rows:
             for err in row["errors"]:
                 console.print(
@@ -451,18 +471,19 @@ def _exit_if_failed(records: list[RunRecord]) -> None:
         raise typer.Exit(1)
 
 
-def summary_table(rows: list[dict[str, Any]], title: str) -> Table:
-    from beyondbp.bench.report import TABLE_HEADER, table_rows
+def summary_table(rows: list[dict[str, Any]], title: str, baseline: str) -> Table:
+    from beyondbp.bench.report import table_header, table_rows
 
     t = Table(title=title)
-    for c in TABLE_HEADER:
+    for c in table_header(baseline):
         t.add_column(c, justify="left" if c in ("rule", "dataset", "net") else "right")
-    for row in table_rows(rows):
+    for row in table_rows(rows, baseline):
         t.add_row(*row)
     return t
 
 
 @app.command()
+@interruptible
 def reproduce(
     preset: Annotated[str | None, typer.Argument(help="preset name (see --list)")] = None,
     list_: Annotated[bool, typer.Option("--list", help="list the presets")] = False,
@@ -537,6 +558,7 @@ def reproduce(
 
 @app.command()
 @harness_flags(exclude=("progress", "checkpoint"))
+@interruptible
 def tune(
     rule: Annotated[str, typer.Argument(help="learning rule")],
     data: Annotated[str, typer.Option("--data", "-d")] = "digits",

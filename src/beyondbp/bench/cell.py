@@ -58,6 +58,12 @@ def main(payload: str) -> int:
         except Exception as e:
             traceback.print_exc()
             cell.record_failure(store, f"{type(e).__name__}: {e}")
+        except KeyboardInterrupt:  # stopped where the trainer could not save and stop itself
+            record = cell.find(store)
+            if record is not None and record.status == "running":
+                record.status, record.error = "interrupted", "stopped by an interrupt"
+                store.save(record)
+            return 130
     return 0
 
 

@@ -274,11 +274,14 @@ def run_grid(
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             if jobs > 1:  # share the cores: parallel cells must not oversubscribe them
                 env["BEYONDBP_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-            proc = subprocess.Popen(_worker_cmd(cell, store), stdout=log, stderr=log, env=env)
+            # a session of its own: a terminal's Ctrl-C reaches the grid alone, which then
+            # stops each worker with one SIGTERM (two signals would abort it mid-epoch)
+            proc = subprocess.Popen(_worker_cmd(cell, store), stdout=log, stderr=log, env=env,
+                                    start_new_session=True)  # fmt: skip
             live.add(proc)
             code = proc.wait()
             live.discard(proc)
-        if code != 0 and not stopping.is_set():
+        if code not in (0, 130) and not stopping.is_set():  # 130: interrupted, resumable
             cell.record_failure(store, f"worker exited with code {code}; log: {log.name}")
         return cell.find(store)
 

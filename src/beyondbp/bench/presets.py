@@ -273,7 +273,4 @@ def get_preset(name: str) -> Preset:
 def __getattr__(name: str) -> Any:
     if name == "PRESETS":
         return _presets()
-    if name == "FF_RECIPE":  # the spyra2025 preset's FF options (benchmarks/ff_init.py uses them)
-        grid = next(g for g in get_preset("spyra2025").grids if "ff" in g.rules)
-        return dict(grid.options["ff"])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

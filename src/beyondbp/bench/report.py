@@ -27,9 +27,9 @@ PLOTS = ("accuracy_vs_time", "energy_per_run", "memory_vs_depth", "learning_curv
 _DEPTH = re.compile(r"^mlp:(\d+)x(\d+)")
 
 
-def rule_colours(rules: Sequence[str]) -> dict[str, str]:
-    """One colour per rule, stable across plots (bp first, then alphabetical)."""
-    order = sorted(set(rules), key=lambda r: (r != "bp", r))
+def rule_colours(rules: Sequence[str], baseline: str = BASELINE) -> dict[str, str]:
+    """One colour per rule, stable across plots (the baseline first, then alphabetical)."""
+    order = sorted(set(rules), key=lambda r: (r != baseline, r))
     return {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(order)}
 
 
@@ -49,7 +49,7 @@ def _empty(ax: Any, text: str) -> None:
     ax.set_yticks([])
 
 
-def make_plots(records: list[RunRecord]) -> dict[str, bytes]:
+def make_plots(records: list[RunRecord], baseline: str = BASELINE) -> dict[str, bytes]:
     """The report's figures as PNG bytes, keyed by name (see ``PLOTS``)."""
     import matplotlib
 
@@ -57,7 +57,7 @@ def make_plots(records: list[RunRecord]) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     done = [r for r in records if r.status == "finished"]
-    colours = rule_colours([r.rule for r in records])
+    colours = rule_colours([r.rule for r in records], baseline)
     out: dict[str, bytes] = {}
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -86,7 +86,7 @@ def make_plots(records: list[RunRecord]) -> dict[str, bytes]:
     # seed a dot; a label per bar, in one line, so none overlap however many setups there are
     with_energy = [r for r in done if r.metrics.get("energy_wh") is not None]
     groups: dict[tuple[str, str, str, str], list[RunRecord]] = {}
-    for r in sorted(with_energy, key=lambda r: (r.rule != "bp", r.rule, r.dataset, r.net)):
+    for r in sorted(with_energy, key=lambda r: (r.rule != baseline, r.rule, r.dataset, r.net)):
         groups.setdefault((r.rule, r.dataset, r.net, setup_key(r)), []).append(r)
     many_data = len({k[1] for k in groups}) > 1
     many_nets = len({k[2] for k in groups}) > 1
@@ -204,13 +204,16 @@ def _pm(row: dict[str, Any], key: str, scale: float = 1, digits: int = 2) -> str
     return f"{row[key] * scale:.{digits}f} ± {(row.get(key + '_std') or 0) * scale:.{digits}f}"
 
 
-TABLE_HEADER = (
-    "rule", "dataset", "net", "runs", "test acc %", "Δacc vs bp", "train time s", "time ×bp",
-    "energy Wh", "energy ×bp", "step memory MiB", "memory ×bp", "GFLOP/s",
-)  # fmt: skip
+def table_header(baseline: str = BASELINE) -> tuple[str, ...]:
+    """The summary table's columns; ratios are against ``baseline``."""
+    return (
+        "rule", "dataset", "net", "runs", "test acc %", f"Δacc vs {baseline}", "train time s",
+        f"time ×{baseline}", "energy Wh", f"energy ×{baseline}", "step memory MiB",
+        f"memory ×{baseline}", "GFLOP/s",
+    )  # fmt: skip
 
 
-def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+def table_rows(rows: list[dict[str, Any]], baseline: str = BASELINE) -> list[list[str]]:
     """Table cells per summary row. Where the same rule, data and net were run under several
     setups, the rule shows its non-default options (or the net a setup id, for budgets)."""
     count: dict[tuple[str, str, str], int] = {}
@@ -221,7 +224,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     out = []
 
     def order(r: dict[str, Any]) -> tuple:
-        return r["dataset"], natural_key(r["net"]), r["rule"] != "bp", r["rule"]
+        return r["dataset"], natural_key(r["net"]), r["rule"] != baseline, r["rule"]
 
     for r in sorted(rows, key=order):
         ambiguous = count[(r["rule"], r["dataset"], r["net"])] > 1
@@ -252,12 +255,13 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     records = store.list() if records is None else records
     rows = summarize(records, baseline=baseline)
-    plots = make_plots(records)
-    table = table_rows(rows)
+    plots = make_plots(records, baseline)
+    table = table_rows(rows, baseline)
+    header = table_header(baseline)
 
     md = ["# beyondbp report", "", f"{len(records)} runs from `{store.path}`.", ""]
-    md.append("| " + " | ".join(TABLE_HEADER) + " |")
-    md.append("|" + "---|" * len(TABLE_HEADER))
+    md.append("| " + " | ".join(header) + " |")
+    md.append("|" + "---|" * len(header))
     md += ["| " + " | ".join(r) + " |" for r in table]
     notes = sorted({r.metrics["data_notes"] for r in records if r.metrics.get("data_notes")})
     md += ["", *[f"Data note: {n}" for n in notes], ""]
@@ -271,7 +275,7 @@ def write_report(
         data = base64.b64encode(plots[name]).decode()
         return f'<figure><img alt="{name}" src="data:image/png;base64,{data}"></figure>'
 
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEADER)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table
     )
@@ -287,7 +291,7 @@ figure {{ display: inline-block; margin: 1em 0.5em; }} img {{ max-width: 100%; }
 </style></head><body>
 <h1>beyondbp report</h1>
 <p class="note">{len(records)} runs from {html.escape(str(store.path))}. Mean ± std over seeds;
-ratios against bp on the same dataset and net. Energy is labelled measured or estimated.</p>
+ratios against {html.escape(baseline)} on the same dataset and net. Energy is labelled measured or estimated.</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {"".join(f'<p class="note">Data note: {html.escape(n)}</p>' for n in notes)}
 <h2>Accuracy and cost</h2>{img("accuracy_vs_time")}{img("energy_per_run")}

@@ -15,6 +15,8 @@ from beyondbp.bench.summary import summarize
 from beyondbp.runner import open_store
 from beyondbp.runs import RunRecord, RunStore
 
+SETTINGS = ("attack_eps", "attack_steps")  # metrics that are settings: tabled plainly
+
 
 @dataclass
 class ReproduceResult:
@@ -182,7 +184,7 @@ def reproduce_markdown(result: ReproduceResult, notes: Sequence[str] = ()) -> st
             return pm(r, key, "{:.2f}", 100)
         if key.endswith("_bytes"):
             return pm(r, key, "{:.1f}", 2**-20)
-        if key != p.metric and r.get(key + "_std") == 0:  # a setting, e.g. attack_eps
+        if key in SETTINGS and r.get(key) is not None:  # the same for every seed
             return f"{r[key]:g}"
         return pm(r, key, "{:.2f}")
 

@@ -80,10 +80,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _numpy_state(saved: dict[str, Any] | None = None) -> Any:
+    """NumPy's global RNG state as data a checkpoint can hold (a tensor and numbers: no
+    pickled arrays), or, given that, the state ``np.random.set_state`` takes."""
+    if saved is None:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                "has_gauss": int(has_gauss), "cached": float(cached)}  # fmt: skip
+    keys = saved["keys"].numpy().astype(np.uint32)
+    return saved["name"], keys, saved["pos"], saved["has_gauss"], saved["cached"]
+
+
 def _rng_state() -> dict[str, Any]:
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state(),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -93,7 +104,7 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -229,6 +240,10 @@ class Trainer:
             self._emit("on_exception", e)
             raise
         except BaseException as e:  # a second Ctrl-C: abort at once
+            if isinstance(e, KeyboardInterrupt):  # truthfully: stopped, resumable from the last
+                self.record.status = "interrupted"  # checkpoint (no test, no final metrics)
+                self.record.error = "aborted by a second interrupt; resume from the last checkpoint"
+                self._save_record()
             self._emit("on_exception", e)
             raise
         self._finish_metrics(time.perf_counter() - t_start, energy)

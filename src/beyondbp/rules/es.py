@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import copy
 import logging
-import pickle
+import numbers
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
@@ -174,7 +175,7 @@ class EvolutionStrategy(Rule):
         else:
             self.batch = (x, y)
             self.searcher.step()
-            self.flat.set_(torch.as_tensor(self.searcher.status["center"]).float())
+            self.flat.set_(self._center())
             logs = {"loss": float(self.searcher.status["mean_eval"]),
                     "best_sample_loss": float(self.searcher.status["pop_best_eval"])}  # fmt: skip
         self.t += 1
@@ -188,13 +189,9 @@ class EvolutionStrategy(Rule):
                 "theta": self.theta.detach().clone(),
                 "opt": copy.deepcopy(self.opt.state_dict()),
             }
-        problem = self.searcher._problem  # the searcher pickles whole, without our objective
-        problem._objective_func = None
-        try:
-            blob = pickle.dumps(self.searcher)
-        finally:
-            problem._objective_func = self._objective
-        return {"t": self.t, "searcher": blob}
+        # the searcher's data (tensors, numbers and the problem's generator), never the object:
+        # a checkpoint loads as data only, and a fresh searcher takes this state back
+        return {"t": self.t, "searcher": searcher_state(self.searcher)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.t = int(state["t"])
@@ -204,6 +201,118 @@ class EvolutionStrategy(Rule):
             self.opt.load_state_dict(state["opt"])
             self.flat.set_(self.theta.detach())
         else:
-            self.searcher = pickle.loads(state["searcher"])  # our own checkpoint file
-            self.searcher._problem._objective_func = self._objective
-            self.flat.set_(torch.as_tensor(self.searcher.status["center"]).float())
+            if not isinstance(state["searcher"], dict):
+                raise BeyondBPError("es: this checkpoint holds a pickled EvoTorch searcher (an "
+                                    "older beyondbp); it is not loaded: start the run anew")  # fmt: skip
+            self.searcher = self._evotorch_searcher()
+            load_searcher_state(self.searcher, state["searcher"])
+            self.flat.set_(self._center())
+
+    def _center(self) -> torch.Tensor:
+        return torch.as_tensor(self.searcher.status["center"]).float()
+
+
+_SKIP = {"_objective_func"}  # our objective: the fresh searcher's own stays
+
+
+def searcher_state(obj: Any, _memo: dict[int, int] | None = None) -> Any:
+    """The data of an EvoTorch object graph: its tensors, numbers, strings, slices and
+    generators' states, walked through its attributes, lists and dicts (an object met again is
+    a reference to its first visit, so shared objects stay shared); methods, hooks and other
+    objects are left out (a freshly built searcher has them)."""
+    memo = {} if _memo is None else _memo
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if obj is None or isinstance(obj, str | bool):
+        return obj
+    if isinstance(obj, numbers.Integral):  # NumPy's scalars too, as Python numbers
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(obj.copy())}
+    if isinstance(obj, torch.Generator):
+        return {"__generator__": obj.get_state()}
+    if isinstance(obj, slice):
+        return {"__slice__": [obj.start, obj.stop, obj.step]}
+    cls = type(obj)
+    evotorch = cls.__module__.startswith("evotorch.") and hasattr(obj, "__dict__")
+    if not (isinstance(obj, list | tuple | dict) or evotorch):
+        return {"__skipped__": True}
+    if id(obj) in memo:
+        return {"__ref__": memo[id(obj)]}
+    memo[id(obj)] = len(memo)
+    if isinstance(obj, list | tuple):
+        return [searcher_state(v, memo) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {"__dict__": {k: searcher_state(v, memo) for k, v in obj.items()}}
+        return {"__skipped__": True}
+    return {"__class__": f"{cls.__module__}:{cls.__qualname__}",
+            "__object__": {k: searcher_state(v, memo) for k, v in vars(obj).items()
+                           if k not in _SKIP and not callable(v)}}  # fmt: skip
+
+
+def load_searcher_state(obj: Any, state: Any, _memo: list[Any] | None = None) -> Any:
+    """``state`` (from :func:`searcher_state`) put back into a fresh object graph (``obj``);
+    returns the value to assign where ``obj`` was. What the fresh graph lacks (a population
+    made by the first generation) is built from the state."""
+    memo = [] if _memo is None else _memo
+    if isinstance(state, dict):
+        if "__skipped__" in state:
+            return obj
+        if "__ref__" in state:
+            return memo[state["__ref__"]]
+        if "__generator__" in state:
+            if not isinstance(obj, torch.Generator):
+                obj = torch.Generator()
+            obj.set_state(state["__generator__"])
+            return obj
+        if "__ndarray__" in state:
+            return state["__ndarray__"].numpy()
+        if "__slice__" in state:
+            return slice(*state["__slice__"])
+        if "__object__" in state:
+            cls = _evotorch_class(state["__class__"])
+            if type(obj) is not cls:
+                obj = cls.__new__(cls)
+            memo.append(obj)
+            for k, v in state["__object__"].items():
+                setattr(obj, k, load_searcher_state(getattr(obj, k, None), v, memo))
+            return obj
+        old = obj if isinstance(obj, dict) else {}
+        out: dict[str, Any] = {}
+        memo.append(out)
+        for k, v in state["__dict__"].items():
+            out[k] = load_searcher_state(old.get(k), v, memo)
+        return out
+    if isinstance(state, list):
+        same = isinstance(obj, list | tuple) and len(obj) == len(state)
+        olds = obj if same else [None] * len(state)
+        items: list[Any] = []
+        slot = len(memo)
+        memo.append(items)
+        items += [load_searcher_state(o, v, memo) for o, v in zip(olds, state, strict=True)]
+        if same and isinstance(obj, tuple):
+            memo[slot] = tuple(items)
+            return memo[slot]
+        return items
+    if isinstance(state, torch.Tensor) and isinstance(obj, torch.Tensor):
+        return state.to(obj.device)
+    return state
+
+
+def _evotorch_class(name: str) -> type:
+    """An EvoTorch class named ``module:qualname`` in a checkpoint; any other name is refused."""
+    import importlib
+
+    module, _, qualname = name.partition(":")
+    refused = BeyondBPError(f"es: the checkpoint names {name!r}, not an EvoTorch class: refused")
+    if not module.startswith("evotorch."):
+        raise refused
+    cls: Any = importlib.import_module(module)
+    for part in qualname.split("."):  # a class, or a class nested in one
+        cls = getattr(cls, part, None)
+        if not isinstance(cls, type):
+            raise refused
+    return cls

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,21 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents, read as data only (``weights_only``); one with pickled objects
+    or callables is refused with a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise BeyondBPError(f"no checkpoint at {path}; the run cannot be resumed (start it anew)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        # data only (tensors, numbers, strings, lists, dicts): opening a checkpoint someone
+        # else wrote runs no code of theirs
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [x.strip() for x in str(e).splitlines() if "Unsupported" in x or "GLOBAL" in x]
+        what = lines[0][:200] if lines else "objects that loading would build"
+        raise BeyondBPError(
+            f"checkpoint {path} holds more than data ({what}): refused, as loading it could run "
+            "code; start the run anew"
+        ) from None
     except Exception as e:
         raise BeyondBPError(f"checkpoint {path} is unreadable ({e}); start the run anew") from e
