@@ -340,6 +340,42 @@ def test_report_renders_in_headless_chromium(report_store, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_trial_whose_tune_was_killed_is_failed_retried_and_its_run_interrupted(tmp_path):
+    import optuna
+    from optuna.storages import RetryFailedTrialCallback
+
+    from beyondbp.bench.tune import tune
+
+    store_path, storage = tmp_path / "runs.sqlite", f"sqlite:///{tmp_path / 'optuna.sqlite'}"
+    cmd = [sys.executable, "-m", "beyondbp.cli", "tune", "bp", "--trials", "1", "--net", "mlp:16",
+           "--epochs", "100000", "--patience", "100000", "--storage", storage, "--study", "s",
+           "--store", str(store_path), "--device", "cpu", "--heartbeat", "1"]  # fmt: skip
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the trial's run has trained an epoch
+        runs = RunStore(store_path).list() if store_path.exists() else []
+        if runs and runs[0].history:
+            break
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    (killed,) = optuna.load_study(study_name="s", storage=storage).trials
+    assert killed.state == optuna.trial.TrialState.RUNNING  # left so by the kill
+    time.sleep(2.5)  # two missed heartbeats: stale
+    study = tune("bp", "digits", "mlp:16", 1, storage=storage, study_name="s",
+                 store=RunStore(store_path), heartbeat=1, epochs=1, device="cpu")  # fmt: skip
+    killed, retry = study.trials
+    assert killed.state == optuna.trial.TrialState.FAIL
+    assert RetryFailedTrialCallback.retried_trial_number(retry) == killed.number
+    assert retry.params == killed.params and retry.state == optuna.trial.TrialState.COMPLETE
+    runs = {r.id: r.status for r in RunStore(store_path).list()}
+    assert runs == {
+        killed.user_attrs["run_id"]: "interrupted",
+        retry.user_attrs["run_id"]: "finished",
+    }
+
+
+@pytest.mark.slow
 def test_tune_resumes_a_killed_study(tmp_path):
     import optuna
 
@@ -353,7 +389,7 @@ def test_tune_resumes_a_killed_study(tmp_path):
         "--trials",
         "6",
         "--epochs",
-        "2",
+        "4",
         "--net",
         "mlp:16",
         "--storage",
@@ -364,6 +400,8 @@ def test_tune_resumes_a_killed_study(tmp_path):
         str(tmp_path / "runs.sqlite"),
         "--device",
         "cpu",
+        "--heartbeat",
+        "1",
     ]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
@@ -441,7 +479,7 @@ def test_sigterm_stops_the_grid_and_its_running_cell_saves(tmp_path):
     assert parent.wait(timeout=60) == 130
     (run,) = RunStore(store_path).list()  # no other cell was started
     assert run.status == "interrupted"
-    ckpt = store_path.parent / "checkpoints" / run.id / "last.pt"
+    ckpt = RunStore(store_path).files / "checkpoints" / run.id / "last.pt"
     assert ckpt.is_file()
 
 
@@ -561,3 +599,15 @@ def test_benchmark_results_are_written_with_their_provenance(tmp_path, monkeypat
     assert record["environment"]["torch"] and record["environment"]["git_commit"]
     (only_md,) = write_result("rows", ["# Rows"], folder=tmp_path / "x")
     assert only_md == tmp_path / "x" / "rows.md"
+
+
+def test_two_stores_in_one_folder_keep_their_side_files_apart(tmp_path):
+    a, b = RunStore(tmp_path / "a.sqlite"), RunStore(tmp_path / "b.sqlite")
+    grid = GridSpec(rules=["bp"], datasets=["digits"], nets=["mlp:8"], seeds=[0], config=TINY)
+    ra, rb = bb.bench(grid, store=a).records[0], bb.bench(grid, store=b).records[0]
+    assert ra.id == rb.id  # the same cell has the same id in both stores
+    assert a.checkpoint_dir(ra.id) != b.checkpoint_dir(rb.id)
+    assert (a.checkpoint_dir(ra.id) / "last.pt").is_file()
+    assert (b.checkpoint_dir(rb.id) / "last.pt").is_file()
+    assert {p.name for p in tmp_path.iterdir()} == {"a.sqlite", "a_files", "b.sqlite", "b_files"}
+    assert {p.name for p in (tmp_path / "a_files").iterdir()} >= {"checkpoints", "locks", "logs"}

@@ -24,7 +24,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def _final_weights(store: Path, run_id: str) -> dict[str, torch.Tensor]:
-    return load_checkpoint(store.parent / "checkpoints" / run_id / "last.pt")["modules"]["net"]
+    return load_checkpoint(RunStore(store).checkpoint_dir(run_id) / "last.pt")["modules"]["net"]
 
 
 @pytest.mark.slow
@@ -45,7 +45,7 @@ def test_killed_or_interrupted_run_resumes_to_the_same_result(tmp_path, flag, at
     else:
         assert "STATUS interrupted" in cut.stdout, cut.stderr
         assert record.status == "interrupted" and len(record.history) == 1
-        ckpt = load_checkpoint(store.parent / "checkpoints" / run_id / "last.pt")
+        ckpt = load_checkpoint(RunStore(store).checkpoint_dir(run_id) / "last.pt")
         assert ckpt["harness"]["batch"] == 70 - 41  # saved mid-epoch, at the step it stopped
 
     resumed = _run(str(store), str(tmp_path / "x.id"), "--resume", run_id)

@@ -88,7 +88,7 @@ def _train(setup: tuple[str, str, dict, dict], store, **kwargs: Any) -> bb.Train
 
 
 def _final(store_path, run_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    return load_checkpoint(store_path.parent / "checkpoints" / run_id / "last.pt")
+    return load_checkpoint(RunStore(store_path).checkpoint_dir(run_id) / "last.pt")
 
 
 def _assert_equal(a: Any, b: Any, where: str = "") -> None:

@@ -569,9 +569,16 @@ def tune(
     ] = None,
     metric: Annotated[str, typer.Option(help="val_acc (maximised) or val_loss")] = "val_acc",
     storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL [sqlite beside the store]")
+        str | None, typer.Option(help="Optuna storage URL [sqlite in the store's folder]")
     ] = None,
     study: Annotated[str | None, typer.Option(help="study name [RULE.DATA.NET]")] = None,
+    heartbeat: Annotated[
+        float,
+        typer.Option(
+            help="seconds between a trial's heartbeats; a trial silent for two "
+            "is failed (its process died) and retried"
+        ),
+    ] = 60.0,
     seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
     device: Annotated[str, typer.Option()] = "auto",
     data_dir: Annotated[Path | None, typer.Option()] = None,
@@ -595,6 +602,7 @@ def tune(
         options=fixed,
         storage=storage,
         study_name=study,
+        heartbeat=heartbeat,
         metric=metric,
         data_dir=data_dir,
         store=store,

@@ -15,6 +15,7 @@ import traceback
 
 from beyondbp.bench.grid import TERMINAL, Cell
 from beyondbp.runs import RunStore
+from beyondbp.runs.checkpoint import CheckpointError
 
 
 def main(payload: str) -> int:
@@ -26,7 +27,7 @@ def main(payload: str) -> int:
         torch.set_num_threads(int(os.environ["BEYONDBP_THREADS"]))
     spec = json.loads(payload)
     cell, store = Cell(**spec["cell"]), RunStore(spec["store"])
-    locks = store.path.parent / "locks"
+    locks = store.files / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with open(locks / f"{cell.key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -36,15 +37,16 @@ def main(payload: str) -> int:
         config = {**cell.config, "progress": False}
         try:
             ckpt = store.checkpoint_dir(record.id if record else "") / "last.pt"
+            resumed = False
             if record is not None and ckpt.is_file():
-                runner.train(
-                    record.rule,
-                    store=store,
-                    resume=record.id,
-                    data_dir=cell.data_dir,
-                    progress=False,
-                )
-            else:
+                try:
+                    runner.train(record.rule, store=store, resume=record.id,
+                                 data_dir=cell.data_dir, progress=False)  # fmt: skip
+                    resumed = True
+                except CheckpointError as e:  # torn or refused: kept aside, the cell starts anew
+                    print(f"{e}; moved to {ckpt.name}.corrupt, training the cell anew", flush=True)
+                    ckpt.replace(ckpt.with_name(ckpt.name + ".corrupt"))
+            if not resumed:
                 runner.train(
                     cell.rule,
                     cell.dataset,

@@ -261,7 +261,7 @@ def run_grid(
         return [r for r in found if r is not None]
     if backend != "local":
         raise BeyondBPError(f"unknown grid backend {backend!r}: use local or ray")
-    logs = store.path.parent / "logs"
+    logs = store.files / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
     live: set[subprocess.Popen] = set()

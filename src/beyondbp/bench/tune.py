@@ -45,12 +45,16 @@ def tune(
     data_dir: str | Path | None = None,
     store: str | Path | RunStore | None = None,
     seed: int = 0,
+    heartbeat: float = 60.0,
     **config: Any,
 ) -> Any:
     """Search the rule's options to maximise ``val_acc`` (or minimise ``val_loss``) until the
     study has ``trials`` finished (complete or pruned) trials; return the ``optuna.Study``.
 
     ``options`` are fixed (not searched); ``space`` replaces the rule's declared search space.
+    A running trial beats every ``heartbeat`` seconds; one silent for two beats (its process
+    was killed) is failed and retried with the same options when a study starts, and its run
+    in the store is marked ``interrupted``.
     """
     import optuna
 
@@ -64,12 +68,23 @@ def tune(
         raise BeyondBPError(f"rule {rule!r} declares no search space; pass one")
     run_store = store if isinstance(store, RunStore) else RunStore(store)
     if storage is None:
-        storage = f"sqlite:///{run_store.path.parent / 'optuna.sqlite'}"
+        legacy = run_store.path.parent / "optuna.sqlite"  # where stores kept it before
+        path = legacy if legacy.is_file() else run_store.files / "optuna.sqlite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{path}"
     study_name = study_name or f"{rule}.{data}.{net}"
     direction = "minimize" if metric == "val_loss" else "maximize"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    rdb = RDBStorage(
+        storage,
+        heartbeat_interval=max(1, round(heartbeat)),
+        grace_period=max(2, round(2 * heartbeat)),
+        failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
+    )
     study = optuna.create_study(
-        storage=storage,
+        storage=rdb,
         study_name=study_name,
         direction=direction,
         sampler=optuna.samplers.TPESampler(seed=seed),
@@ -87,6 +102,8 @@ def tune(
             trial.report(value, row["epoch"] - 1)
             return "pruned by Optuna's median pruner" if trial.should_prune() else None
 
+        run_id = f"tune.{study_name}.{trial.number}".replace(":", "_")
+        trial.set_user_attr("run_id", run_id)  # before training: a killed trial names its run
         result = runner.train(
             rule,
             data,
@@ -94,21 +111,35 @@ def tune(
             options=opts,
             data_dir=data_dir,
             store=run_store,
-            run_id=f"tune.{study_name}.{trial.number}".replace(":", "_"),
+            run_id=run_id,
             callbacks=[report],
             **{"progress": False, **config},
         )
-        trial.set_user_attr("run_id", result.record.id)
         if result.record.status != "finished":
             raise optuna.TrialPruned(f"run {result.record.status}")
         if result.metrics.get("stop_reason", "").startswith("pruned"):
             raise optuna.TrialPruned()
         return float(result.metrics[metric])
 
+    _fail_stale_trials(study, run_store)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     while (done := len(study.get_trials(states=finished))) < trials:
         study.optimize(objective, n_trials=trials - done)
     return study
+
+
+def _fail_stale_trials(study: Any, store: RunStore) -> None:
+    """Fail (and so retry) the trials whose process died, and mark their runs interrupted."""
+    import optuna
+
+    optuna.storages.fail_stale_trials(study)
+    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    ids = {t.user_attrs.get("run_id") for t in failed}
+    for record in store.list() if failed else []:
+        if record.id in ids and record.status == "running":
+            record.status = "interrupted"
+            record.error = "its tune process died (no heartbeat); the trial was retried"
+            store.save(record)
 
 
 def best_options(study: Any, rule: str, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -156,10 +156,13 @@ class Checkpointing(Callback):
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         if trainer.state.stop_reason is None:  # a stopping run saves once, at the end
-            trainer.timed_save(trainer.snapshot(), self.dir / "last.pt")
+            self._save(trainer)
 
     def on_train_end(self, trainer: Trainer, status: str) -> None:
         # the final state: resumable if interrupted, inspectable otherwise
+        self._save(trainer)
+
+    def _save(self, trainer: Trainer) -> None:
         trainer.timed_save(trainer.snapshot(), self.dir / "last.pt")
 
 

@@ -419,7 +419,13 @@ class Trainer:
     def timed_save(self, obj: Any, path: Path) -> None:
         """Write ``obj`` atomically to ``path``; the time counts as checkpoint time."""
         t0 = time.perf_counter()
-        atomic_save(obj, path)
+        try:
+            atomic_save(obj, path)
+        except OSError as e:  # a full disk, a folder gone: the previous file is intact
+            raise BeyondBPError(
+                f"cannot write the checkpoint {path} ({e.strerror or e}); the previous one is "
+                f"intact: free space, then `beyondbp train --resume {self.record.id}`"
+            ) from e
         self.state.checkpoint_time += time.perf_counter() - t0
 
     def snapshot(self) -> dict[str, Any]:

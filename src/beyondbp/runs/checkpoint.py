@@ -13,6 +13,10 @@ import torch
 from beyondbp.errors import BeyondBPError
 
 
+class CheckpointError(BeyondBPError):
+    """A checkpoint that cannot be used: unreadable (torn, corrupt) or holding more than data."""
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
@@ -42,9 +46,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         lines = [x.strip() for x in str(e).splitlines() if "Unsupported" in x or "GLOBAL" in x]
         what = lines[0][:200] if lines else "objects that loading would build"
-        raise BeyondBPError(
+        raise CheckpointError(
             f"checkpoint {path} holds more than data ({what}): refused, as loading it could run "
             "code; start the run anew"
         ) from None
     except Exception as e:
-        raise BeyondBPError(f"checkpoint {path} is unreadable ({e}); start the run anew") from e
+        raise CheckpointError(f"checkpoint {path} is unreadable ({e}); start the run anew") from e

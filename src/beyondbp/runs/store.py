@@ -181,9 +181,18 @@ class RunStore:
             ).fetchall()
         return [self._record(r) for r in rows]
 
+    @property
+    def files(self) -> Path:
+        """The store's own folder of side files (checkpoints, locks, logs, the tuner's study):
+        ``<name>_files/`` beside ``<name>.sqlite``, so two stores in one folder share none."""
+        return self.path.with_name(self.path.stem + "_files")
+
     def checkpoint_dir(self, run_id: str) -> Path:
-        """Where a run's checkpoints live: ``checkpoints/<run id>/`` beside the store file."""
-        return self.path.parent / "checkpoints" / run_id
+        """Where a run's checkpoints live: ``checkpoints/<run id>/`` in :attr:`files` (or beside
+        the store file, where stores before this layout kept them)."""
+        here = self.files / "checkpoints" / run_id
+        legacy = self.path.parent / "checkpoints" / run_id
+        return legacy if legacy.is_dir() and not here.is_dir() else here
 
     def delete(self, run_id: str) -> RunRecord:
         """Remove one run (id or unique prefix) and its checkpoints from the store; returns what
