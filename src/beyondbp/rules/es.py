@@ -20,9 +20,9 @@ net in 9 minutes on one core; SNES (diagonal) took 10 s.
 
 from __future__ import annotations
 
-import copy
 import logging
 import numbers
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -83,6 +83,7 @@ class EvolutionStrategy(Rule):
         "algorithm": Categorical(("openai-es", "pgpe", "snes", "cem")),
     }
     options: Options
+    stateful = ("t", "theta", "opt", "searcher")  # OpenAI-ES: θ and Adam; EvoTorch: searcher
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         o = self.options
@@ -97,7 +98,7 @@ class EvolutionStrategy(Rule):
             lr = o.lr if o.lr is not None else 0.01
             self.opt = torch.optim.Adam([self.theta], lr=lr, weight_decay=o.weight_decay)
         else:
-            self.searcher = self._evotorch_searcher()
+            self.searcher = Searcher(self._evotorch_searcher)
 
     # -- OpenAI-ES ----------------------------------------------------------------------------
     def _openai_es_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
@@ -174,42 +175,39 @@ class EvolutionStrategy(Rule):
             logs = self._openai_es_step(x, y)
         else:
             self.batch = (x, y)
-            self.searcher.step()
+            self.searcher.algorithm.step()
             self.flat.set_(self._center())
-            logs = {"loss": float(self.searcher.status["mean_eval"]),
-                    "best_sample_loss": float(self.searcher.status["pop_best_eval"])}  # fmt: skip
+            status = self.searcher.algorithm.status
+            logs = {"loss": float(status["mean_eval"]),
+                    "best_sample_loss": float(status["pop_best_eval"])}  # fmt: skip
         self.t += 1
         return logs
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        if self.options.algorithm == "openai-es":
-            return {
-                "t": self.t,
-                "theta": self.theta.detach().clone(),
-                "opt": copy.deepcopy(self.opt.state_dict()),
-            }
-        # the searcher's data (tensors, numbers and the problem's generator), never the object:
-        # a checkpoint loads as data only, and a fresh searcher takes this state back
-        return {"t": self.t, "searcher": searcher_state(self.searcher)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.t = int(state["t"])
-        if self.options.algorithm == "openai-es":
-            with torch.no_grad():
-                self.theta.copy_(state["theta"])
-            self.opt.load_state_dict(state["opt"])
-            self.flat.set_(self.theta.detach())
-        else:
-            if not isinstance(state["searcher"], dict):
-                raise BeyondBPError("es: this checkpoint holds a pickled EvoTorch searcher (an "
-                                    "older beyondbp); it is not loaded: start the run anew")  # fmt: skip
-            self.searcher = self._evotorch_searcher()
-            load_searcher_state(self.searcher, state["searcher"])
-            self.flat.set_(self._center())
+    def restored(self) -> None:
+        """The net carries the search's centre again (θ, or the searcher's centre)."""
+        self.flat.set_(self.theta.detach() if hasattr(self, "theta") else self._center())
 
     def _center(self) -> torch.Tensor:
-        return torch.as_tensor(self.searcher.status["center"]).float()
+        return torch.as_tensor(self.searcher.algorithm.status["center"]).float()
+
+
+class Searcher:
+    """An EvoTorch searcher whose checkpoint state is its data (:func:`searcher_state`), never
+    the pickled object: loading builds a fresh searcher and puts the data back."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+        self.algorithm = make()
+
+    def state_dict(self) -> dict[str, Any]:
+        return searcher_state(self.algorithm)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or "__object__" not in state:
+            raise BeyondBPError("es: this checkpoint holds a pickled EvoTorch searcher (an "
+                                "older beyondbp); it is not loaded: start the run anew")  # fmt: skip
+        self.algorithm = load_searcher_state(self.make(), state)
 
 
 _SKIP = {"_objective_func"}  # our objective: the fresh searcher's own stays
