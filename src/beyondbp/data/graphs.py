@@ -1,0 +1,117 @@
+"""Graphs for node classification and link prediction (ForwardGNN's datasets), as
+``torch_geometric.data.Data``: node features ``x``, undirected ``edge_index``, labels ``y``.
+
+- ``cora_ml`` and ``citeseer``: citation graphs in the sparse ``.npz`` format of Bojchevski &
+  Günnemann (``adj_matrix.*``, ``attr_matrix.*``, ``labels``) from the PPNP repository, e.g.
+  ``../shared/data/citation/cora_ml.npz``. Cora-ML is CitationFull's (2,995 nodes, 16,316
+  directed edge pairs, 2,879 features, 7 classes); this CiteSeer is the 3,312-node graph with
+  Planetoid's 3,703 features, not CitationFull's 4,230-node CiteSeer. Only numeric arrays are
+  read (no pickled objects).
+- :func:`fold_masks`: ForwardGNN's node splits, 64 / 16 / 20 % train / validation / test,
+  stratified by class, fold ``k`` of 5.
+
+Needs the ``graph`` extra (``pip install 'beyondbp[graph]'``: torch_geometric).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from beyondbp.data.core import data_search_dirs
+from beyondbp.errors import DataError
+
+CITATION = {"cora_ml": "Cora-ML", "citeseer": "CiteSeer"}  # file stem: the graph's name
+
+
+@dataclass
+class Graph:
+    """One graph and where it came from."""
+
+    data: Any  # torch_geometric.data.Data: x (N, F) float, edge_index (2, E) long, y (N,) long
+    name: str
+    source: str
+
+    @property
+    def classes(self) -> int:
+        return int(self.data.y.max()) + 1
+
+
+def _pyg() -> Any:
+    try:
+        import torch_geometric
+    except ImportError:
+        raise DataError("graph tasks need torch_geometric: pip install 'beyondbp[graph]'") from None
+    return torch_geometric
+
+
+def _csr(f: Any, prefix: str, path: Path) -> Any:
+    import scipy.sparse as sp
+
+    keys = [f"{prefix}.{k}" for k in ("data", "indices", "indptr", "shape")]
+    missing = [k for k in keys if k not in f.files]
+    if missing:
+        raise DataError(f"{path}: no {missing[0]!r} array; expected the citation .npz format "
+                        "(adj_matrix.*, attr_matrix.*, labels)")  # fmt: skip
+    data, indices, indptr, shape = (f[k] for k in keys)
+    return sp.csr_matrix((data, indices, indptr), shape=tuple(shape))
+
+
+def load_citation(name: str, data_dir: str | Path | None = None) -> Graph:
+    """A full citation graph (``cora_ml``, ``citeseer``) from ``citation/<name>.npz``; edges
+    made undirected without self loops, as torch_geometric's ``CitationFull`` does."""
+    if name not in CITATION:
+        raise DataError(f"unknown citation graph {name!r}: {', '.join(CITATION)}")
+    pyg = _pyg()
+    from torch_geometric.utils import remove_self_loops, to_undirected
+
+    dirs = data_search_dirs("citation", data_dir)  # DIR/citation/, DIR/, the cache
+    path = next((d / f"{name}.npz" for d in dirs if (d / f"{name}.npz").is_file()), None)
+    if path is None:
+        where = "\n  ".join(str(d) for d in dict.fromkeys(dirs))
+        raise DataError(f"{name}: no {name}.npz found. Looked in:\n  {where}\nPlace the file "
+                        "from github.com/klicperajo/ppnp (data/) there, or pass --data-dir")  # fmt: skip
+    try:
+        with np.load(path, allow_pickle=False) as f:  # numeric arrays only: no code runs
+            adj, attr = _csr(f, "adj_matrix", path), _csr(f, "attr_matrix", path)
+            labels = np.asarray(f["labels"], dtype=np.int64)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable ({e}); replace the file") from None
+    if adj.shape[0] != adj.shape[1] or adj.shape[0] != attr.shape[0] != len(labels):
+        raise DataError(f"{path}: {adj.shape} adjacency, {attr.shape} features and "
+                        f"{len(labels)} labels do not agree; replace the file")  # fmt: skip
+    coo = adj.tocoo()
+    edges = torch.from_numpy(np.stack([coo.row, coo.col]).astype(np.int64))
+    edges, _ = remove_self_loops(edges)
+    edges = to_undirected(edges, num_nodes=adj.shape[0])
+    x = torch.from_numpy(attr.toarray().astype(np.float32))
+    data = pyg.data.Data(x=x, edge_index=edges, y=torch.from_numpy(labels))
+    return Graph(data, CITATION[name], str(path))
+
+
+def fold_masks(
+    y: torch.Tensor, fold: int = 0, folds: int = 5, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Boolean train / validation / test masks of fold ``fold``: the test nodes are the fold's
+    fifth of a stratified 5-fold partition (20 %), the rest split 80 / 20 stratified into
+    train and validation (64 % and 16 % of all nodes). The same ``seed`` gives the same folds
+    for every rule and run seed."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    if not 0 <= fold < folds:
+        raise DataError(f"fold {fold} out of range: 0..{folds - 1}")
+    labels = y.cpu().numpy()
+    kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    rest, test = list(kfold.split(np.zeros(len(labels)), labels))[fold]
+    train, val = train_test_split(rest, test_size=0.2, stratify=labels[rest],
+                                  random_state=seed + fold)  # fmt: skip
+    masks = []
+    for idx in (train, val, test):
+        m = torch.zeros(len(labels), dtype=torch.bool)
+        m[torch.from_numpy(np.asarray(idx))] = True
+        masks.append(m)
+    return masks[0], masks[1], masks[2]
