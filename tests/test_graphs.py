@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from beyondbp.errors import DataError
+from beyondbp.errors import BeyondBPError, DataError
 
 pytest.importorskip("torch_geometric")
 from beyondbp.data.graphs import fold_masks, load_citation
@@ -59,3 +59,33 @@ def test_a_missing_or_broken_graph_file_is_one_clear_error(tmp_path):
         load_citation("cora_ml", tmp_path)
     with pytest.raises(DataError, match="unknown citation graph 'pubmed'"):
         load_citation("pubmed", tmp_path)
+
+
+@needs_data
+@pytest.mark.parametrize("net", ["gcn:32x2", "sage:32x2", "gat:32x2"])
+def test_bp_trains_a_graph_net_full_batch_on_cora_ml(net):
+    import beyondbp as bb
+
+    r = bb.train("bp", data="cora_ml", net=net, data_dir=SHARED, epochs=30, patience=None,
+                 options={"lr": 1e-2, "weight_decay": 5e-4}, store=False, progress=False,
+                 energy=False)  # fmt: skip
+    m = r.metrics
+    assert m["steps"] == 30  # one full-batch step an epoch
+    assert m["test_acc"] > 0.80, m["test_acc"]  # chance (the largest class) is 0.30
+    assert not any(k in ("x", "edge_index") for k in r.model.state_dict())  # weights, not data
+
+
+@needs_data
+def test_a_graph_needs_a_graph_net_and_data_seeds_pick_the_folds():
+    import beyondbp as bb
+    from beyondbp.data import load_dataset
+
+    with pytest.raises(BeyondBPError, match="cora_ml is a graph: use a graph net"):
+        bb.train("bp", data="cora_ml", net="mlp:16", data_dir=SHARED, epochs=1, store=False,
+                 progress=False, energy=False)  # fmt: skip
+    folds = [load_dataset("cora_ml", SHARED, data_seed=k) for k in range(5)]
+    tests = torch.cat([d.test.x for d in folds])
+    assert len(tests) == 2995 and len(tests.unique()) == 2995  # five disjoint test folds
+    d = folds[0]
+    assert torch.equal(d.train.y, d.meta.graph.y[d.train.x])
+    assert (len(d.train), len(d.val), len(d.test)) == (1916, 480, 599)

@@ -31,6 +31,7 @@ class DatasetMeta:
     data_seed: int = 0
     sizes: dict[str, int] = field(default_factory=dict)
     env: Any = None  # an episodic task's EnvSpec (beyondbp.data.envs); None for labelled data
+    graph: Any = None  # a graph task's torch_geometric Data (its splits hold node indices)
 
     @property
     def input_dim(self) -> int:
@@ -130,6 +131,8 @@ def available_datasets() -> dict[str, str]:
     found = {name: e.description for name, e in sorted(_REGISTRY.items())}
     found["deceptive-maze"] = "episodic: a point robot's deceptive U-trap maze (novelty search)"
     found["gym:ID"] = "episodic: any gymnasium environment with flat observations (beyondbp[rl])"
+    found["cora_ml"] = "graph: Cora-ML citation graph, 2,995 nodes, 7 classes (beyondbp[graph])"
+    found["citeseer"] = "graph: CiteSeer citation graph, 3,312 nodes, 6 classes (beyondbp[graph])"
     return found
 
 
@@ -165,6 +168,14 @@ def is_episodic(name: str) -> bool:
     return name.partition(":")[0] == "gym" or name == "deceptive-maze"
 
 
+def is_graph(name: str) -> bool:
+    """Whether a dataset name is a graph (its splits hold node indices): ``cora_ml``,
+    ``citeseer``."""
+    from beyondbp.data.graphs import CITATION
+
+    return name.partition(":")[0] in CITATION
+
+
 def load_dataset(
     name: str,
     data_dir: str | Path | None = None,
@@ -189,6 +200,13 @@ def load_dataset(
         key = (name, data_seed)
         if key not in _CACHE:
             _CACHE[key] = episode_dataset(name, data_seed)
+        return _CACHE[key]
+    if is_graph(name):  # one graph; the splits are node indices of a fold
+        from beyondbp.data.graphs import graph_dataset
+
+        key = (name, str(data_dir), os.environ.get("BEYONDBP_DATA"), data_seed)
+        if key not in _CACHE:
+            _CACHE[key] = graph_dataset(name, data_dir, data_seed)
         return _CACHE[key]
     if base not in _REGISTRY:
         raise UnknownNameError("dataset", base, _REGISTRY)

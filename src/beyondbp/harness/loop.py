@@ -174,6 +174,7 @@ class Trainer:
         self.device = torch.device(config.device)
         self.task = task
         self.task.to(self.device)
+        self.task.attach(net)
         self.record, self.store = record, store
         ckpt_dir = checkpoint_dir if config.checkpoint else None
         self.checkpoint_dir = ckpt_dir

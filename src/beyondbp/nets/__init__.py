@@ -121,6 +121,7 @@ _NOPROP = re.compile(
     r"^noprop(:(?P<steps>\d+))?(:(?P<kind>dt|ct|fm))?(:(?P<embed>onehot|learned|prototype)(-(?P<dim>\d+))?)?$"
 )
 _MINILM = re.compile(r"^minilm(:prompt-(?P<prompt>\d+))?$")
+_GRAPH = re.compile(r"^(?P<kind>gcn|sage|gat)(:(?P<width>\d+)(x(?P<depth>\d+))?)?$")
 NET_SPECS = {
     "mlp:WIDTHxDEPTH[:act]": "MLP, e.g. mlp:1000x2 (or mlp:1000-500, mlp:1000x2:tanh)",
     "cnn3[:C1-C2-C3]": "3-block CNN of CaFo/Spyra: conv3x3-ReLU-maxpool-BN, 32/128/512 channels",
@@ -129,6 +130,8 @@ NET_SPECS = {
     "with N soft-prompt vectors",
     "noprop[:T][:dt|ct|fm][:onehot|learned-D|prototype]": "NoProp: T denoising blocks (DT, default 10) "
     "or one time-conditioned block and T ODE steps (CT, FM; default 1000)",
+    "gcn|sage|gat[:WIDTHxDEPTH]": "graph net on a graph dataset (cora_ml): GCN, GraphSAGE or GAT "
+    "(4 heads) layers, e.g. gcn:128x2 (beyondbp[graph])",
 }
 
 
@@ -162,6 +165,14 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
         kind = m["kind"] or "dt"
         steps = int(m["steps"] or (10 if kind == "dt" else 1000))  # the paper's T
         return NoPropNet(input_shape, classes, steps, m["embed"] or "onehot", dim, kind)
+    if m := _GRAPH.match(spec):
+        from beyondbp.nets.graph import GraphNet
+
+        width, depth = int(m["width"] or 128), int(m["depth"] or 2)
+        try:
+            return GraphNet(m["kind"], int(input_shape[0]), width, depth, classes)
+        except ValueError as e:
+            raise BeyondBPError(f"net spec {spec!r}: {e}") from None
     if m := _MINILM.match(spec):
         from beyondbp.nets.text import MiniLMClassifier
 

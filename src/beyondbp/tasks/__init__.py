@@ -29,20 +29,27 @@ Where the next kinds plug in (design note; not built here):
 from __future__ import annotations
 
 from beyondbp.data import Dataset
-from beyondbp.data.core import is_episodic
+from beyondbp.data.core import is_episodic, is_graph
 from beyondbp.tasks.base import Task
 from beyondbp.tasks.classification import ClassificationTask
 from beyondbp.tasks.episodic import EpisodicTask
+from beyondbp.tasks.graph import GraphNodeTask
 
 TASK_KINDS: dict[str, type[Task]] = {
     ClassificationTask.kind: ClassificationTask,
     EpisodicTask.kind: EpisodicTask,
+    GraphNodeTask.kind: GraphNodeTask,
 }
 
 
 def task_kind(data: Dataset | str) -> str:
     """The kind of task a dataset (or a dataset name, without loading it) poses."""
-    episodic = is_episodic(data) if isinstance(data, str) else data.meta.env is not None
+    if isinstance(data, str):
+        episodic, graph = is_episodic(data), is_graph(data)
+    else:
+        episodic, graph = data.meta.env is not None, data.meta.graph is not None
+    if graph:
+        return GraphNodeTask.kind
     return EpisodicTask.kind if episodic else ClassificationTask.kind
 
 
@@ -51,4 +58,12 @@ def make_task(data: Dataset) -> Task:
     return TASK_KINDS[task_kind(data)](data)
 
 
-__all__ = ["TASK_KINDS", "ClassificationTask", "EpisodicTask", "Task", "make_task", "task_kind"]
+__all__ = [
+    "TASK_KINDS",
+    "ClassificationTask",
+    "EpisodicTask",
+    "GraphNodeTask",
+    "Task",
+    "make_task",
+    "task_kind",
+]

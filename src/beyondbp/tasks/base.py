@@ -48,6 +48,10 @@ class Task:
     def to(self, device: torch.device) -> None:
         self.data = self.data.to(device)
 
+    def attach(self, net: torch.nn.Module) -> None:
+        """Give the net what the task's inputs refer to (a graph task: the graph); most tasks'
+        inputs are self-contained."""
+
     def to_channels_last(self) -> None:
         """Image tensors in NHWC memory order (convolutions run faster on it)."""
         self.data = self.data.to_channels_last()
