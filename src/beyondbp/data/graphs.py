@@ -8,7 +8,8 @@
   Planetoid's 3,703 features, not CitationFull's 4,230-node CiteSeer. Only numeric arrays are
   read (no pickled objects).
 - :func:`fold_masks`: ForwardGNN's node splits, 64 / 16 / 20 % train / validation / test,
-  stratified by class, fold ``k`` of 5.
+  fold ``k`` of 5, drawn as its reference code draws them (or stratified by class).
+- Features are row-normalised (each node's sum to 1), as ForwardGNN's ``NormalizeFeatures``.
 
 Needs the ``graph`` extra (``pip install 'beyondbp[graph]'``: torch_geometric).
 """
@@ -89,26 +90,34 @@ def load_citation(name: str, data_dir: str | Path | None = None) -> Graph:
     edges, _ = remove_self_loops(edges)
     edges = to_undirected(edges, num_nodes=adj.shape[0])
     x = torch.from_numpy(attr.toarray().astype(np.float32))
+    x = x / x.sum(1, keepdim=True).clamp_min(1e-12)  # row-normalised (NormalizeFeatures)
     data = pyg.data.Data(x=x, edge_index=edges, y=torch.from_numpy(labels))
     return Graph(data, CITATION[name], str(path))
 
 
 def fold_masks(
-    y: torch.Tensor, fold: int = 0, folds: int = 5, seed: int = 0
+    y: torch.Tensor, fold: int = 0, folds: int = 5, seed: int = 101, stratified: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Boolean train / validation / test masks of fold ``fold``: the test nodes are the fold's
-    fifth of a stratified 5-fold partition (20 %), the rest split 80 / 20 stratified into
-    train and validation (64 % and 16 % of all nodes). The same ``seed`` gives the same folds
-    for every rule and run seed."""
-    from sklearn.model_selection import StratifiedKFold, train_test_split
+    fifth of a shuffled 5-fold partition (20 %), the rest split 80 / 20 into train and
+    validation (64 % and 16 % of all nodes). The defaults are ForwardGNN's reference splits
+    (k-fold with seed 101, the validation draw seeded 127·k, neither stratified);
+    ``stratified`` keeps every class's share in each part instead."""
+    from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
     if not 0 <= fold < folds:
         raise DataError(f"fold {fold} out of range: 0..{folds - 1}")
     labels = y.cpu().numpy()
-    kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    rest, test = list(kfold.split(np.zeros(len(labels)), labels))[fold]
-    train, val = train_test_split(rest, test_size=0.2, stratify=labels[rest],
-                                  random_state=seed + fold)  # fmt: skip
+    nodes = np.arange(len(labels))
+    if stratified:
+        parts = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(
+            nodes, labels
+        )
+    else:
+        parts = KFold(n_splits=folds, shuffle=True, random_state=seed).split(nodes)
+    rest, test = list(parts)[fold]
+    train, val = train_test_split(rest, test_size=0.2, random_state=fold * 127, shuffle=True,
+                                  stratify=labels[rest] if stratified else None)  # fmt: skip
     masks = []
     for idx in (train, val, test):
         m = torch.zeros(len(labels), dtype=torch.bool)
