@@ -31,6 +31,7 @@ PRESET_OF_RESULTS = {
     "zo-memory.json": "zo-memory",  # `beyondbp reproduce zo-memory`
     "rl-population.json": "rl-population",  # `beyondbp reproduce rl-population`
     "robust-compare.json": "robust-compare",  # `beyondbp reproduce robust-compare`
+    "noprop-bp-cpu.json": "noprop-bp-cpu",  # `beyondbp reproduce noprop-bp-cpu`
     "noprop2025_cpu.json": "noprop2025",  # `beyondbp reproduce noprop2025` (its .md says how)
     "quickstart.json": "quickstart",  # benchmarks/quickstart.py (the main job)
     "population-digits.json": "population-digits",  # `beyondbp reproduce population-digits`
