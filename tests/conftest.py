@@ -75,3 +75,16 @@ def setup_rule(rule_name: str, net, options: dict, seed: int = 0):  # type: igno
     rule = make_rule(rule_name, options)
     rule.setup(net, load_dataset("digits").meta, SetupContext(torch.device("cpu"), seed, 1, 10, 8))
     return rule
+
+
+class Planted:
+    """Unpickling this calls ``Path.touch(marker)``: what a hostile file could make a loader
+    run. Tests check that loading refuses it and the marker never appears."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return Path.touch, (Path(self.marker),)

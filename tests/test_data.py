@@ -16,6 +16,8 @@ from beyondbp.data.cifar import read_cifar10
 from beyondbp.data.idx import IdxSource, read_idx_dataset
 from beyondbp.errors import BeyondBPError, DataError, UnknownNameError
 
+from .conftest import Planted
+
 
 def test_registry_lists_builtin_datasets():
     assert {"digits", "mnist", "fashion-mnist", "cifar10"} <= set(available_datasets())
@@ -192,19 +194,11 @@ def test_cifar_corrupt_batch(tmp_path):
         read_cifar10([tmp_path], download=False)
 
 
-class _Planted:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return Path.touch, (Path(self.marker),)
-
-
 def test_a_cifar_batch_carrying_code_is_refused_and_runs_nothing(tmp_path):
     for i in range(1, 6):
         (tmp_path / f"data_batch_{i}").write_bytes(_cifar_batch(4, i))
     marker = tmp_path / "ran"
-    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": _Planted(marker), b"labels": []}))
+    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": Planted(marker), b"labels": []}))
     with pytest.raises(DataError, match="test_batch.*refused: the file names pathlib"):
         read_cifar10([tmp_path], download=False)
     assert not marker.exists()

@@ -11,6 +11,8 @@ import pytest
 from beyondbp.errors import BeyondBPError
 from beyondbp.runs import RunRecord, RunStore
 
+from .conftest import Planted
+
 
 def _rec(i: int, **kw) -> RunRecord:
     return RunRecord(
@@ -128,25 +130,13 @@ def test_corrupt_store_file(tmp_path):
         RunStore(path)
 
 
-class _Planted:
-    """Unpickling this calls Path.touch: what a hostile checkpoint could make torch.load run."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        from pathlib import Path
-
-        return Path.touch, (Path(self.marker),)
-
-
 def test_a_checkpoint_carrying_a_pickled_callable_is_refused_and_runs_nothing(tmp_path):
     import torch
 
     from beyondbp.runs.checkpoint import atomic_save, load_checkpoint
 
     marker = tmp_path / "ran"
-    torch.save({"modules": {}, "rule": {"x": _Planted(marker)}}, tmp_path / "last.pt")
+    torch.save({"modules": {}, "rule": {"x": Planted(marker)}}, tmp_path / "last.pt")
     with pytest.raises(BeyondBPError, match="holds more than data.*refused") as err:
         load_checkpoint(tmp_path / "last.pt")
     assert not marker.exists() and "\n" not in str(err.value)
