@@ -51,7 +51,7 @@ def write_result(
     from beyondbp.measure import environment, provenance_markdown
 
     out = Path(folder) if folder is not None else results_folder()
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # a given folder may not exist yet
     command = command or script_command()
     md = [*lines, "", *provenance_markdown(command, device, runs)]
     paths = [out / f"{name}.md"]

@@ -11,21 +11,23 @@ import torch
 from torch import nn
 
 from beyondbp.data.augment import Augmentation
-from beyondbp.tasks.base import Task
+from beyondbp.errors import BeyondBPError
+from beyondbp.tasks.classification import ClassificationTask
 
 if TYPE_CHECKING:
     from beyondbp.rules.base import Rule
 
 
-class GraphNodeTask(Task):
+class GraphNodeTask(ClassificationTask):
+    """Labelled nodes of one graph; its ``chance`` is the classification one (the split's most
+    common class)."""
+
     kind = "graph"
 
     def attach(self, net: nn.Module) -> None:
         """Give the net the graph its inputs (node indices) refer to."""
         bind = getattr(net, "bind", None)
         if bind is None:
-            from beyondbp.errors import BeyondBPError
-
             raise BeyondBPError(
                 f"{self.meta.name} is a graph: use a graph net (gcn:128x2, sage:128x2, gat:128x2)"
             )
@@ -50,7 +52,3 @@ class GraphNodeTask(Task):
         scores = rule.predict(data.x)
         loss = float(rule.eval_loss(scores, data.y)) / len(data)
         return {"loss": loss, "acc": float((scores.argmax(1) == data.y).float().mean())}
-
-    def chance(self, split: str = "test") -> float:
-        y = self.split(split).y
-        return float(torch.bincount(y).max()) / len(y)
