@@ -192,3 +192,20 @@ def test_prototype_embeddings_are_the_training_images_nearest_their_class_means(
         want = members[(members - members.mean(0)).pow(2).sum(1).argmin()]
         assert torch.equal(net.embed[c].detach(), want)
     assert net.embed.requires_grad  # learned from there on
+
+
+@pytest.mark.parametrize("spec", ["noprop:3:embed-head", "noprop:3:learned-32:embed-head"])
+def test_embed_head_scores_each_class_by_its_embedding(spec):
+    torch.manual_seed(0)
+    net = build_net(spec, (1, 8, 8), 10)
+    assert net.head == "embed"
+    # the chain's end at a class's own embedding is read as that class: every class reachable
+    assert net.classifier(net.embed).argmax(1).tolist() == list(range(10))
+    assert build_net("noprop:3", (1, 8, 8), 10).head == "random"
+
+
+def test_embed_head_follows_prototypes():
+    data = load_dataset("digits")
+    net = build_net("noprop:3:prototype:embed-head", data.meta.input_shape, 10)
+    net.init_prototypes(data.train.x, data.train.y)
+    assert torch.equal(net.classifier.weight, net.embed)

@@ -16,7 +16,8 @@ Spec strings:
   ``noprop:20`` for T = 20, ``noprop:10:learned-20`` for learned 20-dimensional embeddings, ``noprop:10:prototype`` for
   learned embeddings initialised with one training image per class;
   ``noprop:ct`` / ``noprop:fm`` for the continuous-time variants (``noprop:100:ct``: 100 ODE
-  steps at inference instead of 1000).
+  steps at inference instead of 1000); a trailing ``:embed-head`` starts the classifier at the
+  class embeddings (``noprop:10:onehot:embed-head``; see ``NoPropNet``'s ``head``).
   Trained by the ``noprop`` rule block by block, or end to end by ``bp``.
 """
 
@@ -118,7 +119,7 @@ _MLP = re.compile(r"^mlp:(?P<widths>\d+(x\d+|(-\d+)*))?(:(?P<act>\w+))?$")
 _CNN3 = re.compile(r"^cnn3(:(?P<channels>\d+(-\d+)*))?$")
 _RNN = re.compile(r"^(?P<cell>rnn|gru)(:(?P<width>\d+)(x(?P<depth>\d+))?)?$")
 _NOPROP = re.compile(
-    r"^noprop(:(?P<steps>\d+))?(:(?P<kind>dt|ct|fm))?(:(?P<embed>onehot|learned|prototype)(-(?P<dim>\d+))?)?$"
+    r"^noprop(:(?P<steps>\d+))?(:(?P<kind>dt|ct|fm))?(:(?P<embed>onehot|learned|prototype)(-(?P<dim>\d+))?)?(?P<head>:embed-head)?$"
 )
 _MINILM = re.compile(r"^minilm(:prompt-(?P<prompt>\d+))?$")
 _GRAPH = re.compile(r"^(?P<kind>gcn|sage|gat)(:(?P<width>\d+)(x(?P<depth>\d+))?)?$")
@@ -128,8 +129,9 @@ NET_SPECS = {
     "gru|rnn[:WIDTH[xDEPTH]]": "recurrent net reading images row by row, e.g. gru:128",
     "minilm[:prompt-N]": "all-MiniLM-L6-v2 sentence-pair classifier (text datasets), optionally "
     "with N soft-prompt vectors",
-    "noprop[:T][:dt|ct|fm][:onehot|learned-D|prototype]": "NoProp: T denoising blocks (DT, default 10) "
-    "or one time-conditioned block and T ODE steps (CT, FM; default 1000)",
+    "noprop[:T][:dt|ct|fm][:onehot|learned-D|prototype][:embed-head]": "NoProp: T denoising "
+    "blocks (DT, default 10) or one time-conditioned block and T ODE steps (CT, FM; default "
+    "1000); embed-head: the classifier starts at the class embeddings",
     "gcn|sage|gat[:WIDTHxDEPTH]": "graph net on a graph dataset (cora_ml): GCN, GraphSAGE or GAT "
     "(4 heads) layers, e.g. gcn:128x2 (beyondbp[graph])",
 }
@@ -164,7 +166,9 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
         dim = int(m["dim"]) if m["dim"] else None
         kind = m["kind"] or "dt"
         steps = int(m["steps"] or (10 if kind == "dt" else 1000))  # the paper's T
-        return NoPropNet(input_shape, classes, steps, m["embed"] or "onehot", dim, kind)
+        head = "embed" if m["head"] else "random"
+        return NoPropNet(input_shape, classes, steps, m["embed"] or "onehot", dim, kind,
+                         head=head)  # fmt: skip
     if m := _GRAPH.match(spec):
         from beyondbp.nets.graph import GraphNet
 

@@ -119,7 +119,14 @@ def _dense(n_in: int, n_out: int) -> nn.Module:
 
 
 class NoPropNet(nn.Module):
-    """T denoising blocks, the class embeddings ``W_embed`` (classes × d) and the classifier."""
+    """T denoising blocks, the class embeddings ``W_embed`` (classes × d) and the classifier.
+
+    ``head="embed"`` starts the classifier at ``W_embed`` (bias 0), so it scores class k by
+    ``u_k · z_T``. Backprop through the deterministic chain needs it: ``z_T`` lies in the hull of
+    the embeddings, and a randomly initialised classifier maps that hull onto only some classes
+    (the argmax of each vertex), so end-to-end training stalls with the others never predicted.
+    NoProp itself trains the classifier on noisy ``z_T`` and does not care.
+    """
 
     def __init__(
         self,
@@ -130,8 +137,11 @@ class NoPropNet(nn.Module):
         embed_dim: int | None = None,
         kind: str = "dt",
         time_dim: int = 16,
+        head: str = "random",
     ) -> None:
         super().__init__()
+        if head not in ("random", "embed"):
+            raise BeyondBPError(f"unknown NoProp classifier start {head!r}; valid: random, embed")
         if kind not in ("dt", "ct", "fm"):
             raise BeyondBPError(f"unknown NoProp kind {kind!r}; valid: dt, ct, fm")
         if len(input_shape) != 3:
@@ -157,10 +167,18 @@ class NoPropNet(nn.Module):
         w = torch.eye(classes) if embedding == "onehot" else torch.randn(classes, d) * 0.1
         self.embed = nn.Parameter(w, requires_grad=embedding != "onehot")
         self.classifier = nn.Linear(d, classes)
+        self.head = head
+        self._start_head()
         alpha_bar = noprop_alpha_bar(steps)
         a, b, c = posterior_coefficients(alpha_bar)
         for name, value in (("alpha_bar", alpha_bar), ("a", a), ("b", b), ("c", c)):
             self.register_buffer(name, value.float(), persistent=False)
+
+    @torch.no_grad()
+    def _start_head(self) -> None:
+        if self.head == "embed":  # score each class by its embedding: argmax_k u_k · z_T
+            self.classifier.weight.copy_(self.embed)
+            self.classifier.bias.zero_()
 
     @torch.no_grad()
     def init_prototypes(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -173,6 +191,7 @@ class NoPropNet(nn.Module):
                 raise BeyondBPError(f"class {c} has no training example to be its prototype")
             nearest = (members - members.mean(0)).pow(2).sum(1).argmin()
             self.embed[c] = members[nearest]
+        self._start_head()
 
     def denoise(
         self, t: int, x: torch.Tensor, z: torch.Tensor
