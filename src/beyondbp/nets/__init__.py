@@ -19,6 +19,9 @@ Spec strings:
   steps at inference instead of 1000); a trailing ``:embed-head`` starts the classifier at the
   class embeddings (``noprop:10:onehot:embed-head``; see ``NoPropNet``'s ``head``).
   Trained by the ``noprop`` rule block by block, or end to end by ``bp``.
+- ``gcn:128x2`` / ``sage:128x2`` / ``gat:128x2``: graph nets for graph datasets (``cora_ml``):
+  two graph layers of 128 units and a linear head; ``gcn:128x2:out-conv`` ends in a graph layer
+  to the classes instead (torch_geometric's ``GCN(num_layers=2)``). See :mod:`beyondbp.nets.graph`.
 """
 
 from __future__ import annotations
@@ -122,7 +125,9 @@ _NOPROP = re.compile(
     r"^noprop(:(?P<steps>\d+))?(:(?P<kind>dt|ct|fm))?(:(?P<embed>onehot|learned|prototype)(-(?P<dim>\d+))?)?(?P<head>:embed-head)?$"
 )
 _MINILM = re.compile(r"^minilm(:prompt-(?P<prompt>\d+))?$")
-_GRAPH = re.compile(r"^(?P<kind>gcn|sage|gat)(:(?P<width>\d+)(x(?P<depth>\d+))?)?$")
+_GRAPH = re.compile(
+    r"^(?P<kind>gcn|sage|gat)(:(?P<width>\d+)(x(?P<depth>\d+))?)?(?P<out>:out-conv)?$"
+)
 NET_SPECS = {
     "mlp:WIDTHxDEPTH[:act]": "MLP, e.g. mlp:1000x2 (or mlp:1000-500, mlp:1000x2:tanh)",
     "cnn3[:C1-C2-C3]": "3-block CNN of CaFo/Spyra: conv3x3-ReLU-maxpool-BN, 32/128/512 channels",
@@ -132,8 +137,9 @@ NET_SPECS = {
     "noprop[:T][:dt|ct|fm][:onehot|learned-D|prototype][:embed-head]": "NoProp: T denoising "
     "blocks (DT, default 10) or one time-conditioned block and T ODE steps (CT, FM; default "
     "1000); embed-head: the classifier starts at the class embeddings",
-    "gcn|sage|gat[:WIDTHxDEPTH]": "graph net on a graph dataset (cora_ml): GCN, GraphSAGE or GAT "
-    "(4 heads) layers, e.g. gcn:128x2 (beyondbp[graph])",
+    "gcn|sage|gat[:WIDTHxDEPTH][:out-conv]": "graph net on a graph dataset (cora_ml): GCN, "
+    "GraphSAGE or GAT (4 heads) layers and a linear head, e.g. gcn:128x2; out-conv: the last of "
+    "DEPTH layers maps to the classes (torch_geometric's GCN, ForwardGNN's BP) (beyondbp[graph])",
 }
 
 
@@ -174,7 +180,8 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
 
         width, depth = int(m["width"] or 128), int(m["depth"] or 2)
         try:
-            return GraphNet(m["kind"], int(input_shape[0]), width, depth, classes)
+            head = "conv" if m["out"] else "linear"
+            return GraphNet(m["kind"], int(input_shape[0]), width, depth, classes, head)
         except ValueError as e:
             raise BeyondBPError(f"net spec {spec!r}: {e}") from None
     if m := _MINILM.match(spec):
