@@ -611,3 +611,18 @@ def test_two_stores_in_one_folder_keep_their_side_files_apart(tmp_path):
     assert (b.checkpoint_dir(rb.id) / "last.pt").is_file()
     assert {p.name for p in tmp_path.iterdir()} == {"a.sqlite", "a_files", "b.sqlite", "b_files"}
     assert {p.name for p in (tmp_path / "a_files").iterdir()} >= {"checkpoints", "locks", "logs"}
+
+
+def test_folds_give_each_seed_its_own_split_and_the_repeats_share_one_setup():
+    from beyondbp.bench.grid import setup_key
+
+    grid = GridSpec(rules=["bp"], datasets=["cora_ml"], nets=["gcn:8x1"], seeds=[0, 3],
+                    folds=True, config={"epochs": 2})  # fmt: skip
+    cells = grid.cells()
+    assert [(c.config["seed"], c.config["data_seed"]) for c in cells] == [(0, 0), (3, 3)]
+    assert cells[0].key != cells[1].key  # two cells, not one run twice
+    runs = [RunRecord(rule="bp", dataset="cora_ml", net="gcn:8x1", seed=c.seed, data_seed=c.seed,
+                      options={}, config=c.config) for c in cells]  # fmt: skip
+    assert setup_key(runs[0]) == setup_key(runs[1])  # one row of the table, over the folds
+    plain = GridSpec(rules=["bp"], datasets=["digits"], nets=["mlp:8"], seeds=[1]).cells()[0]
+    assert "data_seed" not in plain.config

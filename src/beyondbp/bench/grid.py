@@ -62,6 +62,9 @@ class GridSpec(BaseModel):
     rule_config: dict[str, dict[str, Any]] = {}
     data_dir: str | None = None
     target_acc: float | None = None  # validation accuracy for time-to-target
+    # each seed also draws its own data split (data_seed = seed): a graph's folds, as
+    # ForwardGNN's five runs use five folds
+    folds: bool = False
 
     def cells(self) -> list[Cell]:
         return [
@@ -71,7 +74,12 @@ class GridSpec(BaseModel):
                 net=net,
                 seed=seed,
                 options=dict(self.options.get(rule, {})),
-                config={**self.config, **self.rule_config.get(rule, {}), "seed": seed},
+                config={
+                    **self.config,
+                    **self.rule_config.get(rule, {}),
+                    "seed": seed,
+                    **({"data_seed": seed} if self.folds else {}),
+                },
                 data_dir=self.data_dir,
             )
             for rule in self.rules
@@ -141,9 +149,10 @@ def record_key(r: RunRecord) -> str:
 
 
 def setup_key(r: RunRecord, with_options: bool = True) -> str:
-    """What a run's seeds share: its identity without the seed (and, optionally, without the
-    rule's options: runs of different rules under the same budget)."""
-    config = {k: v for k, v in r.config.items() if k != "seed"}
+    """What a run's seeds share: its identity without the seed and the data split (repeats of a
+    setup differ in either) and, optionally, without the rule's options (runs of different
+    rules under the same budget)."""
+    config = {k: v for k, v in r.config.items() if k not in ("seed", "data_seed")}
     return _identity("", "", "", r.options if with_options else {}, config, r.rule)[:6]
 
 
