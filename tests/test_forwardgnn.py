@@ -178,3 +178,11 @@ def test_bp_trains_the_out_conv_net_the_paper_s_baseline():
     assert r.metrics["test_acc"] > 0.85, r.metrics["test_acc"]
     one = build_net("gcn:16x1:out-conv", data.meta.input_shape, 3)
     assert len(one.blocks) == 0  # one graph layer: features to classes
+
+
+def test_the_step_probe_measures_every_layer_s_stage_and_keeps_the_largest():
+    data = planted()
+    r = bb.train("sf", data, "gcn:16x3", epochs=9, patience=None, store=False, progress=False,
+                 energy=False, options={"epochs_per_layer": 3, "layer_patience": None})  # fmt: skip
+    assert r.metrics["probed_stages"] == 3
+    assert r.metrics["peak_step_bytes"] >= r.metrics["step_resident_bytes"] > 0

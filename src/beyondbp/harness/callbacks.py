@@ -168,25 +168,36 @@ class Checkpointing(Callback):
 
 class StepProbeCallback(Callback):
     """FLOPs and live-tensor memory of the second training step (optimiser state exists by
-    then, as in every later step), and the memory of predicting one batch."""
+    then, as in every later step), and the memory of predicting one batch.
+
+    A rule whose steps change with its stage (``Rule.step_stage()``: a layer-wise rule's layer in
+    training) is probed at the second step of every stage, and the stage with the largest
+    peak is kept (its FLOPs with it): the step memory is the most any step needed."""
 
     state_key = "probe"
     METHOD = "live tensors during the second training step"
 
     def __init__(self) -> None:
-        self.result: dict[str, int] = {}
+        self.result: dict[str, Any] = {}
         self._probe: StepProbe | None = None
+        self._steps: dict[str, int] = {}  # steps seen per stage, until it is probed
 
     def step_context(
         self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor
     ) -> AbstractContextManager | None:
-        if self.result or trainer.state.steps < 1:
+        stage = str(trainer.rule.step_stage())
+        if stage in self.result.get("probed_stages", []):
+            return None
+        seen = self._steps.get(stage, 0)
+        self._steps[stage] = seen + 1
+        if seen < 1:
             return None
         # Gradients left from the previous step are not counted: rules free them when the next
         # step starts (or right after their update), and the step's new ones are counted.
         rule = trainer.rule
         resident = [m.state_dict() for m in rule.modules().values()]
         self._probe = StepProbe([*resident, rule.state_dict(), x, y])
+        self._stage = stage
         return self._probe
 
     def on_step_end(
@@ -195,14 +206,17 @@ class StepProbeCallback(Callback):
         probe, self._probe = self._probe, None
         if probe is None:
             return
-        self.result = {
-            "flops_per_step": probe.flops,
-            "peak_step_bytes": probe.peak_bytes,
-            "step_resident_bytes": probe.resident_bytes,
-            "step_transient_bytes": probe.peak_bytes - probe.resident_bytes,
-            "probe_batch": len(y),
-            "inference_step_bytes": self._inference_bytes(trainer, x),
-        }
+        probed = [*self.result.get("probed_stages", []), self._stage]
+        if not self.result or probe.peak_bytes > self.result["peak_step_bytes"]:
+            self.result = {
+                "flops_per_step": probe.flops,
+                "peak_step_bytes": probe.peak_bytes,
+                "step_resident_bytes": probe.resident_bytes,
+                "step_transient_bytes": probe.peak_bytes - probe.resident_bytes,
+                "probe_batch": len(y),
+                "inference_step_bytes": self._inference_bytes(trainer, x),
+            }
+        self.result["probed_stages"] = probed
 
     @staticmethod
     def _inference_bytes(trainer: Trainer, x: torch.Tensor) -> int:
@@ -236,6 +250,8 @@ class StepProbeCallback(Callback):
         m["step_resident_bytes"] = p["step_resident_bytes"]
         m["step_transient_bytes"] = p["step_transient_bytes"]
         m["peak_step_bytes_method"] = self.METHOD
+        if len(p.get("probed_stages", [])) > 1:  # the largest of these stages' steps
+            m["probed_stages"] = len(p["probed_stages"])
         if p.get("inference_step_bytes"):
             m["inference_step_bytes"] = p["inference_step_bytes"]
             m["step_to_inference_memory"] = m["peak_step_bytes"] / m["inference_step_bytes"]

@@ -172,6 +172,12 @@ class Rule:
         NoProp, say no to the others; a grid over "all rules" leaves them out)."""
         return True
 
+    def step_stage(self) -> object:
+        """What a step's cost depends on besides the batch (a layer-wise rule's layer in
+        training): the step probe measures each stage's step and keeps the largest. Default:
+        one stage."""
+        return None
+
     def restored(self) -> None:
         """Called after :meth:`load_state_dict`: rebuild what derives from the loaded state."""
 

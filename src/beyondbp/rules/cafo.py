@@ -133,6 +133,9 @@ class CaFo(Rule):
     def training_blocks(self) -> bool:
         return self.options.block_training == "dfa" and self.epoch < self.options.dfa_epochs
 
+    def step_stage(self) -> object:
+        return self.training_blocks  # the DFA phase's steps, then the predictors'
+
     def warming_up(self) -> bool:
         # the DFA phase predicts through the auxiliary head: not the CaFo model that is tested
         return self.training_blocks

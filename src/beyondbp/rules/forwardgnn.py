@@ -226,6 +226,9 @@ class _Layerwise(Rule):
         else:
             self.finished = f"greedy layer schedule complete (last layer: {why})"
 
+    def step_stage(self) -> object:
+        return self.last if self.greedy else None
+
     def done(self) -> str | None:
         return self.finished
 

@@ -161,5 +161,8 @@ class MonoForward(Rule):
         return {"block": self.net.blocks[k].state_dict(),
                 "projection": self.projections[k].state_dict()}  # fmt: skip
 
+    def step_stage(self) -> object:
+        return int(self.projections.layer) if self.options.layer_schedule == "greedy" else None
+
     def done(self) -> str | None:
         return self.finished
