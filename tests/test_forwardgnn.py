@@ -4,6 +4,8 @@ memo of frozen layers, and accuracy well above chance."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -186,3 +188,44 @@ def test_the_step_probe_measures_every_layer_s_stage_and_keeps_the_largest():
                  energy=False, options={"epochs_per_layer": 3, "layer_patience": None})  # fmt: skip
     assert r.metrics["probed_stages"] == 3
     assert r.metrics["peak_step_bytes"] >= r.metrics["step_resident_bytes"] > 0
+
+
+def test_topdown_layers_see_the_layer_above_and_update_even_then_odd():
+    data = planted()
+    rule = _rule("sf-topdown", data, net="gcn:16x3")
+    widths = [b.in_channels for b in rule.net.blocks]
+    assert widths == [12 + 16, 16 + 16, 16 + 3]  # below + above; the top layer's above: labels
+    assert rule._order() == [0, 2, 1]
+    labels = rule.states[-1]
+    n = data.meta.graph.num_nodes
+    assert torch.equal(labels[data.train.x], F.one_hot(data.train.y, 3).float())
+    assert torch.allclose(labels[data.val.x], torch.full((len(data.val), 3), 1 / 3))
+    assert torch.equal(labels[n:], torch.eye(3))
+    loss_mode = _rule("sf-topdown", data, net="gcn:16x3", topdown="loss")
+    assert [b.in_channels for b in loss_mode.net.blocks] == [12, 16, 16]
+    assert loss_mode._order() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("topdown", ["input", "loss"])
+def test_topdown_learns_the_planted_partition(topdown):
+    data = planted()
+    r = bb.train("sf-topdown", data, "gcn:16x2", epochs=60, patience=None, store=False,
+                 progress=False, energy=False, options={"lr": 0.01, "topdown": topdown})  # fmt: skip
+    assert r.metrics["test_acc"] > 0.9, r.metrics["test_acc"]
+
+
+@pytest.mark.parametrize("name", ["sf", "ff-la", "ff-vn", "sf-topdown"])
+def test_a_checkpoint_resumes_the_rule_exactly(name):
+    data = planted()
+    a = _rule(name, data, epochs_per_layer=2) if name != "sf-topdown" else _rule(name, data)
+    for epoch in range(3):
+        a.step(data.train.x, data.train.y)
+        a.end_epoch(epoch, {"loss": 1.0, "acc": 0.1 * epoch})
+    b = _rule(name, data, epochs_per_layer=2) if name != "sf-topdown" else _rule(name, data)
+    for key, module in a.modules().items():
+        b.modules()[key].load_state_dict(module.state_dict())
+    b.load_state_dict(copy.deepcopy(a.state_dict()))  # as from a file: no shared tensors
+    a.step(data.train.x, data.train.y)
+    b.step(data.train.x, data.train.y)
+    with torch.no_grad():
+        assert torch.allclose(a.predict(data.test.x), b.predict(data.test.x))

@@ -19,6 +19,9 @@ Three ways to give a layer a label to learn from:
   each training node to the virtual node of a wrong class instead; the same FF loss on the
   training nodes; inference links the scored nodes to each class's virtual node in turn.
 
+``sf-topdown`` (:class:`SFTopDown`) adds the layer above's last output to a layer's input or
+loss.
+
 Layers train one after another (``layer_schedule="greedy"``, the paper's): each for up to
 ``epochs_per_layer`` full-batch steps, stopping when the validation accuracy of the layers so
 far has not improved for ``layer_patience`` epochs, and keeping its best epoch. ``joint``
@@ -391,3 +394,165 @@ class FFVirtualNodes(_Virtual, _FF):
             edges = self.linked(torch.cat([nodes, x]), torch.cat([labels, torch.full_like(x, c)]))
             passes.append(self.pass_all(("predict", _fingerprint(x), c), edges))
         return self.candidate_scores(x, passes)
+
+
+class TopDownOptions(OptimOptions):
+    weight_decay: float = Field(5e-4, ge=0)
+    temperature: float = Field(1.0, gt=0, description="τ of the node·class logits")
+    topdown: Literal["input", "loss"] = Field(
+        "input", description="where the layer above's last output enters: the layer's input "
+        "(concatenated; the top layer gets the labels) or its loss (averaged into its embedding)"
+    )  # fmt: skip
+    alternating: bool = Field(
+        True, description="input: even layers first, then odd ones on their fresh neighbours"
+    )
+    test_steps: int = Field(10, ge=1, description="input: inference iterations")
+    skip_steps: int = Field(
+        2, ge=0, description="input: the first inference iterations left out of the vote"
+    )
+    grad_clip: float | None = Field(
+        None, gt=0, description="clip each layer's gradient norm (the reference: 1.0 for loss)"
+    )
+
+
+@register("sf-topdown", "ForwardGNN SF with top-down signals to the input or loss (Park 2024)")
+class SFTopDown(_Virtual):
+    """SF whose layers also see the layer above: every step updates every layer once on the
+    previous step's outputs (its *states*), so information flows down one layer per step.
+
+    ``topdown="input"``: layer j's input is ``[norm(s_j), norm(s_{j+2})]``, its input from below
+    and the output of the layer above (for the top layer, the labels: one-hot on training
+    nodes, 1/C on the other nodes, the identity on the virtual nodes); with ``alternating``, even
+    layers update first and odd ones then use their neighbours' fresh outputs. States start
+    from one bottom-up pass with the top-down part zero. Inference starts the same way, runs
+    ``test_steps`` such updates and sums the class probabilities of every layer over the steps
+    after the first ``skip_steps``.
+
+    ``topdown="loss"``: layer j's input is its state from below; its loss is SF's on the mean
+    of its output and the (normalised) states of every layer above; inference is one
+    bottom-up pass with the same means, the layers' probabilities summed.
+    """
+
+    Options = TopDownOptions
+    options: TopDownOptions
+    stateful = ("layers", "states")
+
+    @property
+    def greedy(self) -> bool:
+        return False
+
+    def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
+        from beyondbp.nets.graph import GraphNet
+
+        if not isinstance(net, GraphNet) or net.head_kind != "linear":
+            raise BeyondBPError("sf-topdown trains graph layers: use --net gcn:128x2 (or "
+                                "sage:128x2, gat:128x2), without out-conv")  # fmt: skip
+        if ctx.train is None:
+            raise BeyondBPError("sf-topdown needs the training split's nodes and labels")
+        self.net, self.classes, self.n = net, meta.classes, int(net.x.shape[0])
+        self.nodes, self.labels = ctx.train.x.to(ctx.device), ctx.train.y.to(ctx.device)
+        self.extra = nn.Module()
+        self.extra.register_buffer("layer", torch.tensor(len(net.blocks) - 1))
+        self.prepare(torch.Generator().manual_seed(ctx.seed))
+        depth = len(net.blocks)
+        if self.options.topdown == "input":
+            for j in range(depth):
+                net.widen_input(net.width if j + 1 < depth else self.classes, k=j)
+        self.extra.to(ctx.device)
+        self.layers = LayerOptimizers((b.parameters() for b in net.blocks), self.options,
+                                      ctx.max_epochs)  # fmt: skip
+        self.edges = self.linked(self.nodes, self.labels)
+        self.states = self._bottom_up()
+
+    def restored(self) -> None:
+        self.edges = self.linked(self.nodes, self.labels)
+
+    def _label_state(self) -> torch.Tensor:
+        y = self.net.x.new_full((self.n + self.classes, self.classes), 1.0 / self.classes)
+        y[self.nodes] = F.one_hot(self.labels, self.classes).to(y)
+        y[self.n :] = torch.eye(self.classes, device=y.device)
+        return y
+
+    def _run(self, j: int, below: torch.Tensor, above: torch.Tensor | None) -> torch.Tensor:
+        h = _unit_rows(below)
+        if above is not None:
+            h = torch.cat([h, _unit_rows(above)], 1)
+        return self.net.layer(j, h, self.edges)
+
+    @torch.no_grad()
+    def _bottom_up(self) -> list[torch.Tensor]:
+        """``[x, h_1 .. h_L, labels]`` from one pass up (top-down inputs zero); in loss mode
+        the outputs are kept normalised, as the states they become."""
+        states, h = [self.features()], self.features()
+        for j in range(len(self.net.blocks)):
+            if self.options.topdown == "input":
+                extra = self.net.width if j + 1 < len(self.net.blocks) else self.classes
+                h = self._run(j, h, h.new_zeros(len(h), extra))
+            else:
+                h = _unit_rows(self._run(j, h, None))
+            states.append(h)
+        return [*states, self._label_state()]
+
+    def _order(self) -> list[int]:
+        depth = len(self.net.blocks)
+        if self.options.topdown == "input" and self.options.alternating:
+            return [j for j in range(depth) if j % 2 == 0] + [j for j in range(depth) if j % 2]
+        return list(range(depth))
+
+    def _sweep(self, states: list[torch.Tensor], train: bool) -> tuple[list, list, list]:
+        """One update of every layer from ``states``: (new states, embeddings, losses)."""
+        new: list[torch.Tensor | None] = [states[0]] + [None] * (len(states) - 1)
+        embs: list[torch.Tensor | None] = [None] * len(self.net.blocks)
+        losses = []
+        for j in self._order():
+            if self.options.topdown == "input":
+                fresh = self.options.alternating
+                below = new[j] if fresh and new[j] is not None else states[j]
+                above = new[j + 2] if fresh and new[j + 2] is not None else states[j + 2]
+                out = self._run(j, below.detach(), above.detach())
+                emb, state = out, out
+            else:
+                out = self._run(j, states[j].detach(), None)
+                emb = torch.stack([out, *[s.detach() for s in states[j + 2 : -1]]]).mean(0)
+                state = _unit_rows(out)
+            if train:
+                loss = F.cross_entropy(self._logits(emb, self.nodes), self.labels)
+                loss.backward()
+                if self.options.grad_clip is not None:
+                    clip = self.options.grad_clip
+                    torch.nn.utils.clip_grad_norm_(self.net.blocks[j].parameters(), clip)
+                self.layers.step(j)
+                losses.append(loss.detach())
+            new[j + 1], embs[j] = state.detach(), emb.detach()
+        new[-1] = states[-1]
+        return new, embs, losses  # type: ignore[return-value]
+
+    def _logits(self, emb: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        return emb[nodes] @ emb[self.n :].T / self.options.temperature
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        self.states, _, losses = self._sweep(self.states, train=True)
+        return {"loss": torch.stack(losses).mean()}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        states = self._bottom_up()
+        if self.options.topdown == "loss":
+            _, embs, _ = self._sweep(states, train=False)
+            return sum(self._logits(e, x).softmax(1) for e in embs)  # type: ignore[return-value]
+        total = torch.zeros(len(x), self.classes, device=x.device)
+        for t in range(self.options.test_steps):
+            states, embs, _ = self._sweep(states, train=False)
+            if t >= self.options.skip_steps:
+                total += sum(self._logits(e, x).softmax(1) for e in embs)
+        return total
+
+    def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
+        self.layers.end_epoch(val.get("loss"))
+
+    def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the mean of the summed probabilities."""
+        p = scores / scores.sum(1, keepdim=True).clamp_min(1e-12)
+        return F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum")
+
+    def done(self) -> str | None:
+        return None
