@@ -9,6 +9,7 @@ they train (FF's negatives, populations, perturbations), whose resume needs ever
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,9 +37,13 @@ SETUPS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "drtp": ("mlp:16x2", {}, {}),
     "es": ("mlp:8", {"popsize": 10}, {}),
     "ff": ("mlp:16x2", {}, {}),
+    "ff-la": ("gcn:16x2", {"epochs_per_layer": 1}, {}),
+    "ff-vn": ("gcn:16x2", {"epochs_per_layer": 1}, {}),
     "mezo": ("mlp:16", {"lr": 1e-3}, {}),
     "mono-forward": ("mlp:16x2", {}, {}),
     "noprop": ("noprop:3", {}, {}),
+    "sf": ("gcn:16x2", {"epochs_per_layer": 1}, {}),
+    "sf-topdown": ("gcn:16x2", {}, {}),
     "tpsgd": ("mlp:16x2", {}, {}),
     "zo-adam": ("mlp:16", {}, {}),
 }
@@ -50,7 +55,9 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         "mono-forward", "mlp:16x2", {"layer_schedule": "greedy", "epochs_per_layer": 1}, {},
     ),
 }  # fmt: skip
-DATA = {"convex-robust": "digits:3,8"}
+DATA = {"convex-robust": "digits:3,8", "ff-la": "cora_ml", "ff-vn": "cora_ml", "sf": "cora_ml",
+        "sf-topdown": "cora_ml"}  # fmt: skip
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 class _InterruptAt(Callback):
@@ -74,6 +81,8 @@ def _cases() -> list[Any]:
         marks = []
         if name == "convex-robust" and importlib.util.find_spec("cvxpy") is None:
             marks.append(pytest.mark.skip(reason="needs beyondbp[convex]"))
+        if DATA.get(name) == "cora_ml" and not (SHARED / "citation" / "cora_ml.npz").is_file():
+            marks.append(pytest.mark.skip(reason="needs ../shared/data/citation"))
         cases.append(pytest.param(name, (name, net, options, config), id=name, marks=marks))
     for case_id, setup in VARIANTS.items():
         cases.append(pytest.param(setup[0], setup, id=case_id))
@@ -108,8 +117,11 @@ def _assert_equal(a: Any, b: Any, where: str = "") -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("rule", "setup"), _cases())
-def test_resume_mid_epoch_is_bit_identical_and_predict_has_the_shape(rule, setup, tmp_path):
+def test_resume_mid_epoch_is_bit_identical_and_predict_has_the_shape(
+    rule, setup, tmp_path, monkeypatch
+):
     assert setup is not None, f"add rule {rule!r} to SETUPS in {__file__}"
+    monkeypatch.setenv("BEYONDBP_DATA", str(SHARED))  # the graph rules' Cora-ML
     ref_store, cut_store = tmp_path / "ref" / "runs.sqlite", tmp_path / "cut" / "runs.sqlite"
     ref = _train(setup, ref_store)
     assert ref.record.status == "finished", ref.record.error

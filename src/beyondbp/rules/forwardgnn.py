@@ -430,7 +430,8 @@ class SFTopDown(_Virtual):
 
     ``topdown="loss"``: layer j's input is its state from below; its loss is SF's on the mean
     of its output and the (normalised) states of every layer above; inference is one
-    bottom-up pass with the same means, the layers' probabilities summed.
+    bottom-up pass with the same means, the layers' probabilities summed. Layer inputs are
+    normalised in that pass as in training (the reference's inference pass does not).
     """
 
     Options = TopDownOptions
