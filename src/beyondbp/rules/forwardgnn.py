@@ -248,6 +248,11 @@ def _wrong_labels(y: torch.Tensor, classes: int, gen: torch.Generator) -> torch.
     return keys.argsort(1)[:, : classes - 1].T.contiguous()
 
 
+def _class_logits(h: torch.Tensor, nodes: torch.Tensor, n: int, tau: float) -> torch.Tensor:
+    """SF's logits: the nodes' outputs against the virtual class nodes' (rows ``n`` on), / τ."""
+    return h[nodes] @ h[n:].T / tau
+
+
 def _fingerprint(x: torch.Tensor) -> tuple[int, ...]:
     """Tells the scored node sets apart (validation, test) for the memo of frozen layers."""
     return (len(x), int(x.sum()), int(x[0]) if len(x) else -1, int(x[-1]) if len(x) else -1)
@@ -295,14 +300,13 @@ class SingleForward(_Virtual):
         return [self.features()], [self.linked(self.nodes, self.labels)]
 
     def local_loss(self, outs: list[torch.Tensor]) -> torch.Tensor:
-        h = outs[0]
-        logits = h[self.nodes] @ h[self.n :].T / self.options.temperature
+        logits = _class_logits(outs[0], self.nodes, self.n, self.options.temperature)
         return F.cross_entropy(logits, self.labels)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         outs = self.pass_all("predict", self.linked(self.nodes, self.labels))
         tau = self.options.temperature
-        return sum((h[x] @ h[self.n :].T / tau).softmax(1) for h in outs)  # type: ignore[return-value]
+        return sum(_class_logits(h, x, self.n, tau).softmax(1) for h in outs)  # type: ignore[return-value]
 
     def eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the layers' mean probability."""
@@ -529,7 +533,7 @@ class SFTopDown(_Virtual):
         return new, embs, losses  # type: ignore[return-value]
 
     def _logits(self, emb: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-        return emb[nodes] @ emb[self.n :].T / self.options.temperature
+        return _class_logits(emb, nodes, self.n, self.options.temperature)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         self.states, _, losses = self._sweep(self.states, train=True)
