@@ -82,6 +82,23 @@ def test_early_stopping_and_restore_best(tmp_path):
     assert val == pytest.approx(best, rel=1e-5)
 
 
+def test_validation_every_k_epochs_and_patience_counted_in_validations():
+    res = bb.train(
+        "bp", "digits", "mlp:32", options={"lr": 3e-2}, epochs=7, val_every=3, patience=None,
+        store=False, **FAST,
+    )  # fmt: skip
+    checked = [h["epoch"] for h in res.record.history if "val_loss" in h]
+    assert checked == [3, 6, 7]  # every third epoch, and the last
+    assert res.metrics["best_epoch"] in checked
+    # patience of 2 validations, one every 2 epochs: a stop 4 epochs after the best
+    res = bb.train(
+        "bp", "digits", "mlp:32", options={"lr": 3e-2}, epochs=200, val_every=2, patience=2,
+        store=False, **FAST,
+    )  # fmt: skip
+    m = res.metrics
+    assert "early stop" in m["stop_reason"] and m["epochs"] == m["best_epoch"] + 4
+
+
 def test_divergence_stops_with_status_diverged(tmp_path):
     store = tmp_path / "runs.sqlite"
     res = bb.train(

@@ -27,6 +27,18 @@ def test_live_tensor_tracker_known_answer():
     del c, v
 
 
+def test_live_tensor_tracker_counts_a_sparse_tensor_s_index_and_value_arrays():
+    dense = torch.eye(100)  # 100 non-zeros
+    with LiveTensorTracker([dense]) as t:
+        before = t.current
+        csr = dense.to_sparse_csr()  # crow (101 int64), col (100 int64), values (100 float32)
+        grown = t.current - before
+        out = csr @ torch.ones(100, 3)  # a sparse input is read, not counted as new
+    parts = 101 * 8 + 100 * 8 + 100 * 4
+    assert parts <= grown <= parts + 100 * 8  # (plus, while it is alive, a row-index temporary)
+    assert t.peak >= before + grown + out.numel() * 4
+
+
 def test_step_probe_counts_flops_and_memory_of_an_mlp_step():
     torch.manual_seed(0)
     net = build_net("mlp:100x2", (50,), 10)

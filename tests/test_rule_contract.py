@@ -44,6 +44,9 @@ SETUPS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "noprop": ("noprop:3", {}, {}),
     "sf": ("gcn:16x2", {"epochs_per_layer": 1}, {}),
     "sf-topdown": ("gcn:16x2", {}, {}),
+    "sf-link": ("gcn:16x2", {"epochs_per_layer": 1}, {}),
+    "ff-link": ("gcn:16x2", {"epochs_per_layer": 1}, {}),
+    "sf-link-topdown": ("gcn:16x2", {}, {}),
     "tpsgd": ("mlp:16x2", {}, {}),
     "zo-adam": ("mlp:16", {}, {}),
 }
@@ -56,7 +59,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     ),
 }  # fmt: skip
 DATA = {"convex-robust": "digits:3,8", "ff-la": "cora_ml", "ff-vn": "cora_ml", "sf": "cora_ml",
-        "sf-topdown": "cora_ml"}  # fmt: skip
+        "sf-topdown": "cora_ml", "sf-link": "cora_ml:links", "ff-link": "cora_ml:links",
+        "sf-link-topdown": "cora_ml:links"}  # fmt: skip
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -81,7 +85,8 @@ def _cases() -> list[Any]:
         marks = []
         if name == "convex-robust" and importlib.util.find_spec("cvxpy") is None:
             marks.append(pytest.mark.skip(reason="needs beyondbp[convex]"))
-        if DATA.get(name) == "cora_ml" and not (SHARED / "citation" / "cora_ml.npz").is_file():
+        needs_cora = DATA.get(name, "").startswith("cora_ml")
+        if needs_cora and not (SHARED / "citation" / "cora_ml.npz").is_file():
             marks.append(pytest.mark.skip(reason="needs ../shared/data/citation"))
         cases.append(pytest.param(name, (name, net, options, config), id=name, marks=marks))
     for case_id, setup in VARIANTS.items():

@@ -88,6 +88,14 @@ def _result_table(r: RunRecord) -> Table:
                 ("best val accuracy", _fmt(m.get("val_acc") and 100 * m["val_acc"], "{:.2f} %")),
             ]
         ),
+        *(  # link prediction
+            [
+                ("test ROC-AUC", f"{100 * m['test_auc']:.2f} %"),
+                ("test Hits@50", _fmt(m.get("test_hits50") and 100 * m["test_hits50"], "{:.2f} %")),
+            ]
+            if m.get("test_auc") is not None
+            else []
+        ),
         ("epochs (tested epoch)", f"{m.get('epochs')} ({m.get('tested_epoch', '-')})"),
         ("train time", _fmt(m.get("train_time_s"), "{:.2f} s")),
         ("validation time", _fmt(m.get("val_time_s"), "{:.2f} s")),

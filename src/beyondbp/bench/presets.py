@@ -11,7 +11,8 @@ A preset file's keys::
     description: one line for `beyondbp reproduce --list`
     source: the paper, and where its numbers come from
     notes: caveats printed under the table (optional)
-    metric: test_acc                 # the score of the "ours" column: test_acc (%, default) or
+    metric: test_acc                 # the score of the "ours" column: test_acc (%, default),
+                                     # test_auc (%, link prediction) or
                                      # test_return (an episodic task's mean return)
     columns: {test_pgd_acc: PGD-20 %}  # more metrics to table, with their headers (optional)
     solved_at: {gym:CartPole-v1: 475}  # a "solved" column: seeds whose score reaches the bar;
@@ -53,7 +54,14 @@ class PaperNumber:
     energy_wh: float | None = None
 
 
-Metric = Literal["test_acc", "test_return"]
+Metric = Literal["test_acc", "test_auc", "test_return"]
+PERCENT = ("_acc", "_auc", "_hits50")  # metrics in [0, 1], tabled as percentages
+
+
+def is_percent(metric: str) -> bool:
+    """Whether a metric is a fraction shown in percent (accuracy, ROC-AUC, Hits@50)."""
+    return metric.endswith(PERCENT)
+
 
 PaperKey = tuple[str, ...]
 """(rule, dataset, net), or (rule, dataset, net, "option=value, ...") for a number that belongs to

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from beyondbp.bench.grid import Cell, natural_key, run_grid, setup_key
+from beyondbp.bench.presets import is_percent
 from beyondbp.bench.summary import summarize
 from beyondbp.runner import open_store
 from beyondbp.runs import RunRecord, RunStore
@@ -87,7 +88,7 @@ def reproduce(
     found = [(c, c.find(run_store)) for c in cells]
     records = [r for _, r in found if r is not None]
     rows = summarize(records)
-    metric, scale = preset.metric, 100.0 if preset.metric.endswith("_acc") else 1.0
+    metric, scale = preset.metric, 100.0 if is_percent(preset.metric) else 1.0
     options, scores = {}, {}  # per setup: the rule's options, the finished seeds' scores
     for r in records:
         key = (r.rule, r.dataset, r.net, setup_key(r))
@@ -153,8 +154,8 @@ def reproduce_markdown(result: ReproduceResult, notes: Sequence[str] = ()) -> st
     person who ran it, printed under the preset's."""
     p = result.preset
     quick = " **Quick run** (reduced budget, one seed): not a reproduction." if result.quick else ""
-    acc = p.metric.endswith("_acc")
-    score = "test acc %" if acc else p.metric.replace("_", " ")
+    acc = is_percent(p.metric)
+    score = p.metric.replace("_", " ") + (" %" if acc else "")
     extra = list(p.columns.items())
     solved = " solved |" if p.solved_at else ""
     lines = [
@@ -180,7 +181,7 @@ def reproduce_markdown(result: ReproduceResult, notes: Sequence[str] = ()) -> st
         return f"{num(r[key], fmt, scale)} ± {num(r[key + '_std'], fmt, scale)}"
 
     def metric(r: dict[str, Any], key: str) -> str:  # a metric in its unit, by its name
-        if key.endswith("_acc"):
+        if is_percent(key):
             return pm(r, key, "{:.2f}", 100)
         if key.endswith("_bytes"):
             return pm(r, key, "{:.1f}", 2**-20)

@@ -133,6 +133,7 @@ def available_datasets() -> dict[str, str]:
     found["gym:ID"] = "episodic: any gymnasium environment with flat observations (beyondbp[rl])"
     found["cora_ml"] = "graph: Cora-ML citation graph, 2,995 nodes, 7 classes (beyondbp[graph])"
     found["citeseer"] = "graph: CiteSeer citation graph, 3,312 nodes, 6 classes (beyondbp[graph])"
+    found["cora_ml:links"] = "graph: Cora-ML link prediction (also citeseer:links)"
     return found
 
 
@@ -169,8 +170,8 @@ def is_episodic(name: str) -> bool:
 
 
 def is_graph(name: str) -> bool:
-    """Whether a dataset name is a graph (its splits hold node indices): ``cora_ml``,
-    ``citeseer``."""
+    """Whether a dataset name is a graph (its splits hold node indices, or node pairs for
+    ``NAME:links``): ``cora_ml``, ``citeseer``, ``cora_ml:links``."""
     from beyondbp.data.graphs import CITATION
 
     return name.partition(":")[0] in CITATION
@@ -202,11 +203,12 @@ def load_dataset(
             _CACHE[key] = episode_dataset(name, data_seed)
         return _CACHE[key]
     if is_graph(name):  # one graph; the splits are node indices of a fold
-        from beyondbp.data.graphs import graph_dataset
+        from beyondbp.data.graphs import graph_dataset, link_dataset
 
         key = (name, str(data_dir), os.environ.get("BEYONDBP_DATA"), data_seed)
         if key not in _CACHE:
-            _CACHE[key] = graph_dataset(name, data_dir, data_seed)
+            load = link_dataset if wanted else graph_dataset
+            _CACHE[key] = load(name, data_dir, data_seed)
         return _CACHE[key]
     if base not in _REGISTRY:
         raise UnknownNameError("dataset", base, _REGISTRY)

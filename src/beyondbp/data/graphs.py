@@ -10,12 +10,19 @@
 - :func:`fold_masks`: ForwardGNN's node splits, 64 / 16 / 20 % train / validation / test,
   fold ``k`` of 5, drawn as its reference code draws them (or stratified by class).
 - Features are row-normalised (each node's sum to 1), as ForwardGNN's ``NormalizeFeatures``.
+- ``NAME:links`` (``cora_ml:links``): link prediction on the graph. :func:`link_dataset` splits
+  its edges 64 / 16 / 20 % with torch_geometric's ``RandomLinkSplit`` as the reference does
+  (undirected, one fixed negative pair per positive in every split, seeded 101·k for split k);
+  a split holds node pairs (``x``, shape ``(E, 2)``) labelled 1 (an edge) or 0 (a negative).
+  Messages pass along the training edges, and for the test split along training and
+  validation edges (``RandomLinkSplit``'s graphs: ``graph.split_edges``).
 
 Needs the ``graph`` extra (``pip install 'beyondbp[graph]'``: torch_geometric).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +147,57 @@ def graph_dataset(name: str, data_dir: str | Path | None = None, data_seed: int 
         source=graph.source, data_seed=data_seed,
         sizes={"train": len(splits[0]), "val": len(splits[1]), "test": len(splits[2]),
                "nodes": g.num_nodes, "edges": g.num_edges},
+        graph=g,
+    )  # fmt: skip
+    return Dataset(*splits, meta)
+
+
+LINKS = "links"  # the suffix of a link-prediction dataset: cora_ml:links
+
+
+def link_dataset(name: str, data_dir: str | Path | None = None, data_seed: int = 0) -> Dataset:
+    """``NAME:links`` as a :class:`Dataset` of labelled node pairs: edge split ``data_seed``
+    % 5 of :func:`link_splits`."""
+    base, _, kind = name.partition(":")
+    if kind != LINKS:
+        raise DataError(f"{name}: a graph dataset is {base} (nodes) or {base}:{LINKS} (links)")
+    graph = load_citation(base, data_dir)
+    return link_splits(graph.data, name, graph.source, data_seed % 5)
+
+
+def link_splits(data: Any, name: str, source: str, split: int = 0) -> Dataset:
+    """A graph's edges split 64 / 16 / 20 % as the reference does (``RandomLinkSplit``,
+    undirected, one fixed negative pair per positive, seeded 101·``split``). The bound graph
+    (``meta.graph``) carries the training edges as ``edge_index`` and each split's
+    message-passing edges in ``split_edges``."""
+    _pyg()
+    from torch_geometric.transforms import RandomLinkSplit
+
+    transform = RandomLinkSplit(num_val=0.16, num_test=0.2, is_undirected=True,
+                                neg_sampling_ratio=1.0, split_labels=False)  # fmt: skip
+    # the reference's split seeds, in each generator the split draws from (torch's for the
+    # edges, Python's for the negative pairs); the caller's generators are left as they were
+    states = torch.random.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        torch.manual_seed(101 * split)
+        random.seed(101 * split)
+        np.random.seed(101 * split)
+        parts = transform(data.clone())
+    finally:
+        torch.random.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
+    splits = [Split(p.edge_label_index.T.contiguous(), p.edge_label.long()) for p in parts]
+    g = parts[0].clone()
+    del g.edge_label, g.edge_label_index
+    g.split_edges = {"train": parts[0].edge_index, "val": parts[1].edge_index,
+                     "test": parts[2].edge_index}  # fmt: skip
+    meta = DatasetMeta(
+        name=name, input_shape=(g.num_features,), classes=2, class_names=("no edge", "edge"),
+        mean=(0.0,), std=(1.0,), source=source, data_seed=split,
+        sizes={"train": len(splits[0]), "val": len(splits[1]), "test": len(splits[2]),
+               "nodes": g.num_nodes, "train_edges": g.edge_index.shape[1]},
+        notes="link prediction: RandomLinkSplit 64/16/20 % of edges, one negative per positive",
         graph=g,
     )  # fmt: skip
     return Dataset(*splits, meta)

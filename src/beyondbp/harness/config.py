@@ -19,8 +19,14 @@ class TrainConfig(BaseModel):
     epochs: int = Field(100, ge=1, description="maximum epochs")
     batch_size: int = Field(128, ge=1, description="training examples per step")
     eval_batch_size: int = Field(2048, ge=1, description="examples per validation/test batch")
-    patience: int | None = Field(10, ge=1, description="epochs without improvement; None: off")
-    monitor: Literal["val_loss", "val_acc"] = Field(
+    patience: int | None = Field(
+        10, ge=1, description="validations without improvement (epochs if val_every is 1); "
+        "None: off"
+    )  # fmt: skip
+    val_every: int = Field(
+        1, ge=1, description="validate every this many epochs (and after the last one)"
+    )
+    monitor: Literal["val_loss", "val_acc", "val_auc"] = Field(
         "val_loss", description="the validation metric of early stopping and the best epoch"
     )
     min_delta: float = Field(0.0, ge=0, description="the smallest change that is an improvement")

@@ -349,7 +349,9 @@ class Trainer:
         st.train_time = watch.total
         watch = Stopwatch(self.device)
         with watch:
-            val = self.evaluate("val", parts=True) if len(self.task.split("val")) else {}
+            cfg = self.config
+            due = (st.epoch + 1) % cfg.val_every == 0 or st.epoch + 1 >= cfg.epochs
+            val = self.evaluate("val", parts=True) if due and len(self.task.split("val")) else {}
         st.val_time += watch.total
         row.update({f"val_{k}": v for k, v in val.items()})
         row["train_time_s"] = st.train_time

@@ -45,7 +45,8 @@ class LiveTensorTracker(TorchDispatchMode):
         self.peak = 0
         for t in tree_flatten(list(resident))[0]:  # alive at the start: counted until freed
             if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                self._add(t.untyped_storage())
+                for st in _storages(t):
+                    self._add(st)
 
     def _free(self, key: int) -> None:
         self.current -= self.live.pop(key, 0)
@@ -54,13 +55,16 @@ class LiveTensorTracker(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         inputs = {
-            t.untyped_storage().data_ptr()
+            st.data_ptr()
             for t in tree_flatten((args, kwargs))[0]
             if isinstance(t, torch.Tensor)
+            for st in _storages(t)
         }
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self._add(t.untyped_storage())
+            if isinstance(t, torch.Tensor):
+                for st in _storages(t):
+                    if st.data_ptr() not in inputs:
+                        self._add(st)
         return out
 
     def _add(self, st: torch.UntypedStorage) -> None:
@@ -71,3 +75,15 @@ class LiveTensorTracker(TorchDispatchMode):
         self.current += nbytes
         self.peak = max(self.peak, self.current)
         weakref.finalize(st, self._free, key)
+
+
+def _storages(t: torch.Tensor) -> list[torch.UntypedStorage]:
+    """The storages a tensor's memory lives in: a sparse one's are its index and value arrays."""
+    if t.layout == torch.strided:
+        return [t.untyped_storage()]
+    if t.layout == torch.sparse_coo:
+        return [t._indices().untyped_storage(), t._values().untyped_storage()]
+    if t.layout == torch.sparse_csr:
+        parts = (t.crow_indices(), t.col_indices(), t.values())
+        return [p.untyped_storage() for p in parts]
+    return []  # other layouts: not counted

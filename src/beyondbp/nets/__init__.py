@@ -21,7 +21,8 @@ Spec strings:
   Trained by the ``noprop`` rule block by block, or end to end by ``bp``.
 - ``gcn:128x2`` / ``sage:128x2`` / ``gat:128x2``: graph nets for graph datasets (``cora_ml``):
   two graph layers of 128 units and a linear head; ``gcn:128x2:out-conv`` ends in a graph layer
-  to the classes instead (torch_geometric's ``GCN(num_layers=2)``). See :mod:`beyondbp.nets.graph`.
+  to the classes instead (torch_geometric's ``GCN(num_layers=2)``); ``gcn:128x2:link`` scores node
+  pairs (link prediction). See :mod:`beyondbp.nets.graph`.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ _NOPROP = re.compile(
 )
 _MINILM = re.compile(r"^minilm(:prompt-(?P<prompt>\d+))?$")
 _GRAPH = re.compile(
-    r"^(?P<kind>gcn|sage|gat)(:(?P<width>\d+)(x(?P<depth>\d+))?)?(?P<out>:out-conv)?$"
+    r"^(?P<kind>gcn|sage|gat)(:(?P<width>\d+)(x(?P<depth>\d+))?)?(:(?P<out>out-conv|link))?$"
 )
 NET_SPECS = {
     "mlp:WIDTHxDEPTH[:act]": "MLP, e.g. mlp:1000x2 (or mlp:1000-500, mlp:1000x2:tanh)",
@@ -137,9 +138,10 @@ NET_SPECS = {
     "noprop[:T][:dt|ct|fm][:onehot|learned-D|prototype][:embed-head]": "NoProp: T denoising "
     "blocks (DT, default 10) or one time-conditioned block and T ODE steps (CT, FM; default "
     "1000); embed-head: the classifier starts at the class embeddings",
-    "gcn|sage|gat[:WIDTHxDEPTH][:out-conv]": "graph net on a graph dataset (cora_ml): GCN, "
-    "GraphSAGE or GAT (4 heads) layers and a linear head, e.g. gcn:128x2; out-conv: the last of "
-    "DEPTH layers maps to the classes (torch_geometric's GCN, ForwardGNN's BP) (beyondbp[graph])",
+    "gcn|sage|gat[:WIDTHxDEPTH][:out-conv|:link]": "graph net on a graph dataset (cora_ml): "
+    "GCN, GraphSAGE or GAT (4 heads) layers and a linear head, e.g. gcn:128x2; out-conv: the "
+    "last of DEPTH layers maps to the classes (torch_geometric's GCN, ForwardGNN's BP); link: "
+    "it gives node embeddings, pairs scored by their dot product (cora_ml:links) (beyondbp[graph])",
 }
 
 
@@ -180,7 +182,7 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
 
         width, depth = int(m["width"] or 128), int(m["depth"] or 2)
         try:
-            head = "conv" if m["out"] else "linear"
+            head = {"out-conv": "conv", "link": "link"}.get(m["out"] or "", "linear")
             return GraphNet(m["kind"], int(input_shape[0]), width, depth, classes, head)
         except ValueError as e:
             raise BeyondBPError(f"net spec {spec!r}: {e}") from None

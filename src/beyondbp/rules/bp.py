@@ -48,7 +48,7 @@ class Backprop(Rule):
         "optimizer": Categorical(("adam", "adamw", "sgd")),
     }
     options: Options
-    tasks = ("classification", "graph")  # a graph net trains full-batch on its nodes
+    tasks = ("classification", "graph", "graph-link")  # a graph net trains full-batch
     stateful = ("opt", "schedule")
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:

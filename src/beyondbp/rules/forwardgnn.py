@@ -58,8 +58,8 @@ class LayerwiseOptions(OptimOptions):
     )  # fmt: skip
     epochs_per_layer: int = Field(1000, ge=1, description="greedy: the most steps a layer takes")
     layer_patience: int | None = Field(
-        200, ge=1, description="greedy: next layer after this many epochs without a better "
-        "validation accuracy (the paper: 100 checks, one every 2 epochs); None: never"
+        200, ge=1, description="greedy: next layer after this many validations without a "
+        "better accuracy (the paper: 100, one every 2 epochs); None: never"
     )  # fmt: skip
     grad_clip: float | None = Field(
         None, gt=0, description="clip each layer's gradient norm (the reference code: off here)"
@@ -82,6 +82,7 @@ class _Layerwise(Rule):
     options: LayerwiseOptions
     tasks = ("graph",)
     stateful = ("layers", "stage", "stage_epochs", "finished")
+    stage_metric: ClassVar[str] = "acc"  # the validation metric a greedy stage stops on
 
     @classmethod
     def works_on(cls, net_spec: str) -> bool:
@@ -191,12 +192,12 @@ class _Layerwise(Rule):
             self._views = self.views()
         feats, edges = self._views
         below = self._below("train", feats, edges)
-        hs = below[-1] if below else feats
+        # every input normalised anew, the fixed first one too (as the reference does: the
+        # step memory measured includes that copy)
+        ins = [_unit_rows(h.detach()) for h in (below[-1] if below else feats)]
         losses = []
         for k in range(len(below), self.last + 1):
-            outs = [
-                self.net.layer(k, _unit_rows(h.detach()), e) for h, e in zip(hs, edges, strict=True)
-            ]
+            outs = [self.net.layer(k, h, e) for h, e in zip(ins, edges, strict=True)]
             loss = self.local_loss(outs)
             loss.backward()
             if self.options.grad_clip is not None:
@@ -205,13 +206,15 @@ class _Layerwise(Rule):
                 )
             self.layers.step(k)
             losses.append(loss.detach())
-            hs = [outs[0]] * len(outs) if self.shares_input() else outs
+            if k < self.last:
+                hs = [outs[0]] * len(outs) if self.shares_input() else outs
+                ins = [_unit_rows(h.detach()) for h in hs]
         return {"loss": losses[-1], "local_loss_mean": torch.stack(losses).mean()}
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.layers.end_epoch(val.get("loss"), [self.last] if self.greedy else None)
         if self.greedy:
-            self._greedy_stage(val.get("acc"))
+            self._greedy_stage(val.get(self.stage_metric))
 
     def _greedy_stage(self, val_acc: float | None) -> None:
         o, st, k = self.options, self.stage, self.last

@@ -4,21 +4,19 @@ A :class:`Task` owns its splits, how a training batch is drawn, the validation l
 and :meth:`Task.evaluate`. The harness loop is the same for every task; a rule says which task
 kinds it learns (``Rule.tasks``), and a grid over "all rules" skips the pairs that do not fit.
 
-Two kinds exist:
+Four kinds exist:
 
 - ``classification`` (:class:`~beyondbp.tasks.classification.ClassificationTask`): labelled
   tensors; shuffled mini-batches; cross-entropy (or the rule's own ``eval_loss``) and accuracy.
 - ``episodic`` (:class:`~beyondbp.tasks.episodic.EpisodicTask`): the splits hold episode seeds;
   a batch is the episodes one fitness evaluation plays; scored by the mean return.
+- ``graph`` (:class:`~beyondbp.tasks.graph.GraphNodeTask`): node classification on one graph,
+  full-batch; the splits hold node indices, the net is bound to the graph (``attach``).
+- ``graph-link`` (:class:`~beyondbp.tasks.graph.GraphLinkTask`): link prediction; the splits
+  hold node pairs, scored by ROC-AUC and Hits@50 besides loss and accuracy.
 
-Where the next kinds plug in (design note; not built here):
+Where the next kind plugs in (design note; not built here):
 
-- *Node classification on a graph* (ForwardGNN): ``GraphNodeTask(Task)`` with ``kind = "graph"``
-  holds one ``torch_geometric.data.Data`` with ``train_mask`` / ``val_mask`` / ``test_mask``.
-  :meth:`Task.batches` yields the whole graph once per step (``unit = "dataset"`` rules, or a
-  batch-unit rule seeing a single full batch); :meth:`Task.evaluate` runs ``rule.predict`` on the
-  full graph and scores the nodes of the split's mask (accuracy, and AUC / Hits@K for a link
-  task whose splits come from ``RandomLinkSplit``). Its rules declare ``tasks = ("graph",)``.
 - *Reward-scored generation* (diffusion fine-tuning, agents): ``RewardTask(Task)`` with
   ``kind = "generative"``: a batch is a set of prompts (or noise seeds), :meth:`Task.evaluate`
   samples from ``rule.predict`` (the generator) and returns the reward model's mean score
@@ -33,12 +31,13 @@ from beyondbp.data.core import is_episodic, is_graph
 from beyondbp.tasks.base import Task
 from beyondbp.tasks.classification import ClassificationTask
 from beyondbp.tasks.episodic import EpisodicTask
-from beyondbp.tasks.graph import GraphNodeTask
+from beyondbp.tasks.graph import GraphLinkTask, GraphNodeTask
 
 TASK_KINDS: dict[str, type[Task]] = {
     ClassificationTask.kind: ClassificationTask,
     EpisodicTask.kind: EpisodicTask,
     GraphNodeTask.kind: GraphNodeTask,
+    GraphLinkTask.kind: GraphLinkTask,
 }
 
 
@@ -46,10 +45,12 @@ def task_kind(data: Dataset | str) -> str:
     """The kind of task a dataset (or a dataset name, without loading it) poses."""
     if isinstance(data, str):
         episodic, graph = is_episodic(data), is_graph(data)
+        links = graph and data.partition(":")[2] == "links"
     else:
         episodic, graph = data.meta.env is not None, data.meta.graph is not None
+        links = graph and hasattr(data.meta.graph, "split_edges")
     if graph:
-        return GraphNodeTask.kind
+        return GraphLinkTask.kind if links else GraphNodeTask.kind
     return EpisodicTask.kind if episodic else ClassificationTask.kind
 
 
@@ -62,6 +63,7 @@ __all__ = [
     "TASK_KINDS",
     "ClassificationTask",
     "EpisodicTask",
+    "GraphLinkTask",
     "GraphNodeTask",
     "Task",
     "make_task",
