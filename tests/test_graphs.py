@@ -101,3 +101,55 @@ def test_reference_folds_are_64_16_20_and_their_tests_partition_the_nodes():
         assert bool((tr ^ va ^ te).all()) and not (tr & va).any()
         tests += te.long()
     assert bool((tests == 1).all())
+
+
+needs_planetoid = pytest.mark.skipif(
+    not (SHARED / "planetoid" / "ind.cora.x").is_file(), reason="needs ../shared/data/planetoid"
+)
+
+
+@needs_planetoid
+def test_planetoid_graphs_keep_their_public_split():
+    from beyondbp.data.core import load_dataset
+
+    cora = load_dataset("planetoid-cora", SHARED)
+    assert (len(cora.train), len(cora.val), len(cora.test)) == (140, 500, 1000)
+    assert torch.equal(torch.bincount(cora.train.y), torch.full((7,), 20))  # 20 a class
+    g = cora.meta.graph
+    assert (g.num_nodes, g.num_edges, g.num_features) == (2708, 10556, 1433)
+    cite = load_dataset("planetoid-citeseer", SHARED)
+    assert (len(cite.train), len(cite.val), len(cite.test)) == (120, 500, 1000)
+    assert cite.meta.graph.num_nodes == 3327  # with Planetoid's isolated test nodes
+
+
+def test_a_planetoid_file_that_is_not_the_released_one_is_never_unpickled(tmp_path):
+    from beyondbp.data.graphs import PLANETOID_SHA256, load_planetoid
+
+    for f in PLANETOID_SHA256:
+        if ".cora." in f:
+            (tmp_path / f).write_bytes(b"not the released file")
+    with pytest.raises(DataError, match="not the released Planetoid file"):
+        load_planetoid("planetoid-cora", tmp_path)
+    with pytest.raises(DataError, match="were not all found"):
+        load_planetoid("planetoid-citeseer", tmp_path)
+
+
+def test_an_online_graph_reads_a_placed_file_and_names_it_when_missing(tmp_path, monkeypatch):
+    from beyondbp.data.graphs import graph_dataset
+
+    monkeypatch.setattr("urllib.request.urlopen", _offline)
+    with pytest.raises(DataError, match=r"place .*github/raw/github\.npz"):
+        graph_dataset("github", tmp_path)
+    raw = tmp_path / "pyg" / "github" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)  # the failed download made it
+    rng = np.random.default_rng(0)  # a 40-node stand-in in GitHub's format
+    edges = np.stack([np.arange(39), np.arange(1, 40)], 1)
+    np.savez(raw / "github.npz", features=rng.random((40, 5)).astype(np.float32),
+             target=np.arange(40) % 2, edges=edges)  # fmt: skip
+    data = graph_dataset("github", tmp_path)
+    assert data.meta.graph.num_nodes == 40 and data.meta.classes == 2
+    assert len(data.train) + len(data.val) + len(data.test) == 40
+
+
+def _offline(*args, **kwargs):  # type: ignore[no-untyped-def]
+    raise OSError("offline (test)")

@@ -133,7 +133,9 @@ def available_datasets() -> dict[str, str]:
     found["gym:ID"] = "episodic: any gymnasium environment with flat observations (beyondbp[rl])"
     found["cora_ml"] = "graph: Cora-ML citation graph, 2,995 nodes, 7 classes (beyondbp[graph])"
     found["citeseer"] = "graph: CiteSeer citation graph, 3,312 nodes, 6 classes (beyondbp[graph])"
-    found["cora_ml:links"] = "graph: Cora-ML link prediction (also citeseer:links)"
+    found["planetoid-cora"] = "graph: Planetoid Cora, public split (also planetoid-citeseer)"
+    found["pubmed"] = "graph: PubMed, amazon-photo, github: torch_geometric downloads (online)"
+    found["cora_ml:links"] = "graph: Cora-ML link prediction (any graph: NAME:links)"
     return found
 
 
@@ -172,9 +174,9 @@ def is_episodic(name: str) -> bool:
 def is_graph(name: str) -> bool:
     """Whether a dataset name is a graph (its splits hold node indices, or node pairs for
     ``NAME:links``): ``cora_ml``, ``citeseer``, ``cora_ml:links``."""
-    from beyondbp.data.graphs import CITATION
+    from beyondbp.data.graphs import GRAPHS
 
-    return name.partition(":")[0] in CITATION
+    return name.partition(":")[0] in GRAPHS
 
 
 def load_dataset(
