@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -268,6 +269,18 @@ def test_reproduce_puts_the_paper_next_to_ours(tmp_path):
     assert "| digits | mlp:16 | bp | 2 |" in md.read_text()
     assert [r.id for r in records_from_json(js)] == [r.id for r in res.records]
     assert json.loads(js.read_text())["environment"]["git_commit"]
+    # a long record is written gzipped, whole, and imports the same
+    rp = importlib.import_module("beyondbp.bench.reproduce")  # the module, not the function
+
+    long = rp.GZIP_ABOVE
+    try:
+        rp.GZIP_ABOVE = 10
+        md, gz = write_reproduction(res, tmp_path / "out", "beyondbp reproduce toy-paper")
+    finally:
+        rp.GZIP_ABOVE = long
+    assert gz.name == "toy-paper.json.gz" and not js.exists()
+    assert records_from_json(gz) == records_from_json(tmp_path / "out" / "toy-paper.json.gz")
+    assert [r.history for r in records_from_json(gz)] == [r.history for r in res.records]
     # cells not run yet still get their row: no runs, the paper's number, "not run"
     (empty,) = reproduce("toy-paper", store=tmp_path / "empty.sqlite", run=False).rows
     assert (empty["runs"], empty["not_finished"], empty["paper_acc"]) == (0, 0, 99.9)

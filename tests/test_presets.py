@@ -3,6 +3,7 @@ broken file says which file and what is wrong, in one line."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -35,6 +36,8 @@ PRESET_OF_RESULTS = {
     "noprop2025_cpu.json": "noprop2025",  # `beyondbp reproduce noprop2025` (its .md says how)
     "quickstart.json": "quickstart",  # benchmarks/quickstart.py (the main job)
     "population-digits.json": "population-digits",  # `beyondbp reproduce population-digits`
+    "forwardgnn2024.json.gz": "forwardgnn2024",  # `beyondbp reproduce forwardgnn2024`
+    "forwardgnn2024-links.json": "forwardgnn2024-links",  # `beyondbp reproduce ...-links`
 }
 
 
@@ -82,7 +85,8 @@ def test_a_subset_preset_keeps_its_base_s_rules_only():
 
 def _committed_runs(path: Path) -> list[RunRecord] | None:
     """The run records in a results file; None when it holds none (tables of other kinds)."""
-    data = json.loads(path.read_text())
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    data = json.loads(raw)
     rows = data.get("runs") if isinstance(data, dict) else data
     if not (isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows)):
         return None
@@ -112,7 +116,7 @@ def _cell_keys(preset: Preset) -> set[str]:
 def test_committed_preset_runs_are_cells_of_their_preset():
     """Known answer: a preset file that changed a committed run's cell would orphan it."""
     checked = {}
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted([*RESULTS.glob("*.json"), *RESULTS.glob("*.json.gz")]):
         runs = _committed_runs(path)
         if runs is None:
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from beyondbp.bench.summary import summarize
 from beyondbp.runner import open_store
 from beyondbp.runs import RunRecord, RunStore
 
+GZIP_ABOVE = 2_000_000  # characters: a results JSON longer than this is written as .json.gz
 SETTINGS = ("attack_eps", "attack_steps")  # metrics that are settings: tabled plainly
 
 
@@ -238,9 +240,9 @@ def write_reproduction(
     result: ReproduceResult, out: str | Path, command: str, notes: Sequence[str] = ()
 ) -> list[Path]:
     """Write a reproduction where ``out`` says: a folder gets ``PRESET.md`` (the table) and
-    ``PRESET.json`` (summary rows and full run records, which ``beyondbp runs import`` reads),
-    both with their provenance (command, machine, versions, commit); a ``.md`` path gets the
-    table alone."""
+    ``PRESET.json`` (summary rows and full run records, which ``beyondbp runs import`` reads;
+    ``PRESET.json.gz`` when over 2 MB), both with their provenance (command, machine, versions,
+    commit); a ``.md`` path gets the table alone."""
     from beyondbp.measure import environment, provenance_markdown
 
     out = Path(out)
@@ -257,5 +259,11 @@ def write_reproduction(
     record = {"command": command, "preset": result.preset.name, "quick": result.quick,
               "environment": environment(), "rows": result.rows,
               "runs": [dataclasses.asdict(r) for r in result.records]}  # fmt: skip
-    js.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    text = json.dumps(record, indent=1, default=str) + "\n"
+    if len(text) > GZIP_ABOVE:  # long per-epoch histories: compressed (~10×), nothing dropped
+        gz = js.with_suffix(".json.gz")
+        gz.write_bytes(gzip.compress(text.encode(), mtime=0))
+        js.unlink(missing_ok=True)
+        return [md, gz]
+    js.write_text(text)
     return [md, js]

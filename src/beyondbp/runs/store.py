@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import os
@@ -22,11 +23,13 @@ _JSON_FIELDS = ("options", "config", "metrics", "history", "env")
 
 
 def records_from_json(path: str | Path) -> list[RunRecord]:
-    """The runs in a JSON file: a list of full records (``beyondbp runs export --format json``)
-    or an object whose ``runs`` key holds one (the benchmark results files)."""
+    """The runs in a JSON file (or a gzipped one, ``.json.gz``): a list of full records
+    (``beyondbp runs export --format json``) or an object whose ``runs`` key holds one (the
+    benchmark results files)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        data = json.loads(raw)
     except (OSError, ValueError) as e:
         raise BeyondBPError(f"cannot read runs from {path}: {e}") from e
     rows = data.get("runs") if isinstance(data, dict) else data
