@@ -37,7 +37,7 @@ PRESET_OF_RESULTS = {
     "quickstart.json": "quickstart",  # benchmarks/quickstart.py (the main job)
     "population-digits.json": "population-digits",  # `beyondbp reproduce population-digits`
     "forwardgnn2024.json.gz": "forwardgnn2024",  # `beyondbp reproduce forwardgnn2024`
-    "forwardgnn2024-links.json": "forwardgnn2024-links",  # `beyondbp reproduce ...-links`
+    "forwardgnn2024-links.json.gz": "forwardgnn2024-links",  # `beyondbp reproduce ...-links`
 }
 
 
