@@ -89,13 +89,7 @@ class _Layerwise(Rule):
         return bool(_NET.match(net_spec))
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
-        from beyondbp.nets.graph import GraphNet
-
-        if not isinstance(net, GraphNet) or net.head_kind != "linear":
-            raise BeyondBPError(f"{self.name} trains graph layers: use --net gcn:128x2 (or "
-                                "sage:128x2, gat:128x2), without out-conv")  # fmt: skip
-        if ctx.train is None:
-            raise BeyondBPError(f"{self.name} needs the training split's nodes and labels")
+        check_setup(self.name, net, ctx)
         self.net, self.classes = net, meta.classes
         self.nodes, self.labels = ctx.train.x.to(ctx.device), ctx.train.y.to(ctx.device)
         self.n = int(net.x.shape[0])
@@ -237,6 +231,17 @@ class _Layerwise(Rule):
 
     def done(self) -> str | None:
         return self.finished
+
+
+def check_setup(name: str, net: nn.Module, ctx: SetupContext) -> None:
+    """A forward graph rule needs a graph net with a linear head and the training split."""
+    from beyondbp.nets.graph import GraphNet
+
+    if not isinstance(net, GraphNet) or net.head_kind != "linear":
+        raise BeyondBPError(f"{name} trains graph layers: use --net gcn:128x2 (or sage:128x2, "
+                            "gat:128x2), without out-conv or link")  # fmt: skip
+    if ctx.train is None:
+        raise BeyondBPError(f"{name} needs the training split's examples and labels")
 
 
 def _unit_rows(h: torch.Tensor) -> torch.Tensor:
@@ -450,13 +455,7 @@ class SFTopDown(_Virtual):
         return False
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
-        from beyondbp.nets.graph import GraphNet
-
-        if not isinstance(net, GraphNet) or net.head_kind != "linear":
-            raise BeyondBPError("sf-topdown trains graph layers: use --net gcn:128x2 (or "
-                                "sage:128x2, gat:128x2), without out-conv")  # fmt: skip
-        if ctx.train is None:
-            raise BeyondBPError("sf-topdown needs the training split's nodes and labels")
+        check_setup(self.name, net, ctx)
         self.net, self.classes, self.n = net, meta.classes, int(net.x.shape[0])
         self.nodes, self.labels = ctx.train.x.to(ctx.device), ctx.train.y.to(ctx.device)
         self.extra = nn.Module()

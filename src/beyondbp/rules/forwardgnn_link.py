@@ -28,9 +28,14 @@ from pydantic import Field
 from torch import nn
 
 from beyondbp.data.core import DatasetMeta
-from beyondbp.errors import BeyondBPError
 from beyondbp.rules.base import SetupContext
-from beyondbp.rules.forwardgnn import FFOptions, SFOptions, _Layerwise, _unit_rows
+from beyondbp.rules.forwardgnn import (
+    FFOptions,
+    SFOptions,
+    _Layerwise,
+    _unit_rows,
+    check_setup,
+)
 from beyondbp.rules.optim import LayerOptimizers, OptimOptions
 from beyondbp.rules.registry import register
 
@@ -119,13 +124,7 @@ class LinkTopDown(_LinkLayerwise):
     stateful = ("layers", "states")
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
-        from beyondbp.nets.graph import GraphNet
-
-        if not isinstance(net, GraphNet) or net.head_kind != "linear":
-            raise BeyondBPError("sf-link-topdown trains graph layers: use --net gcn:128x2 (or "
-                                "sage:128x2, gat:128x2)")  # fmt: skip
-        if ctx.train is None:
-            raise BeyondBPError("sf-link-topdown needs the training split's pairs and labels")
+        check_setup(self.name, net, ctx)
         self.net = net
         self.nodes, self.labels = ctx.train.x.to(ctx.device), ctx.train.y.to(ctx.device)
         depth = len(net.blocks)
