@@ -32,6 +32,7 @@ class DatasetMeta:
     sizes: dict[str, int] = field(default_factory=dict)
     env: Any = None  # an episodic task's EnvSpec (beyondbp.data.envs); None for labelled data
     graph: Any = None  # a graph task's torch_geometric Data (its splits hold node indices)
+    text: Any = None  # a language-model task's LMData (beyondbp.data.lm): scoring, token ids
 
     @property
     def input_dim(self) -> int:
@@ -136,6 +137,9 @@ def available_datasets() -> dict[str, str]:
     found["planetoid-cora"] = "graph: Planetoid Cora, public split (also planetoid-citeseer)"
     found["pubmed"] = "graph: PubMed, amazon-photo, github: torch_geometric downloads (online)"
     found["cora_ml:links"] = "graph: Cora-ML link prediction (any graph: NAME:links)"
+    from beyondbp.data.lm import LM_DATASETS
+
+    found.update(LM_DATASETS)
     return found
 
 
@@ -179,6 +183,13 @@ def is_graph(name: str) -> bool:
     return name.partition(":")[0] in GRAPHS
 
 
+def is_lm(name: str) -> bool:
+    """Whether a dataset name is a language-model dataset (``arith``, ``msrp-yesno:16``)."""
+    from beyondbp.data.lm import is_lm as lm
+
+    return lm(name)
+
+
 def load_dataset(
     name: str,
     data_dir: str | Path | None = None,
@@ -211,6 +222,14 @@ def load_dataset(
         if key not in _CACHE:
             load = link_dataset if wanted else graph_dataset
             _CACHE[key] = load(name, data_dir, data_seed)
+        return _CACHE[key]
+    if is_lm(name):  # tokenised for the language model (beyondbp.data.lm)
+        from beyondbp.data.lm import lm_dataset
+
+        key = (name, str(data_dir), os.environ.get("BEYONDBP_DATA"),
+               os.environ.get("BEYONDBP_LM"), data_seed)  # fmt: skip
+        if key not in _CACHE:
+            _CACHE[key] = lm_dataset(name, data_dir, data_seed)
         return _CACHE[key]
     if base not in _REGISTRY:
         raise UnknownNameError("dataset", base, _REGISTRY)

@@ -309,6 +309,34 @@ class RobustnessTest(Callback):
         )
 
 
+class TransferTest(Callback):
+    """The finished model also scored on other datasets' test splits: forgetting (a language
+    model fine-tuned on arithmetic, then its TinyShakespeare perplexity) or transfer. Adds
+    ``test_<metric>_<dataset>`` for each of those tasks' metrics."""
+
+    def __init__(self, datasets: list[str]) -> None:
+        self.datasets = datasets
+
+    def on_test_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        from beyondbp.data import load_dataset
+        from beyondbp.tasks import make_task
+
+        home = trainer.task
+        data_dir = trainer.record.config.get("data_dir")
+        try:
+            for name in self.datasets:
+                data = load_dataset(name, data_dir, data_seed=trainer.config.data_seed)
+                task = make_task(data)
+                task.to(trainer.device)
+                task.attach(trainer.net)
+                trainer.rule.set_phase("test")
+                scores = task.evaluate(trainer.rule, "test", trainer.config.eval_batch_size)
+                key = name.replace(":", "_")
+                metrics.update({f"test_{k}_{key}": v for k, v in scores.items()})
+        finally:
+            home.attach(trainer.net)
+
+
 class ProgressBar(Callback):
     """A Rich progress bar per epoch, the running loss and accuracy, and a line per epoch."""
 

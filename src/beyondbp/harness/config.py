@@ -50,6 +50,10 @@ class TrainConfig(BaseModel):
         "margin", description="the loss the attacks ascend: the margin max_{k≠y} s_k − s_y "
         "(the same for every rule), cross-entropy on the scores, or the rule's own loss"
     )  # fmt: skip
+    also_test: list[str] = Field(
+        default_factory=list, description="datasets whose test splits the finished model is "
+        "also scored on (forgetting, transfer): metrics test_<metric>_<dataset>"
+    )  # fmt: skip
     head_init: Literal["random", "probe"] = Field(
         "random",
         description="the head's start: 'random' (the net's initialisation) or 'probe': fit the "

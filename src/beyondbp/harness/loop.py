@@ -37,6 +37,7 @@ from beyondbp.harness.callbacks import (
     ProgressBar,
     RobustnessTest,
     StepProbeCallback,
+    TransferTest,
 )
 from beyondbp.harness.config import TrainConfig
 from beyondbp.measure import EnergyMeter, Stopwatch, peak_rss_bytes
@@ -53,6 +54,7 @@ class HarnessState:
     batch: int = 0  # the next batch of that epoch
     steps: int = 0
     examples: int = 0
+    tokens: int = 0  # tokens trained on (language-model tasks; 0 elsewhere)
     sums: dict[str, float] = field(default_factory=dict)  # running sums of the epoch in progress
     seen: int = 0  # examples in those sums
     train_time: float = 0.0
@@ -144,6 +146,8 @@ def default_callbacks(config: TrainConfig, checkpoint_dir: Path | None) -> list[
         out.append(ProgressBar())
     if config.attack_eps is not None:
         out.append(RobustnessTest(config.attack_eps, config.attack_steps, config.attack_loss))
+    if config.also_test:
+        out.append(TransferTest(config.also_test))
     return out
 
 
@@ -212,7 +216,7 @@ class Trainer:
         self._emit("on_fit_start", resume)
         ctx = SetupContext(
             self.device, cfg.seed, self.steps_per_epoch, cfg.epochs, cfg.batch_size,
-            train=self.task.train,
+            train=self.task.train, max_steps=cfg.max_steps,
         )  # fmt: skip
         rule.setup(self.net, self.task.meta, ctx)
         for m in rule.modules().values():
@@ -307,6 +311,7 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + (v if k == "correct" else v * n)
                 st.seen += n
                 st.batch, st.steps, st.examples = b + 1, st.steps + 1, st.examples + n
+                st.tokens += self.task.tokens(x)
                 check = st.steps % 10 == 0 or b + 1 == self.steps_per_epoch  # syncs the device
                 if check and is_diverged({k: float(v) for k, v in logs.items()}, cfg.diverge_loss):
                     st.stop_reason = f"training loss {float(logs['loss']):.3g} at step {st.steps}"
@@ -396,6 +401,12 @@ class Trainer:
             steps=st.steps,
             examples=st.examples,
             train_time_s=st.train_time,
+            step_time_s=st.train_time / st.steps if st.steps else None,
+            **(
+                {"tokens": st.tokens, "tokens_per_s": st.tokens / st.train_time}
+                if st.tokens and st.train_time > 0
+                else {}
+            ),
             val_time_s=st.val_time,
             checkpoint_time_s=st.checkpoint_time,
             wall_time_s=m.get("wall_time_s", 0.0) + wall,

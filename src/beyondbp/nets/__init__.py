@@ -23,6 +23,8 @@ Spec strings:
   two graph layers of 128 units and a linear head; ``gcn:128x2:out-conv`` ends in a graph layer
   to the classes instead (torch_geometric's ``GCN(num_layers=2)``); ``gcn:128x2:link`` scores node
   pairs (link prediction). See :mod:`beyondbp.nets.graph`.
+- ``lm``: the causal language model of the language-model datasets (``arith``, ``msrp-yesno:16``,
+  ``tinyshakespeare``); ``lm:tiny`` a small random one. See :mod:`beyondbp.nets.lm`.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ _NOPROP = re.compile(
     r"^noprop(:(?P<steps>\d+))?(:(?P<kind>dt|ct|fm))?(:(?P<embed>onehot|learned|prototype)(-(?P<dim>\d+))?)?(?P<head>:embed-head)?$"
 )
 _MINILM = re.compile(r"^minilm(:prompt-(?P<prompt>\d+))?$")
+_LM = re.compile(r"^lm(:(?P<size>tiny))?$")
 _GRAPH = re.compile(
     r"^(?P<kind>gcn|sage|gat)(:(?P<width>\d+)(x(?P<depth>\d+))?)?(:(?P<out>out-conv|link))?$"
 )
@@ -138,6 +141,9 @@ NET_SPECS = {
     "noprop[:T][:dt|ct|fm][:onehot|learned-D|prototype][:embed-head]": "NoProp: T denoising "
     "blocks (DT, default 10) or one time-conditioned block and T ODE steps (CT, FM; default "
     "1000); embed-head: the classifier starts at the class embeddings",
+    "lm[:tiny]": "the causal language model of a language-model dataset (SmolLM2-135M-Instruct "
+    "or $BEYONDBP_LM); lm:tiny: a 2-layer LLaMA of its vocabulary, randomly initialised "
+    "(beyondbp[llm])",
     "gcn|sage|gat[:WIDTHxDEPTH][:out-conv|:link]": "graph net on a graph dataset (cora_ml): "
     "GCN, GraphSAGE or GAT (4 heads) layers and a linear head, e.g. gcn:128x2; out-conv: the "
     "last of DEPTH layers maps to the classes (torch_geometric's GCN, ForwardGNN's BP); link: "
@@ -186,6 +192,15 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
             return GraphNet(m["kind"], int(input_shape[0]), width, depth, classes, head)
         except ValueError as e:
             raise BeyondBPError(f"net spec {spec!r}: {e}") from None
+    if m := _LM.match(spec):
+        from beyondbp.nets.lm import CausalLM
+
+        if len(input_shape) != 2 or input_shape[0] != 3:
+            raise BeyondBPError(
+                f"lm reads token tensors (3, L) of a language-model dataset (arith, msrp-yesno:16, "
+                f"tinyshakespeare); got input shape {tuple(input_shape)}"
+            )
+        return CausalLM.random() if m["size"] else CausalLM.pretrained()
     if m := _MINILM.match(spec):
         from beyondbp.nets.text import MiniLMClassifier
 

@@ -73,6 +73,13 @@ class SetupContext:
     max_epochs: int
     batch_size: int
     train: Split | None = None  # the training split, for data-dependent initialisation
+    max_steps: int | None = None  # the run's step budget, if it has one
+
+    @property
+    def total_steps(self) -> int:
+        """The steps the run will take at most (per-step schedules end there)."""
+        steps = self.steps_per_epoch * self.max_epochs
+        return min(steps, self.max_steps) if self.max_steps else steps
 
 
 Phase = Literal["train", "val", "test"]

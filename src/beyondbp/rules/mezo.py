@@ -40,6 +40,7 @@ class MeZO(Rule):
     Options = Options
     default_grid = False  # zeroth-order / population: not in a bench without --rules
     evaluates_only = True
+    tasks = ("classification", "lm")  # prompt-based: the label words' scores (data.lm)
     search_space: ClassVar[dict[str, Distribution]] = {
         "lr": LogUniform(1e-7, 1e-1),
         "eps": LogUniform(1e-4, 1e-1),

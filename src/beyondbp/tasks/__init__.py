@@ -4,7 +4,7 @@ A :class:`Task` owns its splits, how a training batch is drawn, the validation l
 and :meth:`Task.evaluate`. The harness loop is the same for every task; a rule says which task
 kinds it learns (``Rule.tasks``), and a grid over "all rules" skips the pairs that do not fit.
 
-Four kinds exist:
+Five kinds exist:
 
 - ``classification`` (:class:`~beyondbp.tasks.classification.ClassificationTask`): labelled
   tensors; shuffled mini-batches; cross-entropy (or the rule's own ``eval_loss``) and accuracy.
@@ -14,6 +14,10 @@ Four kinds exist:
   full-batch; the splits hold node indices, the net is bound to the graph (``attach``).
 - ``graph-link`` (:class:`~beyondbp.tasks.graph.GraphLinkTask`): link prediction; the splits
   hold node pairs, scored by ROC-AUC and Hits@50 besides loss and accuracy.
+
+- ``lm`` (:class:`~beyondbp.tasks.lm.LMTask`): a language model answers prompts; scored by
+  exact answers, by label words' scores (as classification) or by perplexity
+  (:mod:`beyondbp.data.lm`).
 
 Where the next kind plugs in (design note; not built here):
 
@@ -27,22 +31,26 @@ Where the next kind plugs in (design note; not built here):
 from __future__ import annotations
 
 from beyondbp.data import Dataset
-from beyondbp.data.core import is_episodic, is_graph
+from beyondbp.data.core import is_episodic, is_graph, is_lm
 from beyondbp.tasks.base import Task
 from beyondbp.tasks.classification import ClassificationTask
 from beyondbp.tasks.episodic import EpisodicTask
 from beyondbp.tasks.graph import GraphLinkTask, GraphNodeTask
+from beyondbp.tasks.lm import LMTask
 
 TASK_KINDS: dict[str, type[Task]] = {
     ClassificationTask.kind: ClassificationTask,
     EpisodicTask.kind: EpisodicTask,
     GraphNodeTask.kind: GraphNodeTask,
     GraphLinkTask.kind: GraphLinkTask,
+    LMTask.kind: LMTask,
 }
 
 
 def task_kind(data: Dataset | str) -> str:
     """The kind of task a dataset (or a dataset name, without loading it) poses."""
+    if is_lm(data) if isinstance(data, str) else data.meta.text is not None:
+        return LMTask.kind
     if isinstance(data, str):
         episodic, graph = is_episodic(data), is_graph(data)
         links = graph and data.partition(":")[2] == "links"
@@ -65,6 +73,7 @@ __all__ = [
     "EpisodicTask",
     "GraphLinkTask",
     "GraphNodeTask",
+    "LMTask",
     "Task",
     "make_task",
     "task_kind",

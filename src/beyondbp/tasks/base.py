@@ -93,6 +93,11 @@ class Task:
         stopping watches) and the task's own (``acc``, ``return``, ...)."""
         raise NotImplementedError
 
+    def tokens(self, x: torch.Tensor) -> int:
+        """Tokens in a training batch (a language model's; 0 for tasks without tokens): the
+        harness reports tokens per second from them."""
+        return 0
+
     def example_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """Net inputs like a training batch ``x`` (the probe's inference yardstick)."""
         return x
