@@ -8,8 +8,11 @@ from typing import ClassVar
 
 import pytest
 import torch
+from pydantic import Field
 
 import beyondbp as bb
+from beyondbp.data.core import Split
+from beyondbp.rules import Rule, RuleOptions
 from beyondbp.runs import RunStore, load_checkpoint
 
 from .conftest import FAST
@@ -80,6 +83,110 @@ def test_early_stopping_and_restore_best(tmp_path):
     with torch.no_grad():
         val = torch.nn.functional.cross_entropy(res.model(ds.val.x), ds.val.y).item()
     assert val == pytest.approx(best, rel=1e-5)
+
+
+class _ScriptedOptions(RuleOptions):
+    val_losses: list[float] = Field(default_factory=list)
+
+
+class ScriptedVal(Rule):
+    """A test rule whose validation loss is scripted: its one step per epoch sets the linear net
+    ("mlp:") to :func:`_scripted_weights` of that epoch. Score 0 is then the scripted loss for
+    every example, and ``eval_loss`` is its mean; the other scores are seeded random, so the
+    accuracy differs from epoch to epoch."""
+
+    name = "scripted-val"
+    Options = _ScriptedOptions
+    options: _ScriptedOptions
+    unit = "dataset"
+    stateful = ("t",)
+
+    def setup(self, net, meta, ctx):  # type: ignore[no-untyped-def]
+        self.net, self.t = net, 0
+
+    def step(self, x, y):  # type: ignore[no-untyped-def]
+        self.t += 1
+        w, b = _scripted_weights(self.t, self.options.val_losses[self.t - 1])
+        with torch.no_grad():
+            self.net.head[1].weight.copy_(w)
+            self.net.head[1].bias.copy_(b)
+        return {"loss": 0.0}
+
+    def eval_loss(self, scores, y):  # type: ignore[no-untyped-def]
+        return scores[:, 0].sum()
+
+
+def _scripted_weights(epoch: int, val_loss: float) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.randn(10, 64, generator=torch.Generator().manual_seed(epoch))
+    w[0] = 0.0
+    b = torch.zeros(10)
+    b[0] = val_loss
+    return w, b
+
+
+def _score_by_hand(split: Split, epoch: int, val_loss: float) -> tuple[float, float]:
+    """(loss, accuracy) of epoch ``epoch``'s scripted weights on a split, by hand."""
+    w, b = _scripted_weights(epoch, val_loss)
+    scores = split.x.flatten(1) @ w.T + b
+    return float(scores[:, 0].mean()), int((scores.argmax(1) == split.y).sum()) / len(split.y)
+
+
+@pytest.fixture
+def scripted(monkeypatch):  # type: ignore[no-untyped-def]
+    """Trains ``scripted-val`` on digits with the given validation losses (a rule registered for
+    this test only)."""
+    from beyondbp.rules import registry
+
+    monkeypatch.setitem(registry._REGISTRY, ScriptedVal.name, ScriptedVal)
+
+    def train(val_losses: list[float], **kw):  # type: ignore[no-untyped-def]
+        return bb.train("scripted-val", "digits", "mlp:", options={"val_losses": val_losses},
+                        epochs=len(val_losses), store=False, probe=False, **FAST, **kw)  # fmt: skip
+
+    return train
+
+
+def test_the_test_split_is_scored_with_the_best_validation_epochs_weights(scripted):
+    losses = [3.0, 1.0, 2.0, 2.5]  # the best validation is epoch 2, not the last
+    res = scripted(losses, patience=None)
+    m, ds = res.metrics, bb.load_dataset("digits")
+    assert m["epochs"] == 4 and m["best_epoch"] == 2 and m["tested_epoch"] == 2
+    best, last = _score_by_hand(ds.test, 2, 1.0), _score_by_hand(ds.test, 4, 2.5)
+    assert best[1] != last[1]  # the accuracy tells the two epochs apart
+    assert (m["test_loss"], m["test_acc"]) == pytest.approx(best, rel=1e-6)
+    w, b = _scripted_weights(2, 1.0)
+    assert torch.equal(res.model.head[1].weight, w) and torch.equal(res.model.head[1].bias, b)
+
+
+@pytest.mark.parametrize(("patience", "best", "epochs"), [(1, 2, 3), (2, 4, 6), (3, 4, 7)])
+def test_patience_stops_exactly_that_many_validations_after_the_last_improvement(
+    scripted, patience, best, epochs
+):
+    # improvements at epochs 1, 2 and 4; epoch 3 is one validation without improvement (which
+    # patience 1 stops on), and epoch 4's improvement starts the count again
+    res = scripted([4.0, 3.0, 3.5, 2.0] + [2.5] * 16, patience=patience)
+    m = res.metrics
+    assert m["stop_reason"] == f"early stop: val_loss did not improve for {patience} epochs"
+    assert (m["best_epoch"], m["epochs"], len(res.record.history)) == (best, epochs, epochs)
+    assert res.record.status == "finished" and m["tested_epoch"] == best
+
+
+def test_patience_stops_a_run_that_no_longer_improves(scripted):
+    losses = [1.0] + [2.0] * 29  # never better than epoch 1
+    res = scripted(losses, patience=5)
+    assert "early stop" in res.metrics["stop_reason"] and res.metrics["epochs"] == 6
+    res = scripted(losses, patience=None)  # off: all the epochs
+    assert res.metrics["stop_reason"] == "reached 30 epochs" and res.metrics["epochs"] == 30
+
+
+def test_the_reported_validation_metrics_are_the_best_epochs(scripted):
+    res = scripted([3.0, 1.0, 2.0, 2.5], patience=None)
+    m, val = res.metrics, bb.load_dataset("digits").val
+    best, last = _score_by_hand(val, 2, 1.0), _score_by_hand(val, 4, 2.5)
+    assert best[1] != last[1]
+    assert m["best_epoch"] == 2
+    assert (m["val_loss"], m["val_acc"]) == pytest.approx(best, rel=1e-6)
+    assert [h["val_loss"] for h in res.record.history] == [3.0, 1.0, 2.0, 2.5]
 
 
 def test_validation_every_k_epochs_and_patience_counted_in_validations():

@@ -3,7 +3,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -81,6 +83,84 @@ def test_energy_is_labelled():
     with EnergyMeter("cpu", enabled=False) as off:
         pass
     assert off.reading.label == "unavailable" and off.reading.joules is None
+
+
+class _FakeTracker:
+    """CodeCarbon's offline tracker as the meter uses it: start, stop, the final data (kWh)."""
+
+    def __init__(self) -> None:
+        self.started = self.stopped = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.final_emissions_data = SimpleNamespace(
+            energy_consumed=2.5e-6, codecarbon_version="9.9", cpu_model="Test CPU", cpu_power=42.0
+        )
+
+
+def test_a_codecarbon_estimate_is_labelled_estimated_never_measured(tmp_path, monkeypatch):
+    """No hardware counter (no CUDA device, RAPL unreadable): the energy is CodeCarbon's model,
+    so the reading, and a run's metrics, say "estimated"."""
+    from beyondbp.measure import energy
+
+    trackers: list[_FakeTracker] = []
+
+    def tracker() -> _FakeTracker:
+        trackers.append(_FakeTracker())
+        return trackers[-1]
+
+    monkeypatch.setattr(energy._Rapl, "available", lambda self: False)
+    monkeypatch.setattr(energy, "_codecarbon_tracker", tracker)
+    with EnergyMeter("cpu") as meter:
+        torch.ones(10) + 1
+    r = meter.reading
+    assert trackers[-1].started and trackers[-1].stopped
+    assert r.label == "estimated" and "CodeCarbon" in r.method
+    assert r.joules == pytest.approx(2.5e-6 * 3.6e6)  # kWh -> J: 9 J
+
+    res = bb.train("bp", "digits", "mlp:8", epochs=1, store=tmp_path / "r.sqlite",
+                   progress=False, probe=False, energy=True)  # fmt: skip
+    assert res.metrics["energy_label"] == "estimated"
+    assert res.metrics["energy_j"] == pytest.approx(9.0)
+    assert "CodeCarbon" in res.metrics["energy_method"]
+
+
+def test_a_rapl_counter_reading_is_measured_and_handles_wrap_around(tmp_path, monkeypatch):
+    """Simulated powercap files: package zones intel-rapl:0 and :1 (one wraps), and a subzone
+    (intel-rapl:0:0, part of package 0) that must not be counted twice."""
+    import glob as globlib
+
+    from beyondbp.measure import energy
+
+    def zone(name: str, uj: int, max_uj: int = 10_000_000) -> Path:
+        d = tmp_path / name
+        d.mkdir(exist_ok=True)
+        (d / "energy_uj").write_text(f"{uj}\n")
+        (d / "max_energy_range_uj").write_text(f"{max_uj}\n")
+        return d
+
+    zone("intel-rapl:0", 1_000_000)
+    zone("intel-rapl:1", 9_000_000)
+    zone("intel-rapl:0:0", 100)
+    root = "/sys/class/powercap"
+    monkeypatch.setattr(energy, "glob", SimpleNamespace(
+        glob=lambda p: globlib.glob(p.replace(root, str(tmp_path))) if p.startswith(root) else []
+    ))  # fmt: skip
+
+    def no_tracker() -> None:
+        raise AssertionError("a readable counter must be used, not CodeCarbon")
+
+    monkeypatch.setattr(energy, "_codecarbon_tracker", no_tracker)
+    with EnergyMeter("cpu") as meter:
+        zone("intel-rapl:0", 3_500_000)  # +2.5 J
+        zone("intel-rapl:1", 500_000)  # wrapped: +1.5 J
+        zone("intel-rapl:0:0", 900_000_100)  # inside package 0's count already
+    r = meter.reading
+    assert r.label == "measured" and "RAPL" in r.method
+    assert r.joules == pytest.approx(4.0)
 
 
 def test_run_metrics_hold_every_number(tmp_path):

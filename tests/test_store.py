@@ -57,6 +57,34 @@ def test_save_get_list_export(tmp_path):
     assert not ckpt.exists()  # a deleted run's cell starts afresh, not from its old checkpoint
 
 
+def test_list_filters_must_all_match(tmp_path):
+    """``runs list --rule X --status Y``: every filter holds (AND), not any one of them (OR)."""
+    store = RunStore(tmp_path / "runs.sqlite")
+    recs = []
+    for i, (rule, status, dataset) in enumerate(
+        [("bp", "finished", "digits"), ("bp", "diverged", "digits"), ("dfa", "finished", "digits"),
+         ("dfa", "diverged", "mnist"), ("bp", "finished", "mnist"), ("mezo", "running", "mnist")]
+    ):  # fmt: skip
+        r = _rec(i, status=status)
+        r.rule, r.dataset, r.created = rule, dataset, 1000.0 + i
+        store.save(r)
+        recs.append(r)
+
+    def want(**where) -> list[str]:
+        return [r.id for r in recs if all(getattr(r, k) == v for k, v in where.items())]
+
+    for where in (
+        {"rule": "bp", "status": "finished"},
+        {"rule": "dfa", "status": "diverged"},
+        {"rule": "bp", "status": "finished", "dataset": "mnist"},
+        {"rule": "mezo", "status": "finished"},  # each matches some run, together none
+    ):
+        assert [r.id for r in store.list(**where)] == want(**where), where
+    assert [r.seed for r in store.list(rule="bp", status="finished")] == [0, 4]
+    assert store.list(rule="mezo", status="finished") == []
+    assert len(store.list(rule="bp")) == 3 and len(store.list()) == 6
+
+
 def test_import_rebuilds_a_store_from_exported_or_results_json(tmp_path):
     from beyondbp.runs import records_from_json
 

@@ -156,6 +156,53 @@ def test_mezo_step_matches_its_definition():
         torch.testing.assert_close(p.detach(), p0 - 0.05 * (g * t.noise(seed) + wd * p0))
 
 
+def _splitmix(*parts: int) -> int:
+    """The seed derivation of zo.py's docstring, written out: splitmix64-style mixing of the
+    integers, kept to 63 bits."""
+    h, mask64 = 0, (1 << 64) - 1
+    for p in parts:
+        h = (h ^ (p & mask64)) * 0x9E3779B97F4A7C15 & mask64
+        h ^= h >> 31
+    return h & ((1 << 63) - 1)
+
+
+@pytest.mark.parametrize("directions", [1, 2])
+def test_mezo_steps_match_a_computation_by_hand(directions):
+    """Two MeZO steps on nn.Linear, recomputed from the definition alone: z ~ N(0, I) drawn with
+    a torch.Generator seeded from (run seed, step, direction, tensor index), g = (L(θ+εz) −
+    L(θ−εz)) / 2ε, θ ← θ − lr·(mean over directions of g·z + wd·θ), no decay on the bias."""
+    torch.manual_seed(0)
+    net = nn.Linear(6, 3)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    lr, eps, wd, run_seed = 0.1, 0.05, 0.2, 7
+    rule = setup_rule("mezo", net, {"lr": lr, "eps": eps, "weight_decay": wd,
+                                    "directions": directions}, seed=run_seed)  # fmt: skip
+    w0 = net.weight.detach().clone()
+    w, b = w0.clone(), net.bias.detach().clone()
+    for t in range(2):
+
+        def z(j: int, index: int, shape: tuple[int, ...], t: int = t) -> torch.Tensor:
+            g = torch.Generator().manual_seed(_splitmix(_splitmix(run_seed, t, j), index))
+            return torch.randn(shape, generator=g)
+
+        def loss(wt: torch.Tensor, bt: torch.Tensor) -> float:
+            return float(nn.functional.cross_entropy(x @ wt.T + bt, y))
+
+        dw, db, losses = torch.zeros_like(w), torch.zeros_like(b), []
+        for j in range(directions):
+            zw, zb = z(j, 0, (3, 6)), z(j, 1, (3,))
+            plus, minus = loss(w + eps * zw, b + eps * zb), loss(w - eps * zw, b - eps * zb)
+            g = (plus - minus) / (2 * eps)
+            dw, db = dw + g * zw / directions, db + g * zb / directions
+            losses += [plus, minus]
+        w, b = w - lr * (dw + wd * w), b - lr * db
+        logs = rule.step(x, y)
+        torch.testing.assert_close(net.weight.detach(), w, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(net.bias.detach(), b, rtol=1e-4, atol=1e-6)
+        assert float(logs["loss"]) == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert not torch.allclose(net.weight.detach(), w0, atol=1e-3)  # the steps moved it
+
+
 def test_zo_adam_estimate_and_subspace_projection():
     torch.manual_seed(0)
     net = bb.build_net("mlp:8", (1, 8, 8), 10)
