@@ -2,15 +2,26 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
 
 import beyondbp as bb
-from beyondbp.measure import EnergyMeter, LiveTensorTracker, StepProbe, matmul_peak_gflops
+from beyondbp.harness import Callback
+from beyondbp.measure import (
+    CATEGORIES,
+    AllocatorTrace,
+    EnergyMeter,
+    LiveTensorTracker,
+    StepProbe,
+    matmul_peak_gflops,
+)
 from beyondbp.nets import build_net
 
 
@@ -46,19 +57,182 @@ def test_step_probe_counts_flops_and_memory_of_an_mlp_step():
     net = build_net("mlp:100x2", (50,), 10)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     x, y = torch.randn(32, 50), torch.randint(0, 10, (32,))
-    with StepProbe([net.state_dict(), x, y]) as probe:
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
         F.cross_entropy(net(x), y).backward()
         opt.step()
+
+    with StepProbe(what="flops") as counted:
+        step()
     B, dims = 32, [(50, 100), (100, 100), (100, 10)]
     fwd = sum(2 * B * i * o for i, o in dims)
     # backward: weight gradients of every layer, input gradients of all but the first
     bwd = sum(2 * B * i * o for i, o in dims) + sum(2 * B * i * o for i, o in dims[1:])
-    assert probe.flops == fwd + bwd
+    assert counted.flops == fwd + bwd and counted.peak_bytes is None
+
+    with StepProbe([net.state_dict(), x, y]) as probe:
+        step()
+    assert probe.memory_method == StepProbe.PROFILER and probe.flops is None
     weights = sum(p.numel() for p in net.parameters()) * 4
     batch = x.numel() * 4 + y.numel() * 8
     assert probe.resident_bytes == weights + batch
     # the gradients alone are as large as the weights
     assert probe.peak_bytes >= weights + batch + weights
+    # the split is of the whole peak; the resident part is the weights and the batch
+    assert sum(probe.split.values()) == probe.peak_bytes
+    assert probe.split["parameter"] == weights and probe.split["input"] == batch
+
+
+class _PassThrough(TorchDispatchMode):
+    """A dispatch mode that does nothing but run each op: observing is enough to change autograd."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        return func(*args, **(kwargs or {}))
+
+
+def _allocator_peak(fn: Callable[[], None], resident_bytes: int) -> int:
+    """An independent reference: the step under ``torch.profiler`` with only ``profile_memory``
+    (no shapes, no stack, no categories), live bytes = ``resident_bytes`` plus what the step
+    allocated and has not freed, in the order the allocator reported it."""
+    from torch._C._profiler import _EventType
+
+    with torch.profiler.profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while todo:
+        e = todo.pop()
+        todo.extend(e.children)
+        if e.typed[0] == _EventType.Allocation:
+            events.append((e.start_time_ns, e.typed[1].ptr, e.typed[1].alloc_size))
+    mine, live, peak = {}, resident_bytes, resident_bytes
+    for _, ptr, size in sorted(events, key=lambda e: e[0]):
+        if size > 0:
+            mine[ptr] = size
+            live += size
+        elif ptr in mine:  # memory from before the step was not counted alive
+            live -= mine.pop(ptr)
+        peak = max(peak, live)
+    return peak
+
+
+def test_memory_probe_measures_a_two_path_weight_as_unobserved():
+    """Forward-Forward's first layer: one weight reached by two paths (its product with the
+    image, and its label columns). Unobserved, autograd sums the two gradients in place: two
+    weight-sized buffers at the peak (the slice's gradient, the product's). Under any dispatch
+    mode it sums them out of place: a third. The probe must see the first, the old tracker
+    saw the second."""
+    torch.manual_seed(0)
+    units, d, classes, B = 64, 256, 10, 4
+    w = torch.nn.Parameter(torch.randn(units, d))
+    opt = torch.optim.SGD([w], lr=1e-3)
+    x, lab = torch.randn(B, d), torch.randint(0, classes, (B,))
+    W = w.numel() * 4  # 64 KiB; the step's other tensors are ~1 KiB each
+
+    def step() -> None:
+        out = F.linear(x, w) + w[:, :classes].T[lab]  # W·x, plus a slice of W again
+        out.pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    step()  # warmed up; every measured step starts with no gradient
+    resident = W + x.numel() * 4 + lab.numel() * 8
+
+    unobserved = _allocator_peak(step, resident)
+    under_a_mode = _allocator_peak(lambda: _run_under(_PassThrough(), step), resident)
+    with StepProbe([w, x, lab]) as probe:
+        step()
+    with StepProbe([w, x, lab], method="tracker") as old:
+        step()
+    print(f"two-path step peak: unobserved {unobserved} B, new probe {probe.peak_bytes} B, "
+          f"old tracker {old.peak_bytes} B, allocator under a pass-through mode {under_a_mode} B "
+          f"(resident {resident} B, one weight {W} B)")  # fmt: skip
+    assert probe.resident_bytes == resident
+    assert probe.peak_bytes == unobserved
+    assert 2 * W <= probe.peak_bytes - resident < 2 * W + W // 8  # two weight-sized gradients
+    # observed, the step itself allocates one weight more, and the old tracker reports it
+    assert under_a_mode - resident >= 3 * W
+    assert old.peak_bytes - resident >= 3 * W
+    assert probe.split["gradient"] == W and probe.split["parameter"] == W
+
+
+def _run_under(mode: TorchDispatchMode, fn: Callable[[], None]) -> None:
+    with mode:
+        fn()
+
+
+def test_memory_probe_counts_a_resident_tensor_until_it_is_freed():
+    """The CPU allocator does not report freeing what it allocated before profiling started."""
+    a = torch.empty(1000)  # 4000 B, resident, freed in the block
+    with AllocatorTrace([a]) as t:
+        b = torch.empty(2000)  # 8000 B: the peak is a + b
+        del a
+        c = torch.empty(1500)  # 6000 B: b + c = 14000 < 12000 + 6000
+    assert t.resident_bytes == 4000
+    assert t.peak == 14_000
+    del b, c
+
+
+def test_memory_probe_falls_back_to_the_tracker_under_another_profiler():
+    """A second profiler would end the first one's session: the probe leaves it running."""
+    x = torch.randn(100)
+    with torch.profiler.profile(activities=[ProfilerActivity.CPU]), StepProbe([x]) as p:
+        y = x * 2
+    assert p.memory_method.startswith(StepProbe.TRACKER) and "fallback" in p.memory_method
+    assert p.peak_bytes == 800 and not p.split
+    del y
+
+
+def test_bp_step_split_holds_gradients_as_large_as_the_weights(tmp_path):
+    """bp on a 2-layer MLP with a small batch: the peak comes after the backward, when every
+    parameter has its gradient, so the gradient part is exactly the parameters' bytes."""
+    res = bb.train("bp", "digits", "mlp:256", epochs=1, batch_size=8, max_steps=4,
+                   store=tmp_path / "r.sqlite", progress=False, energy=False)  # fmt: skip
+    m = res.metrics
+    params = sum(p.numel() * p.element_size() for p in res.rule.net.parameters())
+    assert params == (64 * 256 + 256 + 256 * 10 + 10) * 4
+    assert m["step_gradient_bytes"] == params
+    assert m["step_parameter_bytes"] == params
+    assert m["step_optimizer_state_bytes"] >= 2 * params  # Adam's two moments
+    assert m["step_input_bytes"] == 8 * 64 * 4 + 8 * 8
+    parts = sum(m[f"step_{c}_bytes"] for c in CATEGORIES if f"step_{c}_bytes" in m)
+    assert parts == m["peak_step_bytes"]
+    assert m["peak_step_bytes_method"].endswith(StepProbe.PROFILER)
+
+
+class _ModeWatch(Callback):
+    """Records, for each step, the dispatch mode and whether a profiler was on as it started
+    (a user callback's context is entered after the probe's)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[str | None, bool]] = {}
+
+    def step_context(self, trainer, x, y):  # type: ignore[no-untyped-def]
+        mode = _get_current_dispatch_mode()
+        name = None if mode is None else type(mode).__name__
+        self.seen[trainer.state.steps + 1] = (name, torch.autograd._profiler_enabled())
+        return None
+
+
+def test_flops_and_memory_are_measured_on_different_steps(tmp_path):
+    watch = _ModeWatch()
+    res = bb.train("ff", "digits", "mlp:16x2", epochs=1, max_steps=5, callbacks=[watch],
+                   store=tmp_path / "r.sqlite", progress=False, energy=False)  # fmt: skip
+    m = res.metrics
+    mem, flops = m["memory_probe_step"], m["flops_probe_step"]
+    assert (mem, flops) == (2, 3)
+    assert watch.seen[mem] == (None, True)  # memory: the profiler, no dispatch mode
+    assert "FlopCounterMode" in str(watch.seen[flops][0]) and not watch.seen[flops][1]
+    assert all(watch.seen[s] == (None, False) for s in (1, 4, 5))
+    assert m["flops_per_step"] > 0 and m["peak_step_bytes"] > 0
+
+    # two steps: the memory is measured on the second, the FLOPs are not counted
+    two = bb.train("bp", "digits", "mlp:16", epochs=1, max_steps=2,
+                   store=tmp_path / "r.sqlite", progress=False, energy=False)  # fmt: skip
+    assert two.metrics["memory_probe_step"] == 2 and two.metrics["peak_step_bytes"] > 0
+    assert "flops_per_step" not in two.metrics and "gflops_per_s" not in two.metrics
+    assert "not counted" in two.metrics["flops_per_step_missing"]
 
 
 def test_matmul_peak_is_measured_once_and_cached():

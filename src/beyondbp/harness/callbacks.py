@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from beyondbp.errors import BeyondBPError
-from beyondbp.measure import StepProbe, matmul_peak_gflops
+from beyondbp.measure import CATEGORIES, StepProbe, matmul_peak_gflops
 from beyondbp.patience import Patience
 
 if TYPE_CHECKING:
@@ -167,36 +167,46 @@ class Checkpointing(Callback):
 
 
 class StepProbeCallback(Callback):
-    """FLOPs and live-tensor memory of the second training step (optimiser state exists by
-    then, as in every later step), and the memory of predicting one batch.
+    """Live-tensor memory of the second training step (optimiser state exists by then, as in
+    every later step) and the memory of predicting one batch; the FLOPs of the next step.
+
+    Memory and FLOPs are taken on different steps: the FLOP counter is a dispatch mode, and any
+    active dispatch mode changes what autograd allocates (a weight reached by two paths gets its
+    gradients summed out of place: one more weight-sized buffer). The memory is the allocator's
+    view of the step as it runs unobserved (:class:`~beyondbp.measure.StepProbe`); its peak is
+    split into gradients, activations, temporaries... (``step_<part>_bytes``).
 
     A rule whose steps change with its stage (``Rule.step_stage()``: a layer-wise rule's layer in
-    training) is probed at the second step of every stage, and the stage with the largest
-    peak is kept (its FLOPs with it): the step memory is the most any step needed."""
+    training) is probed in every stage, and the stage with the largest peak is kept (with that
+    stage's FLOPs): the step memory is the most any step needed. A stage with only two steps has
+    its memory measured and no FLOPs counted; a one-step stage is not probed."""
 
     state_key = "probe"
-    METHOD = "live tensors during the second training step"
+    METHOD = "peak live tensor bytes of the second training step"
 
     def __init__(self) -> None:
-        self.result: dict[str, Any] = {}
+        self.stages: dict[str, dict[str, Any]] = {}  # per stage: what was measured, on which step
         self._probe: StepProbe | None = None
-        self._steps: dict[str, int] = {}  # steps seen per stage, until it is probed
+        self._steps: dict[str, int] = {}  # steps seen per stage in this process
+        self._unsplit: dict[str, StepProbe] = {}  # memory probes whose split is not read yet
 
     def step_context(
         self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor
     ) -> AbstractContextManager | None:
         stage = str(trainer.rule.step_stage())
-        if stage in self.result.get("probed_stages", []):
-            return None
+        rec = self.stages.get(stage, {})
         seen = self._steps.get(stage, 0)
         self._steps[stage] = seen + 1
-        if seen < 1:
+        if seen < 1 or "flops_per_step" in rec:  # the first step, or the stage is done
             return None
-        # Gradients left from the previous step are not counted: rules free them when the next
-        # step starts (or right after their update), and the step's new ones are counted.
-        rule = trainer.rule
-        resident = [m.state_dict() for m in rule.modules().values()]
-        self._probe = StepProbe([*resident, rule.state_dict(), x, y])
+        rule, step = trainer.rule, trainer.state.steps + 1
+        if "peak_step_bytes" not in rec:
+            # Gradients left from the previous step are not counted: rules free them when the
+            # next step starts (or right after their update), and the step's new ones are.
+            resident = [m.state_dict() for m in rule.modules().values()]
+            self._probe = StepProbe([*resident, rule.state_dict(), x, y], what="memory")
+        elif rec["memory_step"] < step:  # FLOPs on a later step than the memory
+            self._probe = StepProbe(what="flops")
         self._stage = stage
         return self._probe
 
@@ -206,20 +216,34 @@ class StepProbeCallback(Callback):
         probe, self._probe = self._probe, None
         if probe is None:
             return
-        probed = [*self.result.get("probed_stages", []), self._stage]
-        if not self.result or probe.peak_bytes > self.result["peak_step_bytes"]:
-            self.result = {
-                "flops_per_step": probe.flops,
-                "peak_step_bytes": probe.peak_bytes,
-                "step_resident_bytes": probe.resident_bytes,
-                "step_transient_bytes": probe.peak_bytes - probe.resident_bytes,
-                "probe_batch": len(y),
-                "inference_step_bytes": self._inference_bytes(trainer, x),
-            }
-        self.result["probed_stages"] = probed
+        rec, step = self.stages.setdefault(self._stage, {}), trainer.state.steps
+        if probe.what == "flops":
+            rec.update(flops_per_step=probe.flops, flops_batch=len(y), flops_step=step)
+        elif probe.peak_bytes is not None:  # None: the profiler failed, the tracker runs next
+            rec.update(
+                peak_step_bytes=probe.peak_bytes,
+                step_resident_bytes=probe.resident_bytes,
+                step_transient_bytes=probe.peak_bytes - probe.resident_bytes,
+                probe_batch=len(y),
+                memory_step=step,
+                inference_step_bytes=self._inference_bytes(trainer, x),
+            )
+            self._unsplit[self._stage] = probe  # split after the epoch: it is not training time
+
+    def _split(self) -> None:
+        """Read the pending probes' splits (slow: the profiler's memory model), out of the
+        training time."""
+        for stage, probe in self._unsplit.items():
+            self.stages[stage].update(
+                step_split=dict(probe.split), step_memory_method=probe.memory_method
+            )
+        self._unsplit.clear()
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        self._split()
 
     @staticmethod
-    def _inference_bytes(trainer: Trainer, x: torch.Tensor) -> int:
+    def _inference_bytes(trainer: Trainer, x: torch.Tensor) -> int | None:
         """Peak bytes of predicting one batch (weights, the batch, activations), the yardstick
         for a training step's memory (MeZO's claim: training memory ≈ inference memory)."""
         rule = trainer.rule
@@ -233,34 +257,72 @@ class StepProbeCallback(Callback):
             rule.set_phase("train")
         return probe.peak_bytes
 
+    @property
+    def result(self) -> dict[str, Any]:
+        """The stage with the largest step memory (empty if none was measured), and which
+        stages were measured."""
+        self._split()
+        measured = {k: r for k, r in self.stages.items() if "peak_step_bytes" in r}
+        if not measured:
+            return {}
+        top = max(measured.values(), key=lambda r: r["peak_step_bytes"])
+        return {**top, "probed_stages": list(measured)}
+
     def on_metrics(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         p, st, m = self.result, trainer.state, metrics
         if not p:
             return
-        per_example = p["flops_per_step"] / max(p["probe_batch"], 1)
-        m.update(flops_per_step=p["flops_per_step"], flops_per_example=per_example)
-        if st.train_time > 0 and per_example > 0:
-            gflops = per_example * st.examples / st.train_time / 1e9
-            peak = matmul_peak_gflops(trainer.device)
-            m.update(gflops_per_s=gflops, matmul_peak_gflops=peak, peak_fraction=gflops / peak)
+        for stale in ("flops_per_step_missing", *(f"step_{c}_bytes" for c in CATEGORIES)):
+            m.pop(stale, None)  # a resumed run's metrics start from the interrupted run's
+        if p.get("flops_per_step") is not None:
+            per_example = p["flops_per_step"] / max(p["flops_batch"], 1)
+            m.update(flops_per_step=p["flops_per_step"], flops_per_example=per_example)
+            if p["flops_step"] is not None:
+                m["flops_probe_step"] = p["flops_step"]
+            if st.train_time > 0 and per_example > 0:
+                gflops = per_example * st.examples / st.train_time / 1e9
+                peak = matmul_peak_gflops(trainer.device)
+                m.update(gflops_per_s=gflops, matmul_peak_gflops=peak, peak_fraction=gflops / peak)
+        else:
+            m["flops_per_step_missing"] = (
+                "not counted: the stage with the largest step memory had no step after the "
+                "one whose memory was measured (FLOPs are counted on a separate step)"
+            )
         # the same measure on every device, so CPU and GPU runs compare
         m["peak_step_bytes"] = p["peak_step_bytes"]
         # resident: weights, optimiser state, batch; transient: what the step allocates on top
         # (activations, gradients, temporaries) at its peak
         m["step_resident_bytes"] = p["step_resident_bytes"]
         m["step_transient_bytes"] = p["step_transient_bytes"]
-        m["peak_step_bytes_method"] = self.METHOD
-        if len(p.get("probed_stages", [])) > 1:  # the largest of these stages' steps
+        # the peak's parts: step_gradient_bytes, step_activation_bytes, step_temporary_bytes...
+        for part, nbytes in p["step_split"].items():
+            m[f"step_{part}_bytes"] = nbytes
+        m["peak_step_bytes_method"] = f"{self.METHOD}: {p['step_memory_method']}"
+        if p["memory_step"] is not None:
+            m["memory_probe_step"] = p["memory_step"]
+        if len(p["probed_stages"]) > 1:  # the largest of these stages' steps
             m["probed_stages"] = len(p["probed_stages"])
         if p.get("inference_step_bytes"):
             m["inference_step_bytes"] = p["inference_step_bytes"]
             m["step_to_inference_memory"] = m["peak_step_bytes"] / m["inference_step_bytes"]
 
     def state_dict(self) -> dict[str, Any]:
-        return dict(self.result)
+        self._split()
+        return {"stages": copy.deepcopy(self.stages)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.result = dict(state)
+        if "stages" in state:
+            self.stages = copy.deepcopy(state["stages"])
+        elif state:  # a checkpoint from before the split: its kept stage, memory and FLOPs
+            kept = {k: v for k, v in state.items() if k != "probed_stages"}
+            kept.setdefault("step_split", {})
+            kept.setdefault("step_memory_method", StepProbe.TRACKER)
+            kept.setdefault("memory_step", None)  # not recorded then
+            kept.setdefault("flops_batch", kept.get("probe_batch", 1))
+            kept.setdefault("flops_step", None)
+            stages = state.get("probed_stages") or ["None"]
+            self.stages = {s: {"flops_per_step": None} for s in stages}
+            self.stages[stages[-1]] = kept
 
 
 class HeadProbe(Callback):

@@ -421,7 +421,7 @@ class Trainer:
         if self.device.type == "cuda":  # the allocator's view: the whole run on the GPU
             m["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             m["cuda_data_bytes"] = self.task.data_bytes
-            if m.get("peak_step_bytes_method") != StepProbeCallback.METHOD:
+            if not str(m.get("peak_step_bytes_method")).startswith(StepProbeCallback.METHOD):
                 m["peak_step_bytes"] = m["cuda_max_allocated_bytes"] - m["cuda_data_bytes"]
                 m["peak_step_bytes_method"] = (
                     "torch.cuda.max_memory_allocated over training (validation passes "

@@ -2,9 +2,11 @@
 
 - Time: :class:`Stopwatch` (synchronises CUDA before reading the clock).
 - Memory: :func:`peak_rss_bytes` for the process; :class:`StepProbe` for the peak bytes of live
-  tensors during one training step (on CUDA, ``torch.cuda.max_memory_allocated`` over training).
+  tensors during one training step, from the allocator's events, and what they are (gradients,
+  activations, temporaries...); on CUDA without a probe, ``torch.cuda.max_memory_allocated``.
 - Energy: :class:`EnergyMeter`, labelled ``measured`` (NVML / RAPL) or ``estimated`` (CodeCarbon).
-- Work: :class:`StepProbe` counts FLOPs of a step with ``torch.utils.flop_counter``;
+- Work: :class:`StepProbe` counts FLOPs of a step with ``torch.utils.flop_counter`` (another
+  step than the memory's: the counter is a dispatch mode, which changes what autograd allocates);
   :func:`matmul_peak_gflops` measures this machine's fp32 matmul peak once and caches it.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -20,9 +22,17 @@ from torch.utils.flop_counter import FlopCounterMode
 from beyondbp.measure.energy import EnergyMeter, EnergyReading
 from beyondbp.measure.env import environment, provenance_markdown
 from beyondbp.measure.flops import matmul_peak_gflops
-from beyondbp.measure.memory import LiveTensorTracker, peak_rss_bytes, tensor_bytes
+from beyondbp.measure.memory import (
+    CATEGORIES,
+    AllocatorTrace,
+    LiveTensorTracker,
+    peak_rss_bytes,
+    tensor_bytes,
+)
 
 __all__ = [
+    "CATEGORIES",
+    "AllocatorTrace",
     "EnergyMeter",
     "EnergyReading",
     "LiveTensorTracker",
@@ -59,28 +69,85 @@ class Stopwatch:
 
 
 class StepProbe:
-    """Measures one training step: FLOPs and the peak bytes of tensors alive during it.
+    """Measures one training step: either the peak bytes of tensors alive during it, or its
+    FLOPs, never both (FLOP counting is a dispatch mode, which changes what autograd allocates).
 
-    ``resident`` holds what is alive before the step (weights, gradients, optimiser state, the
-    batch); the peak counts those until they are freed plus everything the step allocates.
+    ``what="memory"``: the allocator's events (:class:`AllocatorTrace`), the step running as it
+    does unobserved; ``resident`` holds what is alive before it (weights, optimiser state, the
+    batch), counted until freed. ``peak_bytes``, ``resident_bytes``, :attr:`split` (the peak's
+    bytes per category: gradient, activation, temporary, parameter, optimizer_state, input...)
+    and :attr:`memory_method` (which way, and why the fallback if it was used).
+    ``method="tracker"``, or a profiler that cannot start (another one running, a torch without
+    it), uses the dispatch-mode :class:`LiveTensorTracker` instead; its ``split`` is empty.
+
+    If the profiler's events cannot be read, ``peak_bytes`` is None (``memory_method`` says
+    why) and later probes in this process use the tracker.
+
+    ``what="flops"``: ``flops`` from ``torch.utils.flop_counter``; ``peak_bytes`` stays None.
     """
 
-    def __init__(self, resident: Iterable[Any]) -> None:
-        self._resident = list(resident)
+    PROFILER = "allocator events (torch.profiler, profile_memory)"
+    TRACKER = "live tensors under a TorchDispatchMode"
+    _profiler_failed: str | None = None  # once its events could not be read: the tracker
+
+    def __init__(
+        self,
+        resident: Iterable[Any] = (),
+        what: Literal["memory", "flops"] = "memory",
+        method: Literal["auto", "tracker"] = "auto",
+    ) -> None:
+        self._resident, self.what, self.method = list(resident), what, method
         self.resident_bytes = tensor_bytes(self._resident)
-        self.flops = 0
-        self.peak_bytes = 0
+        self.flops: int | None = None
+        self.peak_bytes: int | None = None
+        self._method: str | None = None
+        self._trace: AllocatorTrace | None = None
+
+    @property
+    def split(self) -> dict[str, int]:
+        """The peak's bytes per category (:data:`CATEGORIES`); empty from the tracker. Worked
+        out on first read, which takes a while: read it outside timed code."""
+        return self._trace.split if self._trace is not None else {}
+
+    @property
+    def memory_method(self) -> str | None:
+        """How the memory was measured (and why not by the profiler, or without its split,
+        once :attr:`split` was read)."""
+        t = self._trace
+        if t is not None and t.split_error:
+            return f"{self._method}; no split ({t.split_error})"
+        return self._method
 
     def __enter__(self) -> StepProbe:
-        self._flops = FlopCounterMode(display=False)
-        self._mem = LiveTensorTracker(self._resident)
-        self._resident = []  # the tracker must see them freed
-        self._flops.__enter__()
-        self._mem.__enter__()
+        resident, self._resident = self._resident, []  # only the probe's view may keep them
+        if self.what == "flops":
+            self._mode: Any = FlopCounterMode(display=False)
+        elif self.method == "tracker":
+            self._mode, self._method = LiveTensorTracker(resident), self.TRACKER
+        elif StepProbe._profiler_failed is not None:
+            self._mode = LiveTensorTracker(resident)
+            self._method = f"{self.TRACKER} (fallback: {StepProbe._profiler_failed})"
+        else:
+            try:
+                self._mode = AllocatorTrace(resident)
+                self._mode.__enter__()
+                self._method = self.PROFILER
+                return self
+            except Exception as e:  # another profiler running, no profiler in this build
+                self._mode = LiveTensorTracker(resident)
+                self._method = f"{self.TRACKER} (fallback: {type(e).__name__}: {e})"
+        self._mode.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._mem.__exit__(*exc)
-        self._flops.__exit__(*exc)
-        self.flops = int(self._flops.get_total_flops())
-        self.peak_bytes = self._mem.peak
+        self._mode.__exit__(*exc)
+        if isinstance(self._mode, FlopCounterMode):
+            self.flops = int(self._mode.get_total_flops())
+        elif isinstance(self._mode, AllocatorTrace):
+            self.peak_bytes, self._trace = self._mode.peak, self._mode
+            if self._mode.error:  # no number from this step; the next probe uses the tracker
+                StepProbe._profiler_failed = f"the profiler's events: {self._mode.error}"
+                self._method = f"{self.PROFILER} failed ({self._mode.error})"
+        else:
+            self.peak_bytes = self._mode.peak
+        self._mode = None
