@@ -112,9 +112,10 @@ CATEGORIES = (
     "autograd_detail",
     "unknown",
 )
-"""The parts of a step's memory, as ``torch.profiler._memory_profiler.Category`` names them;
-``unknown``: bytes the profiler could not attribute (a resident tensor the step never touched, an
-allocation no tensor was seen to own)."""
+"""The parts of a step's memory, as ``torch.profiler._memory_profiler.Category`` names them (its
+memory model: the Python tracer for parameters and optimiser state, data flow for the rest).
+``unknown``: bytes it could not attribute (a resident tensor the step never touched, an
+allocation no tensor was seen to own, one it took for a parameter although the step made it)."""
 
 
 class AllocatorTrace:
@@ -126,6 +127,10 @@ class AllocatorTrace:
     allocated before profiling, so a resident storage's end is taken from a weak reference.
     Frees of other memory from before the block (the previous step's gradients) are not counted,
     as they were not counted alive. No dispatch mode is involved: autograd runs as unobserved.
+
+    The split is the profiler's model, a heuristic: it follows activations by data flow from
+    the inputs, so a layer-local rule's deeper layers (fed detached activities) can land in
+    ``unknown``; the peak itself does not depend on it.
 
     After the block: ``peak`` (bytes), ``split`` (the peak's bytes per :data:`CATEGORIES`) and
     ``split_error`` (why the profiler's categories were unavailable: all bytes are ``unknown``);
@@ -268,6 +273,8 @@ def _categorise(
         split[name] = split.get(name, 0) + nbytes
     for size, fields in live.values():
         name = category(TensorKey.from_allocation(fields))
+        if name == "parameter":  # the model's data-flow guess for a buffer the step made (SGD's
+            name = "unknown"  # weight-decay sum): the parameters existed before the step
         split[name] = split.get(name, 0) + size
     return {k: split[k] for k in CATEGORIES if k in split}
 
