@@ -5,6 +5,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -99,14 +100,18 @@ def _allocator_peak(fn: Callable[[], None], resident_bytes: int) -> int:
 
     with torch.profiler.profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while todo:
-        e = todo.pop()
-        todo.extend(e.children)
+    events = []
+
+    def walk(e: Any) -> None:  # in call order, so that events of one nanosecond keep theirs
         if e.typed[0] == _EventType.Allocation:
             events.append((e.start_time_ns, e.typed[1].ptr, e.typed[1].alloc_size))
+        for child in e.children:
+            walk(child)
+
+    for root in prof.profiler.kineto_results.experimental_event_tree():
+        walk(root)
     mine, live, peak = {}, resident_bytes, resident_bytes
-    for _, ptr, size in sorted(events, key=lambda e: e[0]):
+    for _, ptr, size in sorted(events, key=lambda e: e[0]):  # stable
         if size > 0:
             mine[ptr] = size
             live += size
