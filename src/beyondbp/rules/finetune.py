@@ -49,7 +49,6 @@ class FineTune(Backprop):
     search_space: ClassVar[dict[str, Distribution]] = {"lr": LogUniform(1e-6, 1e-2)}
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
-        self.ctx = ctx
         super().setup(net, meta, ctx)
         o, total = self.options, ctx.total_steps
         self.per_step = torch.optim.lr_scheduler.LambdaLR(
