@@ -306,7 +306,7 @@ def msrp_prompt(a: str, b: str, demos: str = "") -> str:
 
 
 def _msrp(name: str, data_dir, data_seed: int, tok) -> tuple[Split, Split, Split, LMData, str]:
-    from beyondbp.data.text import _read_msrp
+    from beyondbp.data.text import _read_msrp, msrp_files
 
     parts = name.split(":")
     try:
@@ -319,13 +319,7 @@ def _msrp(name: str, data_dir, data_seed: int, tok) -> tuple[Split, Split, Split
             f"{name}: say how many pairs a class to train on, e.g. msrp-yesno:16 (MeZO's k), "
             "optionally with in-context demonstrations: msrp-yesno:16:icl-2"
         ) from None
-    for d in data_search_dirs("msrp", data_dir):
-        train, test = d / "msr_paraphrase_train.txt", d / "msr_paraphrase_test.txt"
-        if train.is_file() and test.is_file():
-            break
-    else:
-        raise DataError("msrp: msr_paraphrase_train.txt / msr_paraphrase_test.txt not found; "
-                        "pass --data-dir pointing at the folder that holds msrp/")  # fmt: skip
+    train, test = msrp_files(data_search_dirs("msrp", data_dir))
     a, b, y = _read_msrp(train)
     ta, tb, ty = _read_msrp(test)
     rng = np.random.default_rng(data_seed)

@@ -75,19 +75,23 @@ def _read_msrp(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     return first, second, np.asarray(labels, dtype=np.int64)
 
 
-@register_dataset("msrp", "MSR Paraphrase Corpus, 4,076/1,725 sentence pairs (MiniLM tokens)")
-def msrp(search_dirs: list[Path], download: bool) -> RawData:
+def msrp_files(search_dirs: list[Path]) -> tuple[Path, Path]:
+    """MSRP's training and test files: the first folder of ``search_dirs`` holding both."""
     for d in search_dirs:
         train, test = d / "msr_paraphrase_train.txt", d / "msr_paraphrase_test.txt"
         if train.is_file() and test.is_file():
-            break
-    else:
-        raise DataError(
-            "msrp: msr_paraphrase_train.txt / msr_paraphrase_test.txt not found in "
-            + ", ".join(map(str, search_dirs))
-            + "; pass --data-dir pointing at the folder that holds msrp/ (this loader does not "
-            "download it)"
-        )
+            return train, test
+    raise DataError(
+        "msrp: msr_paraphrase_train.txt / msr_paraphrase_test.txt not found in "
+        + ", ".join(map(str, search_dirs))
+        + "; pass --data-dir pointing at the folder that holds msrp/ (this loader does not "
+        "download it)"
+    )
+
+
+@register_dataset("msrp", "MSR Paraphrase Corpus, 4,076/1,725 sentence pairs (MiniLM tokens)")
+def msrp(search_dirs: list[Path], download: bool) -> RawData:
+    train, test = msrp_files(search_dirs)
     a, b, y_train = _read_msrp(train)
     c, d_, y_test = _read_msrp(test)
     return RawData(
