@@ -398,3 +398,87 @@ def test_codecarbon_hardware_detection_is_warmed_up_beside_the_set_up():
     with EnergyMeter("cpu") as meter:
         torch.ones(100, 100) @ torch.ones(100, 100)
     assert meter.reading.label == "estimated" and "CodeCarbon" in meter.reading.method
+
+
+_RSS_SCRIPT = """
+import torch
+from beyondbp.measure import peak_rss_bytes, peak_rss_method, rss_left_out
+start = peak_rss_bytes()
+with rss_left_out():  # 256 MiB touched and freed: a probe's records
+    t = torch.ones(64 * 2**20)
+    del t
+after = peak_rss_bytes()
+u = torch.ones(16 * 2**20)  # 64 MiB outside the span: the run's own memory
+del u
+print(start, after, peak_rss_bytes(), "left out" in peak_rss_method())
+"""
+
+
+def test_peak_rss_leaves_out_the_probe_s_span_and_keeps_the_rest():
+    """The memory probe's profiler is not the run's memory: the process's peak RSS must not move
+    with what a ``rss_left_out`` block takes, and must still see what comes after it. (Its own
+    process, whose peak must be its own: Linux copies the parent's ``ru_maxrss`` at ``fork``.)"""
+    import subprocess
+    import sys
+
+    big = torch.ones(128 * 2**20)  # this process peaks above 512 MiB; the child must not
+    del big
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()  # fmt: skip
+    start, after, final = (int(v) / 2**20 for v in out[:3])
+    assert start < 480  # torch imported: ~250 MiB, not this process's 512+
+    if out[3] == "True":  # Linux: the high-water mark can be reset
+        assert after - start < 32, (start, after)  # not the 256 MiB of the span
+    else:  # the peak cannot be reset: it says so, and includes the span
+        assert after - start > 200
+    assert final - after > 48  # the 64 MiB after the span count
+
+
+def test_stopwatch_leaves_a_paused_block_out():
+    import time
+
+    from beyondbp.measure import Stopwatch
+
+    watch = Stopwatch(torch.device("cpu"))
+    with watch:
+        with watch.paused():
+            time.sleep(0.2)
+        assert watch.elapsed < 0.1
+    assert watch.total < 0.1
+    with watch.paused():  # not running: nothing to pause, nothing added
+        pass
+    assert watch.total < 0.1
+
+
+def test_the_probe_s_own_work_is_not_training_time_nor_peak_rss(tmp_path, monkeypatch):
+    """The inference probe and the memory split run inside the training loop: they must not
+    count as training time, and the probed steps run inside a span left out of the peak RSS."""
+    import time
+    from contextlib import contextmanager
+
+    from beyondbp.harness import callbacks
+
+    spans: list[int] = []
+
+    @contextmanager
+    def recording():  # type: ignore[no-untyped-def]
+        spans.append(1)
+        yield
+
+    slow = callbacks.StepProbeCallback._inference_bytes
+
+    def slow_inference(trainer, x):  # type: ignore[no-untyped-def]
+        time.sleep(0.5)
+        return slow(trainer, x)
+
+    monkeypatch.setattr(callbacks, "rss_left_out", recording)
+    monkeypatch.setattr(
+        callbacks.StepProbeCallback, "_inference_bytes", staticmethod(slow_inference)
+    )
+    res = bb.train("bp", "digits", "mlp:16", epochs=1, max_steps=4, store=tmp_path / "r.sqlite",
+                   progress=False, energy=False)  # fmt: skip
+    m = res.metrics
+    assert m["inference_step_bytes"] > 0 and m["flops_per_step"] > 0
+    assert m["train_time_s"] < 0.5  # the half second of the inference probe is not in it
+    assert len(spans) == 2  # the memory step and the FLOPs step
+    assert m["peak_rss_method"].startswith("process peak RSS")

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from beyondbp.errors import BeyondBPError
-from beyondbp.measure import CATEGORIES, StepProbe, matmul_peak_gflops
+from beyondbp.measure import CATEGORIES, StepProbe, matmul_peak_gflops, rss_left_out
 from beyondbp.patience import Patience
 
 if TYPE_CHECKING:
@@ -179,7 +179,13 @@ class StepProbeCallback(Callback):
     A rule whose steps change with its stage (``Rule.step_stage()``: a layer-wise rule's layer in
     training) is probed in every stage, and the stage with the largest peak is kept (with that
     stage's FLOPs): the step memory is the most any step needed. A stage with only two steps has
-    its memory measured and no FLOPs counted; a one-step stage is not probed."""
+    its memory measured and no FLOPs counted; a one-step stage is not probed.
+
+    The probes' own work (the profiler's memory model, the inference probe) is left out of the
+    training time; the probed steps stay in it, the profiler's overhead on them included. The
+    process's peak RSS leaves out the probed steps and that work
+    (:func:`~beyondbp.measure.rss_left_out`): the profiler's records are not the run's memory,
+    and every other step is the same step unobserved."""
 
     state_key = "probe"
     METHOD = "peak live tensor bytes of the second training step"
@@ -188,7 +194,7 @@ class StepProbeCallback(Callback):
         self.stages: dict[str, dict[str, Any]] = {}  # per stage: what was measured, on which step
         self._probe: StepProbe | None = None
         self._steps: dict[str, int] = {}  # steps seen per stage in this process
-        self._unsplit: dict[str, StepProbe] = {}  # memory probes whose split is not read yet
+        self._left_out = ExitStack()  # the probe's span, left out of the process's peak RSS
 
     def step_context(
         self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor
@@ -207,7 +213,11 @@ class StepProbeCallback(Callback):
             self._probe = StepProbe([*resident, rule.state_dict(), x, y], what="memory")
         elif rec["memory_step"] < step:  # FLOPs on a later step than the memory
             self._probe = StepProbe(what="flops")
+        else:
+            return None
         self._stage = stage
+        self._left_out.close()
+        self._left_out.enter_context(rss_left_out())
         return self._probe
 
     def on_step_end(
@@ -216,31 +226,21 @@ class StepProbeCallback(Callback):
         probe, self._probe = self._probe, None
         if probe is None:
             return
-        rec, step = self.stages.setdefault(self._stage, {}), trainer.state.steps
-        if probe.what == "flops":
-            rec.update(flops_per_step=probe.flops, flops_batch=len(y), flops_step=step)
-        elif probe.peak_bytes is not None:  # None: the profiler failed, the tracker runs next
-            rec.update(
-                peak_step_bytes=probe.peak_bytes,
-                step_resident_bytes=probe.resident_bytes,
-                step_transient_bytes=probe.peak_bytes - probe.resident_bytes,
-                probe_batch=len(y),
-                memory_step=step,
-                inference_step_bytes=self._inference_bytes(trainer, x),
-            )
-            self._unsplit[self._stage] = probe  # split after the epoch: it is not training time
-
-    def _split(self) -> None:
-        """Read the pending probes' splits (slow: the profiler's memory model), out of the
-        training time."""
-        for stage, probe in self._unsplit.items():
-            self.stages[stage].update(
-                step_split=dict(probe.split), step_memory_method=probe.memory_method
-            )
-        self._unsplit.clear()
-
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        self._split()
+        with self._left_out, trainer.untimed():  # the probe's own work: not the run's
+            rec, step = self.stages.setdefault(self._stage, {}), trainer.state.steps
+            if probe.what == "flops":
+                rec.update(flops_per_step=probe.flops, flops_batch=len(y), flops_step=step)
+            elif probe.peak_bytes is not None:  # None: the profiler failed, the tracker is next
+                rec.update(
+                    peak_step_bytes=probe.peak_bytes,
+                    step_resident_bytes=probe.resident_bytes,
+                    step_transient_bytes=probe.peak_bytes - probe.resident_bytes,
+                    probe_batch=len(y),
+                    memory_step=step,
+                    inference_step_bytes=self._inference_bytes(trainer, x),
+                    step_split=dict(probe.split),  # the profiler's memory model: slow
+                    step_memory_method=probe.memory_method,
+                )
 
     @staticmethod
     def _inference_bytes(trainer: Trainer, x: torch.Tensor) -> int | None:
@@ -261,7 +261,6 @@ class StepProbeCallback(Callback):
     def result(self) -> dict[str, Any]:
         """The stage with the largest step memory (empty if none was measured), and which
         stages were measured."""
-        self._split()
         measured = {k: r for k, r in self.stages.items() if "peak_step_bytes" in r}
         if not measured:
             return {}
@@ -307,7 +306,6 @@ class StepProbeCallback(Callback):
             m["step_to_inference_memory"] = m["peak_step_bytes"] / m["inference_step_bytes"]
 
     def state_dict(self) -> dict[str, Any]:
-        self._split()
         return {"stages": copy.deepcopy(self.stages)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

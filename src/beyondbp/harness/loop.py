@@ -18,7 +18,7 @@ import random
 import signal
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from beyondbp.harness.callbacks import (
     TransferTest,
 )
 from beyondbp.harness.config import TrainConfig
-from beyondbp.measure import EnergyMeter, Stopwatch, peak_rss_bytes
+from beyondbp.measure import EnergyMeter, Stopwatch, peak_rss_bytes, peak_rss_method
 from beyondbp.rules.base import Rule, SetupContext, is_diverged
 from beyondbp.runs import RunRecord, RunStore, atomic_save
 from beyondbp.tasks import Task
@@ -191,6 +191,7 @@ class Trainer:
         self.steps_per_epoch = 0
         self.tested_epoch: int | None = None
         self._stop = {"stop": False}
+        self._watch: Stopwatch | None = None  # the training clock while an epoch runs
 
     def interrupt(self) -> None:
         """Save and stop at the end of this step, as Ctrl-C does (the run can be resumed)."""
@@ -295,9 +296,8 @@ class Trainer:
             batch_size=cfg.batch_size, seed=cfg.seed, augment=cfg.augment,
         )  # fmt: skip
         rule.set_phase("train")
-        watch = Stopwatch(self.device, st.train_time)
+        self._watch = watch = Stopwatch(self.device, st.train_time)
         self.sums = sums = dict(st.sums)
-        t0, time_before = time.perf_counter(), st.train_time
         with watch:
             for b, x, y in batches:
                 with ExitStack() as around:
@@ -319,10 +319,9 @@ class Trainer:
                 self._emit("on_step_end", x, y, logs)
                 if self._stop["stop"]:
                     break
-                elapsed = time_before + time.perf_counter() - t0
-                if self._budget_reason(st.steps, st.examples, elapsed):
+                if self._budget_reason(st.steps, st.examples, watch.elapsed):
                     break
-        st.train_time = watch.total
+        st.train_time, self._watch = watch.total, None
         st.sums = {k: float(v) for k, v in sums.items()}
         if self._stop["stop"]:
             st.stop_reason = "interrupted (Ctrl-C / SIGTERM); resume with --resume"
@@ -341,6 +340,11 @@ class Trainer:
                 self.state.stop_reason = f"budget of {limit} {what} spent"
                 return self.state.stop_reason
         return None
+
+    def untimed(self) -> AbstractContextManager:
+        """A block inside the training loop left out of the training time (a callback's
+        measurement work, e.g. the step probe's)."""
+        return self._watch.paused() if self._watch is not None else nullcontext()
 
     def _end_epoch(self) -> dict[str, Any]:
         st, rule = self.state, self.rule
@@ -412,6 +416,7 @@ class Trainer:
             wall_time_s=m.get("wall_time_s", 0.0) + wall,
             stop_reason=st.stop_reason,
             peak_rss_bytes=max(peak_rss_bytes(), m.get("peak_rss_bytes", 0)),
+            peak_rss_method=peak_rss_method(),
             energy_j=st.energy_j,
             energy_wh=None if st.energy_j is None else st.energy_j / 3600,
             energy_label=st.energy_label,

@@ -1,7 +1,8 @@
 """How numbers are taken, in one place: clocks, memory, energy, FLOPs and the environment.
 
 - Time: :class:`Stopwatch` (synchronises CUDA before reading the clock).
-- Memory: :func:`peak_rss_bytes` for the process; :class:`StepProbe` for the peak bytes of live
+- Memory: :func:`peak_rss_bytes` for the process (the probes' own memory left out where the
+  platform allows: :func:`rss_left_out`); :class:`StepProbe` for the peak bytes of live
   tensors during one training step, from the allocator's events, and what they are (gradients,
   activations, temporaries...); on CUDA without a probe, ``torch.cuda.max_memory_allocated``.
 - Energy: :class:`EnergyMeter`, labelled ``measured`` (NVML / RAPL) or ``estimated`` (CodeCarbon).
@@ -13,7 +14,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -27,6 +29,8 @@ from beyondbp.measure.memory import (
     AllocatorTrace,
     LiveTensorTracker,
     peak_rss_bytes,
+    peak_rss_method,
+    rss_left_out,
     tensor_bytes,
 )
 
@@ -41,7 +45,9 @@ __all__ = [
     "environment",
     "matmul_peak_gflops",
     "peak_rss_bytes",
+    "peak_rss_method",
     "provenance_markdown",
+    "rss_left_out",
     "sync",
     "tensor_bytes",
 ]
@@ -53,10 +59,11 @@ def sync(device: torch.device) -> None:
 
 
 class Stopwatch:
-    """Accumulates wall time over ``with watch:`` blocks."""
+    """Accumulates wall time over ``with watch:`` blocks, less the :meth:`paused` ones."""
 
     def __init__(self, device: torch.device, total: float = 0.0) -> None:
         self.device, self.total = device, total
+        self._t0: float | None = None
 
     def __enter__(self) -> Stopwatch:
         sync(self.device)
@@ -65,7 +72,26 @@ class Stopwatch:
 
     def __exit__(self, *exc: object) -> None:
         sync(self.device)
-        self.total += time.perf_counter() - self._t0
+        if self._t0 is not None:
+            self.total += time.perf_counter() - self._t0
+        self._t0 = None
+
+    @property
+    def elapsed(self) -> float:
+        """The total so far, the running block included (no device sync)."""
+        return self.total + (0.0 if self._t0 is None else time.perf_counter() - self._t0)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave a block out of the total (measurement work inside a timed loop)."""
+        if self._t0 is None:  # not running: nothing to pause
+            yield
+            return
+        self.__exit__()
+        try:
+            yield
+        finally:
+            self.__enter__()
 
 
 class StepProbe:

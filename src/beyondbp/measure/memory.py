@@ -25,11 +25,75 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+_rss_banked = 0  # the peak before the last span left out of the peak (see rss_left_out)
+_rss_resettable: bool | None = None  # None: not tried yet
+
+
+def _high_water() -> int | None:
+    """Linux's high-water mark of this process's resident memory (``VmHWM``), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process since it started (Linux/macOS)."""
+    """Peak resident set size of this process since it started, leaving out the spans run
+    under :func:`rss_left_out` (the memory probe's profiler) where the platform can reset its
+    high-water mark (Linux); elsewhere, and if the reset failed, the probes are included
+    (:func:`peak_rss_method` says which)."""
+    hwm = _high_water()
+    return max(_rss_banked, _max_rss() if hwm is None else hwm)
+
+
+def _max_rss() -> int:
+    """The kernel's peak RSS (no reset reaches it; on Linux it starts at the parent's peak,
+    copied at ``fork``: ``VmHWM`` is the process's own)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def peak_rss_method() -> str:
+    """How :func:`peak_rss_bytes` was taken: with the probes' spans left out or not."""
+    if _rss_resettable is False:
+        return "process peak RSS, the memory probes' profiler included (cannot reset the peak)"
+    return "process peak RSS, the memory probes' profiler left out"
+
+
+@contextmanager
+def rss_left_out() -> Iterator[None]:
+    """Leave the memory this block takes out of :func:`peak_rss_bytes`: the peak so far is
+    kept, and after the block the kernel's high-water mark is reset (``/proc/self/clear_refs``)
+    to the resident memory then, once the C allocator has given back what it can (the
+    profiler's records are many small blocks that ``free`` keeps for reuse)."""
+    global _rss_banked, _rss_resettable
+    hwm = _high_water()
+    _rss_banked = max(_rss_banked, _max_rss() if hwm is None else hwm)
+    try:
+        yield
+    finally:
+        if _rss_resettable is not False:
+            _rss_resettable = hwm is not None and _reset_high_water()
+
+
+def _reset_high_water() -> bool:
+    try:
+        import ctypes
+
+
+        ctypes.CDLL(None).malloc_trim(0)  # glibc: hand freed heap back to the kernel
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux >= 4.0: reset the peak RSS to the current RSS
+        return True
+    except OSError:
+        return False
 
 
 def tensor_bytes(objs: Iterable[Any]) -> int:
