@@ -33,6 +33,10 @@ runs_app = typer.Typer(
     help="The run store: list, show, export and import runs.", no_args_is_help=True
 )
 app.add_typer(runs_app, name="runs")
+results_app = typer.Typer(
+    help="Committed result tables: how far behind the code they are.", no_args_is_help=True
+)
+app.add_typer(results_app, name="results")
 # Wide tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
 # No markup or emoji codes read from text by default: net specs, dataset names and error messages
 # come from the user (a print that styles its own words says markup=True and escapes the rest).
@@ -743,6 +747,48 @@ def runs_import(
             f"({len(records) - len(added)} already there){note}",
             highlight=False,
         )
+
+
+ResultsDir = Annotated[
+    Path, typer.Option("--folder", help="the committed results (default benchmarks/results)")
+]
+
+
+@results_app.command("status")
+def results_status(
+    folder: ResultsDir = Path("benchmarks/results"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="list the commits")] = False,
+):
+    """Each results file's commit, and the later commits that touched the code it measures."""
+    from beyondbp.bench.freshness import status
+
+    for s in status(folder):
+        console.print(s.line(), highlight=False)
+        for c in (s.later or []) if verbose else []:
+            console.print(f"    {c}", highlight=False)
+
+
+@results_app.command("check")
+def results_check(
+    spec: Annotated[
+        Path, typer.Option("--spec", help="which runs to re-make, and their numbers' noise")
+    ] = Path("benchmarks/checks.yaml"),
+    folder: ResultsDir = Path("benchmarks/results"),
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="datasets folder")] = None,
+):
+    """Train the cheap tables' runs again and fail if a committed number moved beyond its noise."""
+    from beyondbp.bench.freshness import check, load_checks
+
+    drifts = []
+    for c in load_checks(spec):
+        n, found = check(c, folder, data_dir)
+        drifts += found
+        verdict = "as committed" if not found else f"{len(found)} numbers moved"
+        console.print(f"{c.file} ({n} runs, {', '.join(c.metrics)}): {verdict}", highlight=False)
+    for d in drifts:
+        console.print(f"  {d}", highlight=False)
+    if drifts:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -84,7 +84,6 @@ def _reset_high_water() -> bool:
     try:
         import ctypes
 
-
         ctypes.CDLL(None).malloc_trim(0)  # glibc: hand freed heap back to the kernel
     except (OSError, AttributeError):
         pass
