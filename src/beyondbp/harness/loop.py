@@ -40,7 +40,13 @@ from beyondbp.harness.callbacks import (
     TransferTest,
 )
 from beyondbp.harness.config import TrainConfig
-from beyondbp.measure import EnergyMeter, Stopwatch, peak_rss_bytes, peak_rss_method
+from beyondbp.measure import (
+    EnergyMeter,
+    Stopwatch,
+    peak_rss_bytes,
+    peak_rss_method,
+    rss_residue_bytes,
+)
 from beyondbp.rules.base import Rule, SetupContext, is_diverged
 from beyondbp.runs import RunRecord, RunStore, atomic_save
 from beyondbp.tasks import Task
@@ -417,6 +423,7 @@ class Trainer:
             stop_reason=st.stop_reason,
             peak_rss_bytes=max(peak_rss_bytes(), m.get("peak_rss_bytes", 0)),
             peak_rss_method=peak_rss_method(),
+            peak_rss_probe_residue_bytes=rss_residue_bytes(),
             energy_j=st.energy_j,
             energy_wh=None if st.energy_j is None else st.energy_j / 3600,
             energy_label=st.energy_label,

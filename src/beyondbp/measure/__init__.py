@@ -31,6 +31,7 @@ from beyondbp.measure.memory import (
     peak_rss_bytes,
     peak_rss_method,
     rss_left_out,
+    rss_residue_bytes,
     tensor_bytes,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "peak_rss_method",
     "provenance_markdown",
     "rss_left_out",
+    "rss_residue_bytes",
     "sync",
     "tensor_bytes",
 ]
