@@ -185,6 +185,7 @@ def test_also_test_scores_the_model_on_another_dataset():
     assert m["test_ppl_arith-ood"] > 1000  # a random model: near the vocabulary's size
     assert m["test_acc_arith-ood"] == 0.0
     assert m["test_loss"] != m["test_loss_arith-ood"]  # another test split
+    assert m["step_time_s"] is None and "tokens_per_s" not in m  # no training: no throughput
 
 
 def test_s2ft_and_lora_steps_hold_less_memory_than_full_fine_tuning():

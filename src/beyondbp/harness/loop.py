@@ -399,7 +399,7 @@ class Trainer:
 
     # -- measurement ----------------------------------------------------------------------------
     def _finish_metrics(self, wall: float, energy: EnergyMeter) -> None:
-        st, m = self.state, self.record.metrics
+        st, m, trains = self.state, self.record.metrics, type(self.rule).trains
         reading = energy.reading
         if reading.joules is not None:
             st.energy_j = (st.energy_j or 0.0) + reading.joules
@@ -411,10 +411,10 @@ class Trainer:
             steps=st.steps,
             examples=st.examples,
             train_time_s=st.train_time,
-            step_time_s=st.train_time / st.steps if st.steps else None,
+            step_time_s=st.train_time / st.steps if st.steps and trains else None,
             **(
                 {"tokens": st.tokens, "tokens_per_s": st.tokens / st.train_time}
-                if st.tokens and st.train_time > 0
+                if st.tokens and st.train_time > 0 and trains
                 else {}
             ),
             val_time_s=st.val_time,

@@ -113,6 +113,8 @@ class Rule:
     # True: the rule only evaluates its net (zeroth-order, populations): eval mode throughout,
     # no dropout, fixed norm statistics
     evaluates_only: ClassVar[bool] = False
+    # False: the rule never changes the net (the pretrained row): no step time or throughput
+    trains: ClassVar[bool] = True
 
     def __init__(self, options: RuleOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -20,6 +20,7 @@ class Pretrained(Rule):
     tasks = ("lm", "classification")
     default_grid = False
     evaluates_only = True
+    trains = False
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         return {}
