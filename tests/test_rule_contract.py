@@ -35,9 +35,12 @@ SETUPS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "deep-ga": ("mlp:8", {"population": 10, "truncation": 3, "elite_evals": 2}, {}),
     "dfa": ("mlp:16x2", {}, {}),
     "drtp": ("mlp:16x2", {}, {}),
+    "ep": ("hopfield:16", {"t1": 10, "t2": 5}, {}),
     "es": ("mlp:8", {"popsize": 10}, {}),
     "ff": ("mlp:16x2", {}, {}),
     "full-ft": ("mlp:16x2", {}, {}),
+    "ghep": ("vf:16", {"t1": 10, "t2": 5, "homeostasis": 1.0}, {}),  # draws ε while training
+    "hep": ("hopfield:16", {"t1": 10, "t2": 5, "n": 4}, {}),
     "lora": ("lm:tiny", {"modules": "all-linear"}, {"epochs": 1, "max_steps": 4, "batch_size": 16}),
     "pretrained": ("mlp:16x2", {}, {}),
     "s2ft": (
@@ -62,6 +65,8 @@ SETUPS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     "cafo-dfa": ("cafo", "mlp:16x2", {"block_training": "dfa", "dfa_epochs": 1}, {}),
     "cafo-patience": ("cafo", "mlp:16x2", {"predictor_patience": 1}, {}),
+    "hep-noise": ("hep", "hopfield:16", {"t1": 10, "t2": 5, "n": 3}, {"state_noise": 0.04}),
+    "ghep-exact": ("ghep", "vf:16:angle-90", {"t1": 10, "t2": 5, "n": 0}, {}),
     "mono-forward-greedy": (
         "mono-forward", "mlp:16x2", {"layer_schedule": "greedy", "epochs_per_layer": 1}, {},
     ),

@@ -60,6 +60,10 @@ class TrainConfig(BaseModel):
         "head's last linear layer on the frozen net's features of the training split (logistic "
         "regression; LP-FT's first stage) before the rule trains; timed as training",
     )
+    state_noise: float = Field(
+        0.0, ge=0, description="std of Gaussian neuron noise in the nudged relaxations of a net "
+        "that relaxes to a fixed point (hopfield, vf)"
+    )  # fmt: skip
     seed: int = Field(0, description="weights and batch order")
     data_seed: int = Field(0, description="the validation split (the same for every rule)")
     device: str = Field("cpu", description="cpu, cuda or auto")

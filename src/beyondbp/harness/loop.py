@@ -225,6 +225,13 @@ class Trainer:
             self.device, cfg.seed, self.steps_per_epoch, cfg.epochs, cfg.batch_size,
             train=self.task.train, max_steps=cfg.max_steps,
         )  # fmt: skip
+        if cfg.state_noise:
+            if not hasattr(self.net, "noise"):
+                raise BeyondBPError(
+                    f"state_noise applies to nets that relax to a fixed point (hopfield:, vf:); "
+                    f"{type(self.net).__name__} has no state to perturb: drop state_noise"
+                )
+            self.net.noise = cfg.state_noise
         rule.setup(self.net, self.task.meta, ctx)
         for m in rule.modules().values():
             m.to(self.device)

@@ -23,12 +23,17 @@ Spec strings:
   two graph layers of 128 units and a linear head; ``gcn:128x2:out-conv`` ends in a graph layer
   to the classes instead (torch_geometric's ``GCN(num_layers=2)``); ``gcn:128x2:link`` scores node
   pairs (link prediction). See :mod:`beyondbp.nets.graph`.
+- ``hopfield:256x2`` / ``vf:256x2``: nets that relax to a fixed point, for equilibrium
+  propagation (``ep``, ``hep``; ``ghep``); ``:t150`` sets the free-phase iterations T1, ``vf``'s
+  ``:angle-90`` starts its feedback weights independent of the forward ones. See
+  :mod:`beyondbp.nets.equilibrium`.
 - ``lm``: the causal language model of the language-model datasets (``arith``, ``msrp-yesno:16``,
   ``tinyshakespeare``); ``lm:tiny`` a small random one. See :mod:`beyondbp.nets.lm`.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 
@@ -128,6 +133,9 @@ _NOPROP = re.compile(
     r"^noprop(:(?P<steps>\d+))?(:(?P<kind>dt|ct|fm))?(:(?P<embed>onehot|learned|prototype)(-(?P<dim>\d+))?)?(?P<head>:embed-head)?$"
 )
 _MINILM = re.compile(r"^minilm(:prompt-(?P<prompt>\d+))?$")
+_EQ = re.compile(
+    r"^(?P<kind>hopfield|vf):(?P<widths>\d+(x\d+|(-\d+)*))(:(?P<act>sigmoid|tanh))?(:t(?P<steps>\d+))?(:angle-(?P<angle>\d+))?$"
+)
 _LM = re.compile(r"^lm(:(?P<size>tiny))?$")
 _GRAPH = re.compile(
     r"^(?P<kind>gcn|sage|gat)(:(?P<width>\d+)(x(?P<depth>\d+))?)?(:(?P<out>out-conv|link))?$"
@@ -141,6 +149,10 @@ NET_SPECS = {
     "noprop[:T][:dt|ct|fm][:onehot|learned-D|prototype][:embed-head]": "NoProp: T denoising "
     "blocks (DT, default 10) or one time-conditioned block and T ODE steps (CT, FM; default "
     "1000); embed-head: the classifier starts at the class embeddings",
+    "hopfield|vf:WIDTHxDEPTH[:act][:tT1][:angle-A]": "nets relaxing to a fixed point (EP): "
+    "hopfield: energy-based, symmetric weights, softmax readout (ep, hep; default T1 200); vf: a "
+    "vector field with free feedback weights, started A degrees from symmetric (ghep; default T1 "
+    "150); act sigmoid (the papers' holomorphic 1/(1+e^(-4z+2))) or tanh",
     "lm[:tiny]": "the causal language model of a language-model dataset (SmolLM2-135M-Instruct "
     "or $BEYONDBP_LM); lm:tiny: a 2-layer LLaMA of its vocabulary, randomly initialised "
     "(beyondbp[llm])",
@@ -192,6 +204,25 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
             return GraphNet(m["kind"], int(input_shape[0]), width, depth, classes, head)
         except ValueError as e:
             raise BeyondBPError(f"net spec {spec!r}: {e}") from None
+    if m := _EQ.match(spec):
+        from beyondbp.nets.equilibrium import HopfieldMLP, VectorFieldMLP
+
+        w = m["widths"]
+        widths = (
+            [int(w.split("x")[0])] * int(w.split("x")[1])
+            if "x" in w
+            else [int(v) for v in w.split("-")]
+        )
+        n_in = math.prod(input_shape)
+        act = m["act"] or "sigmoid"
+        if m["kind"] == "hopfield":
+            if m["angle"]:
+                raise BeyondBPError(
+                    f"net spec {spec!r}: a hopfield net is symmetric; angle is for vf"
+                )
+            return HopfieldMLP(n_in, widths, classes, act, int(m["steps"] or 200))
+        return VectorFieldMLP(n_in, widths, classes, act, int(m["steps"] or 150),
+                              float(m["angle"] or 0))  # fmt: skip
     if m := _LM.match(spec):
         from beyondbp.nets.lm import CausalLM
 

@@ -1,0 +1,285 @@
+"""Nets whose state relaxes to a fixed point: the substrate of equilibrium propagation.
+
+The state is one tensor per dynamic layer, relaxed from zero by synchronous fixed-point
+iteration, batched over examples and over nudged phases, in real or complex dtypes (the
+activation is holomorphic, so a complex nudge gives a complex state). ``forward(x)`` relaxes the
+free phase for ``steps`` (T1) iterations with autograd on, so backprop through time trains the
+same net (its memory grows with T1; EP's does not).
+
+- :class:`HopfieldMLP` (``hopfield:256x2``): energy-based (Laborieux & Zenke 2022). With the
+  primitive function ``Φ(x, s) = Σ_l s_l · (W_l s_{l−1} + b_l)`` (``s_0 = x``) and a softmax
+  readout ``R``, the state follows ``s ← σ(∂Φ_β/∂s)`` for ``Φ_β = Φ − β·CE(R s_L + c, y)``: the
+  feedback weights are the forward ones transposed, and the nudge reaches the last layer as
+  ``−β Rᵀ(softmax(R s_L + c) − y)``.
+- :class:`VectorFieldMLP` (``vf:256x2``): a general vector field, no energy (Laborieux & Zenke
+  2024). The state ``u`` holds pre-activations of the hidden layers and of an output layer of
+  ``classes`` units; ``u ← G(σ(u)) + β ∂ℓ/∂a_out`` with ``G(a)_l = W_l a_{l−1} + b_l + B_l a_{l+1}``,
+  free feedback weights ``B_l`` (initialised ``sin α · B_l + cos α · W_{l+1}ᵀ``: α = 0 starts
+  symmetric, 90° independent) and the loss ``ℓ = CE(R σ(u_out) + c, y)``.
+
+σ(z) = 1 / (1 + e^{−4z+2}), the papers' sigmoid: holomorphic away from its poles. ``noise`` (set
+by the harness's ``state_noise``) adds Gaussian noise to every pre-activation of a relaxation that
+asks for it, one draw per neuron and phase shared by the batch (as the paper's code does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+State = list[torch.Tensor]
+
+
+def holo_sigmoid(z: torch.Tensor) -> torch.Tensor:
+    """σ(z) = 1 / (1 + e^{−4z+2}) = ½ + ½·tanh(2z − 1), for real and complex z."""
+    return 0.5 + 0.5 * torch.tanh(2 * z - 1)
+
+
+def holo_tanh(z: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(z)
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sigmoid": holo_sigmoid,
+    "tanh": holo_tanh,
+}
+
+
+def complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-row cross-entropy ``logsumexp(z) − z_y``, holomorphic in complex logits."""
+    m = logits.real.amax(-1, keepdim=True).detach()
+    lse = m + torch.log(torch.exp(logits - m).sum(-1, keepdim=True))
+    return (lse - logits.gather(-1, y[:, None])).squeeze(-1)
+
+
+def ce_grad(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """∂CE/∂logits = softmax(z) − onehot(y), holomorphic in complex logits."""
+    m = logits.real.amax(-1, keepdim=True).detach()
+    e = torch.exp(logits - m)
+    p = e / e.sum(-1, keepdim=True)
+    return p - F.one_hot(y, logits.shape[-1]).to(logits.dtype)
+
+
+class EqNet(nn.Module):
+    """A layered net relaxing to a fixed point: the part both kinds share.
+
+    Subclasses define ``pre(x, state, beta, y, w)`` (the next pre-activations) and ``logits``;
+    ``w`` holds the parameters cast to the state's dtype (once per relaxation)."""
+
+    kind = ""
+
+    def __init__(self, widths: Sequence[int], classes: int, act: str, steps: int) -> None:
+        super().__init__()
+        self.widths = list(widths)
+        self.classes = classes
+        self.act_name = act
+        self.act = ACTIVATIONS[act]
+        self.steps = steps  # T1: free-phase iterations of forward() and of prediction
+        self.noise = 0.0  # σ of the neuron noise (TrainConfig.state_noise)
+
+    # -- to be defined -------------------------------------------------------------------------
+    def pre(self, x: torch.Tensor, s: State, beta: torch.Tensor | None, y: torch.Tensor | None,
+            w: dict[str, torch.Tensor]) -> State:  # fmt: skip
+        raise NotImplementedError
+
+    def post(self, pre: State) -> State:
+        """The next state from the pre-activations."""
+        raise NotImplementedError
+
+    def logits(self, s: State) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------
+    def weights(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The parameters by name, cast to ``dtype`` (differentiably: complex → real grads)."""
+        return {n: (p if p.dtype == dtype else p.to(dtype)) for n, p in self.named_parameters()}
+
+    def zero_state(self, rows: int, dtype: torch.dtype, device: torch.device) -> State:
+        return [torch.zeros(rows, d, dtype=dtype, device=device) for d in self.state_widths()]
+
+    def state_widths(self) -> list[int]:
+        return self.widths
+
+    def relax(
+        self,
+        x: torch.Tensor,
+        s: State,
+        steps: int,
+        beta: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        noise: float = 0.0,
+        phases: int = 1,
+    ) -> State:
+        """``steps`` synchronous iterations from ``s``. ``beta``: (rows, 1) nudging strengths
+        (rows = phases × batch, phase-major), ``y`` the labels of every row; ``noise``: σ of
+        the Gaussian noise added to each pre-activation, one draw per phase shared by the batch."""
+        dtype = s[0].dtype
+        w = self.weights(dtype)
+        for _ in range(steps):
+            pre = self.pre(x, s, beta, y, w)
+            if noise > 0:
+                pre = [p + _shared_noise(p, phases, noise) for p in pre]
+            s = self.post(pre)
+        return s
+
+    def free(self, x: torch.Tensor, steps: int | None = None) -> State:
+        """The free phase from zero: T1 iterations (autograd on if grad mode is)."""
+        s = self.zero_state(x.shape[0], x.dtype, x.device)
+        return self.relax(x, s, self.steps if steps is None else steps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.free(x.flatten(1)))
+
+
+def _shared_noise(p: torch.Tensor, phases: int, sigma: float) -> torch.Tensor:
+    """Gaussian noise of std ``sigma``, one draw per phase and neuron, shared by the batch."""
+    rows, d = p.shape
+    real = p.real.dtype if p.is_complex() else p.dtype
+    xi = torch.randn(phases, 1, d, dtype=real, device=p.device) * sigma
+    return xi.expand(phases, rows // phases, d).reshape(rows, d)
+
+
+def repeat_rows(t: torch.Tensor, k: int) -> torch.Tensor:
+    """``t`` stacked ``k`` times along the rows (phase-major), for batched phases."""
+    return t.repeat(k, *([1] * (t.ndim - 1)))
+
+
+class HopfieldMLP(EqNet):
+    """Energy-based layered net (feedback = forward weights transposed) with a softmax readout."""
+
+    kind = "hopfield"
+
+    def __init__(self, in_features: int, widths: Sequence[int], classes: int,
+                 act: str = "sigmoid", steps: int = 200) -> None:  # fmt: skip
+        super().__init__(widths, classes, act, steps)
+        dims = [in_features, *widths]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(dims))
+        self.readout = nn.Linear(dims[-1], classes)
+        for lin in [*self.layers, self.readout]:
+            _haiku_init(lin)
+
+    def pre(self, x: torch.Tensor, s: State, beta: torch.Tensor | None, y: torch.Tensor | None,
+            w: dict[str, torch.Tensor]) -> State:  # fmt: skip
+        n = len(s)
+        out = []
+        for i in range(n):
+            below = x if i == 0 else s[i - 1]
+            h = F.linear(below, w[f"layers.{i}.weight"], w[f"layers.{i}.bias"])
+            if i + 1 < n:
+                h = h + s[i + 1] @ w[f"layers.{i + 1}.weight"]
+            out.append(h)
+        if beta is not None:
+            z = F.linear(s[-1], w["readout.weight"], w["readout.bias"])
+            out[-1] = out[-1] - beta * (ce_grad(z, y) @ w["readout.weight"])
+        return out
+
+    def post(self, pre: State) -> State:
+        return [self.act(p) for p in pre]
+
+    def logits(self, s: State) -> torch.Tensor:
+        w = self.weights(s[-1].dtype)
+        return F.linear(s[-1], w["readout.weight"], w["readout.bias"])
+
+    def phi(self, x: torch.Tensor, s: State, beta: torch.Tensor | None, y: torch.Tensor | None
+            ) -> torch.Tensor:  # fmt: skip
+        """Φ_β per row: ``Σ_l s_l · (W_l s_{l−1} + b_l) − β·CE(R s_L + c, y)``, differentiable
+        in the parameters (the states are taken as given)."""
+        w = self.weights(s[0].dtype)
+        total = 0
+        for i in range(len(s)):
+            below = x if i == 0 else s[i - 1]
+            total = total + (
+                s[i] * F.linear(below, w[f"layers.{i}.weight"], w[f"layers.{i}.bias"])
+            ).sum(-1)
+        if beta is not None:
+            z = F.linear(s[-1], w["readout.weight"], w["readout.bias"])
+            total = total - beta.squeeze(-1) * cross_entropy(z, y)
+        return total
+
+
+class VectorFieldMLP(EqNet):
+    """A layered vector field without weight symmetry; the state is pre-activations."""
+
+    kind = "vf"
+
+    def __init__(self, in_features: int, widths: Sequence[int], classes: int,
+                 act: str = "sigmoid", steps: int = 150, angle: float = 0.0) -> None:  # fmt: skip
+        super().__init__([*widths, classes], classes, act, steps)
+        dims = [in_features, *self.widths]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(dims))
+        # feedback from layer l+1 to layer l (no bias)
+        self.feedback = nn.ModuleList(nn.Linear(b, a, bias=False) for a, b in pairwise(dims[1:]))
+        self.readout = nn.Linear(classes, classes)
+        for lin in [*self.layers, *self.feedback, self.readout]:
+            _lecun_init(lin)
+        self.angle = angle
+        with torch.no_grad():  # rotate: α = 0 symmetric, 90° independent
+            a = math.radians(angle)
+            for i, fb in enumerate(self.feedback):
+                fb.weight.mul_(math.sin(a)).add_(math.cos(a) * self.layers[i + 1].weight.T)
+
+    def drive(self, x: torch.Tensor, a: State, w: dict[str, torch.Tensor]) -> State:
+        """G(a): each layer's input from the activations below and above."""
+        out = []
+        for i in range(len(a)):
+            below = x if i == 0 else a[i - 1]
+            h = F.linear(below, w[f"layers.{i}.weight"], w[f"layers.{i}.bias"])
+            if i + 1 < len(a):
+                h = h + F.linear(a[i + 1], w[f"feedback.{i}.weight"])
+            out.append(h)
+        return out
+
+    def loss_grad(self, a_out: torch.Tensor, y: torch.Tensor, w: dict[str, torch.Tensor]
+                  ) -> torch.Tensor:  # fmt: skip
+        """∂ℓ/∂a_out of ``ℓ = CE(R a_out + c, y)``."""
+        z = F.linear(a_out, w["readout.weight"], w["readout.bias"])
+        return ce_grad(z, y) @ w["readout.weight"]
+
+    def pre(self, x: torch.Tensor, s: State, beta: torch.Tensor | None, y: torch.Tensor | None,
+            w: dict[str, torch.Tensor]) -> State:  # fmt: skip
+        a = [self.act(u) for u in s]
+        out = self.drive(x, a, w)
+        if beta is not None:
+            out[-1] = out[-1] + beta * self.loss_grad(a[-1], y, w)
+        return out
+
+    def post(self, pre: State) -> State:
+        return pre
+
+    def logits(self, s: State) -> torch.Tensor:
+        w = self.weights(s[-1].dtype)
+        return F.linear(self.act(s[-1]), w["readout.weight"], w["readout.bias"])
+
+    def asymmetry(self) -> float:
+        """‖A − Aᵀ‖_F / ‖A + Aᵀ‖_F of the block weight matrix A = ∂G/∂a (0: symmetric)."""
+        with torch.no_grad():
+            diff = sum(((fb.weight - self.layers[i + 1].weight.T) ** 2).sum()
+                       for i, fb in enumerate(self.feedback))  # fmt: skip
+            tot = sum(((fb.weight + self.layers[i + 1].weight.T) ** 2).sum()
+                      for i, fb in enumerate(self.feedback))  # fmt: skip
+            return float(torch.sqrt(diff / tot)) if len(self.feedback) else 0.0
+
+
+def _haiku_init(lin: nn.Linear) -> None:
+    """Truncated normal of std 1/√fan_in (cut at 2 std), zero bias: the hEP code's layers."""
+    std = 1 / math.sqrt(lin.in_features)
+    nn.init.trunc_normal_(lin.weight, std=std, a=-2 * std, b=2 * std)
+    if lin.bias is not None:
+        nn.init.zeros_(lin.bias)
+
+
+def _lecun_init(lin: nn.Linear) -> None:
+    """LeCun normal (truncated at 2 std, variance-corrected), zero bias: Flax's Dense."""
+    std = 1 / math.sqrt(lin.in_features) / 0.87962566103423978
+    nn.init.trunc_normal_(lin.weight, std=std, a=-2 * std, b=2 * std)
+    if lin.bias is not None:
+        nn.init.zeros_(lin.bias)

@@ -1,0 +1,201 @@
+"""Equilibrium propagation (Scellier & Bengio 2017) and holomorphic EP (Laborieux & Zenke 2022,
+arXiv 2209.00530), on an energy-based net (``hopfield:256x2``, :mod:`beyondbp.nets.equilibrium`).
+
+Free phase: T1 iterations ``s ← σ(∂Φ/∂s)`` from zero reach the fixed point ``s*``. Nudged phases:
+T2 iterations from ``s*`` under ``Φ_β = Φ − β·ℓ``. The loss gradient comes from the parameter
+derivative of Φ at the nudged fixed points, a local quantity (for a weight, the product of the two
+neurons it joins), with no backward pass through time:
+
+    one-sided   g = [∂Φ/∂θ(s*) − ∂Φ_β/∂θ(s_β)] / β              (bias O(β))
+    centred     g = [∂Φ_{−β}/∂θ(s_{−β}) − ∂Φ_β/∂θ(s_β)] / 2β     (bias O(β²))
+    hEP         g = −Re (1/N) Σ_k ∂Φ_{β_k}/∂θ(s_{β_k}) / β_k,   β_k = |β| e^{2πik/N}
+
+hEP's sum is the first Fourier coefficient of ``β ↦ −∂Φ_β/∂θ(s_β)`` on a circle of radius |β|: by
+Cauchy's integral formula its derivative at β = 0, exact up to O(|β|^N) when Φ and σ are
+holomorphic, at finite |β|. N = 2 is centred EP. The nudged phases relax together as one batch
+of phases × examples; phases k and N − k are complex conjugates, so only k ≤ N/2 relax (all N
+when neuron noise is on, which breaks the symmetry).
+
+Paper defaults (MNIST, 784-256-256-10): SGD lr 0.05, batch 20, 50 epochs; classic EP β = 0.1,
+T1 = T2 = 350 (one-sided); hEP N = 10, |β| = 0.4, T1 = 200, T2 = 50.
+"""
+
+from __future__ import annotations
+
+import cmath
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from beyondbp.data.core import DatasetMeta
+from beyondbp.errors import BeyondBPError
+from beyondbp.nets.equilibrium import EqNet, HopfieldMLP, complex_dtype, repeat_rows
+from beyondbp.rules.base import Distribution, IntUniform, LogUniform, Rule, SetupContext
+from beyondbp.rules.optim import OptimOptions, Schedule, make_optimizer
+from beyondbp.rules.registry import register
+
+
+def nudges(
+    n: int, beta: float, conjugate_pairs: bool = True
+) -> tuple[list[complex], list[complex]]:
+    """Nudges β_k and weights c_k with ``Re Σ_k c_k f(β_k) ≈ f′(0)``.
+
+    n = 1: one-sided, ``(f(β) − f(0)) / β``; n = 2: centred; n ≥ 3: the Cauchy estimate
+    ``(1/N) Σ_k f(β_k)/β_k`` on N points of the circle |β|, its conjugate pairs folded into one
+    point of weight 2 when ``conjugate_pairs`` (exact for f real on the real axis)."""
+    if n < 1:
+        raise BeyondBPError(f"n = {n}: the number of nudges is 1 (one-sided), 2 (centred) or more")
+    if beta == 0:
+        raise BeyondBPError("beta = 0 gives no gradient; use a nudging strength > 0")
+    if n == 1:
+        return [0j, complex(beta)], [complex(-1 / beta), complex(1 / beta)]
+    if n == 2:
+        return [complex(beta), complex(-beta)], [complex(1 / (2 * beta)), complex(-1 / (2 * beta))]
+    betas, coefs = [], []
+    for k in range(n // 2 + 1 if conjugate_pairs else n):
+        b = beta * cmath.exp(2j * math.pi * k / n)
+        w = 1 if not conjugate_pairs or k == 0 or 2 * k == n else 2
+        b = complex(b.real, 0.0) if abs(b.imag) < 1e-12 else b  # exactly real where it is
+        betas.append(b)
+        coefs.append(w / (n * b))
+    return betas, coefs
+
+
+def nudged_states(net: EqNet, x: torch.Tensor, y: torch.Tensor, free: list[torch.Tensor],
+                  betas: list[complex], steps: int, noise: float = 0.0
+                  ) -> tuple[list[torch.Tensor], torch.Tensor]:  # fmt: skip
+    """Every phase's state after ``steps`` nudged iterations from the free fixed point, stacked
+    phase-major (rows = phases × batch), and the rows' β as a (rows, 1) tensor. Phases with β = 0
+    keep the free state unless ``noise`` is on."""
+    real = all(b.imag == 0 for b in betas)
+    dtype = free[0].dtype if real else complex_dtype(free[0].dtype)
+    n_b = x.shape[0]
+    moving = [k for k, b in enumerate(betas) if b != 0 or noise > 0]
+    parts: list[list[torch.Tensor]] = [[t.to(dtype) for t in free] for _ in betas]
+    if moving:
+        k = len(moving)
+        bt = torch.tensor([betas[i] if not real else betas[i].real for i in moving], dtype=dtype)
+        bt = bt.to(x.device).repeat_interleave(n_b)[:, None]
+        s = net.relax(repeat_rows(x.to(dtype), k), [repeat_rows(t.to(dtype), k) for t in free],
+                      steps, bt, repeat_rows(y, k), noise=noise, phases=k)  # fmt: skip
+        for j, i in enumerate(moving):
+            parts[i] = [t[j * n_b : (j + 1) * n_b] for t in s]
+    states = [torch.cat([p[layer] for p in parts]) for layer in range(len(free))]
+    bt = torch.tensor([b if not real else b.real for b in betas], dtype=dtype)
+    return states, bt.to(x.device).repeat_interleave(n_b)[:, None]
+
+
+class PhaseOptions(OptimOptions):
+    """The optimiser and the phases' lengths, shared by the EP rules."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD only")
+    t1: int | None = Field(350, ge=1, description="free-phase iterations (None: the net's)")
+    t2: int = Field(350, ge=1, description="iterations of each nudged phase")
+
+
+def combine(coefs: list[complex], values: torch.Tensor) -> torch.Tensor:
+    """``Re Σ_k c_k v_k`` for phase-major rows ``values`` (phases × batch, ...), real or complex:
+    one real row per example."""
+    v = values.reshape(len(coefs), -1, *values.shape[1:])
+    shape = (len(coefs),) + (1,) * (v.ndim - 1)
+    cr = torch.tensor([c.real for c in coefs], dtype=v.real.dtype, device=v.device).view(shape)
+    if not v.is_complex():
+        return (cr * v).sum(0)
+    ci = torch.tensor([c.imag for c in coefs], dtype=v.real.dtype, device=v.device).view(shape)
+    return (cr * v.real - ci * v.imag).sum(0)
+
+
+class Options(PhaseOptions):
+    beta: float = Field(0.1, gt=0, description="nudging strength β")
+    estimate: Literal["one-sided", "centred"] = Field(
+        "one-sided", description="one-sided: nudge +β against the free state; centred: ±β"
+    )
+
+
+@register("ep", "Equilibrium propagation: one-sided or centred (±β) nudges of an energy-based net")
+class EP(Rule):
+    Options = Options
+    search_space: ClassVar[dict[str, Distribution]] = {
+        "lr": LogUniform(1e-3, 0.5),
+        "beta": LogUniform(0.01, 1.0),
+        "t2": IntUniform(10, 400, log=True),
+    }
+    options: Options
+    stateful = ("opt", "schedule")
+
+    @classmethod
+    def works_on(cls, net_spec: str) -> bool:
+        return net_spec.startswith("hopfield")
+
+    def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
+        if not isinstance(net, HopfieldMLP):
+            raise BeyondBPError(
+                f"{self.name} trains an energy-based net; got {type(net).__name__}: use "
+                "--net hopfield:256x2 (for a vector field, vf:256x2, use ghep)"
+            )
+        self.net = net
+        self.opt = make_optimizer(net.parameters(), self.options)
+        self.schedule = Schedule(self.opt, self.options, ctx.max_epochs)
+
+    def nudges(self) -> tuple[list[complex], list[complex]]:
+        o = self.options
+        return nudges(1 if o.estimate == "one-sided" else 2, o.beta)
+
+    @property
+    def t1(self) -> int:
+        assert isinstance(self.net, EqNet)
+        return self.options.t1 or self.net.steps
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        net = self.net
+        assert isinstance(net, HopfieldMLP)
+        x = x.flatten(1)
+        with torch.no_grad():
+            free = net.free(x, self.t1)
+            logits = net.logits(free)
+            betas, coefs = self.nudges()
+            states, bt = nudged_states(net, x, y, free, betas, self.options.t2, net.noise)
+        k = len(betas)
+        xs, ys = repeat_rows(x.to(states[0].dtype), k), repeat_rows(y, k)
+        self.opt.zero_grad(set_to_none=True)
+        phi = net.phi(xs, states, bt, ys)  # (phases × batch,), differentiable in θ
+        # g = −Re Σ c_k ∂Φ_k/∂θ, batch mean: the gradient of this real surrogate
+        (-combine(coefs, phi).sum() / len(y)).backward()
+        self.opt.step()
+        return {"loss": F.cross_entropy(logits, y), "correct": (logits.argmax(1) == y).sum()}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        assert isinstance(self.net, EqNet)
+        return self.net.logits(self.net.free(x.flatten(1), self.t1))
+
+    def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
+        self.schedule.step(val.get("loss"))
+
+
+class HEPOptions(PhaseOptions):
+    beta: float = Field(0.4, gt=0, description="radius |β| of the complex nudges")
+    n: int = Field(10, ge=1, description="nudges β_k = |β| e^{2πik/N} (1: one-sided, 2: centred)")
+    t1: int | None = Field(200, ge=1, description="free-phase iterations (None: the net's)")
+    t2: int = Field(50, ge=1, description="iterations of each nudged phase")
+
+
+@register("hep", "Holomorphic EP: N complex nudges on a circle, the gradient as a Cauchy integral")
+class HEP(EP):
+    Options = HEPOptions  # type: ignore[assignment]
+    search_space: ClassVar[dict[str, Distribution]] = {
+        "lr": LogUniform(1e-3, 0.5),
+        "beta": LogUniform(0.05, 2.0),
+        "n": IntUniform(2, 12),
+    }
+    options: HEPOptions  # type: ignore[assignment]
+
+    def nudges(self) -> tuple[list[complex], list[complex]]:
+        o = self.options
+        assert isinstance(self.net, EqNet)
+        return nudges(o.n, o.beta, conjugate_pairs=self.net.noise == 0)

@@ -1,0 +1,151 @@
+"""Generalized holomorphic EP with Jacobian homeostasis (Laborieux & Zenke, ICLR 2024,
+arXiv 2309.02214), on a vector field without weight symmetry (``vf:256x2``).
+
+Free phase: T1 iterations of ``u ← G(σ(u), θ)`` reach ``u*``; nudged phases: T2 iterations of
+``u ← G(σ(u)) + β ∂ℓ/∂a_out`` from ``u*``. With ``A = ∂G/∂a`` and ``σ′`` at ``u*``,
+
+    dσ(u)/dβ |₀ = (I − σ′A)⁻¹ σ′ ∂ℓ/∂a        g = (∂G/∂θ)ᵀ dσ(u)/dβ + ∂ℓ/∂θ_readout
+
+while the loss gradient has ``(I − σ′Aᵀ)⁻¹`` in its place (recurrent backprop): g is exact when
+A is symmetric and biased as far as A is not. ``dσ(u)/dβ`` comes from N nudges (1: one-sided,
+2: centred, N ≥ 3: the Cauchy integral over β_k = |β| e^{2πik/N}, as in hEP) or, N = 0, exactly
+by forward-mode AD through the nudged relaxation (``torch.func.jvp``; memory flat in T2).
+
+Jacobian homeostasis keeps A near symmetric: the loss ``λ · mean_ε (‖Jε‖² − εᵀJ²ε) / D`` with
+``J = A − I`` at ``σ(u*)``, ε ~ N(0, I) (5 draws), D the neurons of a state, costs two JVPs; its
+expectation ``(‖J‖²_F − tr J²)/D = 2‖(J − Jᵀ)/2‖²_F / D`` is the squared antisymmetric part. Its
+gradient (autograd through the JVPs) is added to g.
+
+Paper defaults (Fashion-MNIST, vf:256x2, Table 1): SGD momentum 0.9, lr 0.01, batch 50, 50 epochs,
+T1 = 150, T2 = 20, N ∈ {1, 2, 4, 6}, β ∈ {0.05, 0.5}, symmetric start, no homeostasis.
+CIFAR-10 CNN: N = 2, β = 1 or N = 0, T1 = 250, T2 = 40, homeostasis λ = 15.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from beyondbp.data.core import DatasetMeta
+from beyondbp.errors import BeyondBPError
+from beyondbp.nets.equilibrium import EqNet, VectorFieldMLP, repeat_rows
+from beyondbp.rules.base import Distribution, IntUniform, LogUniform, Rule, SetupContext
+from beyondbp.rules.ep import PhaseOptions, combine, nudged_states, nudges
+from beyondbp.rules.optim import Schedule, make_optimizer
+from beyondbp.rules.registry import register
+
+
+class Options(PhaseOptions):
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    beta: float = Field(0.5, gt=0, description="nudging strength |β|")
+    n: int = Field(
+        2, ge=0, description="nudges: 0 exact du/dβ (forward-mode AD), 1 one-sided, 2 centred, "
+        "N ≥ 3 complex on a circle"
+    )  # fmt: skip
+    t1: int | None = Field(150, ge=1, description="free-phase iterations (None: the net's)")
+    t2: int = Field(20, ge=1, description="iterations of each nudged phase")
+    homeostasis: float = Field(0.0, ge=0, description="λ, the Jacobian homeostasis coefficient")
+    homeostasis_draws: int = Field(5, ge=1, description="random ε per example for its loss")
+
+
+@register("ghep", "Generalized holomorphic EP on a vector field, with Jacobian homeostasis")
+class GHEP(Rule):
+    Options = Options
+    search_space: ClassVar[dict[str, Distribution]] = {
+        "lr": LogUniform(1e-4, 0.1),
+        "beta": LogUniform(0.05, 2.0),
+        "n": IntUniform(0, 6),
+        "homeostasis": LogUniform(0.01, 30.0),
+    }
+    options: Options
+    stateful = ("opt", "schedule")
+
+    @classmethod
+    def works_on(cls, net_spec: str) -> bool:
+        return net_spec.startswith("vf")
+
+    def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
+        if not isinstance(net, VectorFieldMLP):
+            raise BeyondBPError(
+                f"ghep trains a vector-field net; got {type(net).__name__}: use --net vf:256x2"
+            )
+        self.net = net
+        self.opt = make_optimizer(net.parameters(), self.options)
+        self.schedule = Schedule(self.opt, self.options, ctx.max_epochs)
+
+    @property
+    def t1(self) -> int:
+        assert isinstance(self.net, EqNet)
+        return self.options.t1 or self.net.steps
+
+    def dsigma_dbeta(self, x: torch.Tensor, y: torch.Tensor, u: list[torch.Tensor]
+                     ) -> list[torch.Tensor]:  # fmt: skip
+        """dσ(u)/dβ at β = 0 for every layer, (batch, width) each, real."""
+        net, o = self.net, self.options
+        assert isinstance(net, VectorFieldMLP)
+        if o.n == 0:
+
+            def nudged(b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                return tuple(net.act(t) for t in net.relax(x, u, o.t2, b, y))
+
+            zero = torch.zeros((), dtype=x.dtype, device=x.device)
+            _, tangent = torch.func.jvp(nudged, (zero,), (torch.ones_like(zero),))
+            return list(tangent)
+        betas, coefs = nudges(o.n, o.beta, conjugate_pairs=net.noise == 0)
+        states, _ = nudged_states(net, x, y, u, betas, o.t2, net.noise)
+        return [combine(coefs, net.act(s)) for s in states]
+
+    def homeostatic_loss(self, x: torch.Tensor, u: list[torch.Tensor]) -> torch.Tensor:
+        """mean over examples and draws of (‖Jε‖² − εᵀJ²ε)/D, J = ∂(G(a) − a)/∂a at σ(u*);
+        differentiable in θ."""
+        net, k = self.net, self.options.homeostasis_draws
+        assert isinstance(net, VectorFieldMLP)
+        w = net.weights(x.dtype)
+        xs = repeat_rows(x, k)
+        a = tuple(repeat_rows(net.act(t), k) for t in u)
+        eps = tuple(torch.randn_like(t) for t in a)
+
+        def field(*a: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(g - ai for g, ai in zip(net.drive(xs, list(a), w), a, strict=True))
+
+        _, je = torch.func.jvp(field, a, eps)
+        _, jje = torch.func.jvp(field, a, je)
+        sq = sum((v * v).sum(1) for v in je)
+        cross = sum((e * v).sum(1) for e, v in zip(eps, jje, strict=True))
+        return ((sq - cross) / sum(net.widths)).mean()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        net, o = self.net, self.options
+        assert isinstance(net, VectorFieldMLP)
+        x = x.flatten(1)
+        with torch.no_grad():
+            u = net.free(x, self.t1)
+            logits = net.logits(u)
+            est = self.dsigma_dbeta(x, y, u)
+        self.opt.zero_grad(set_to_none=True)
+        w = net.weights(x.dtype)
+        a = [net.act(t) for t in u]
+        # (∂G/∂θ)ᵀ dσ/dβ, batch mean, and the readout's own gradient at the free state
+        torch.autograd.backward(net.drive(x, a, w), [e / len(y) for e in est])
+        ce = F.cross_entropy(net.logits(u), y)
+        ce.backward()
+        logs: dict[str, Any] = {"loss": ce.detach(), "correct": (logits.argmax(1) == y).sum()}
+        if o.homeostasis > 0:
+            h = self.homeostatic_loss(x, u)
+            (o.homeostasis * h).backward()
+            logs["homeostatic_loss"] = h.detach()
+        self.opt.step()
+        logs["asymmetry"] = net.asymmetry()
+        return logs
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        assert isinstance(self.net, EqNet)
+        return self.net.logits(self.net.free(x.flatten(1), self.t1))
+
+    def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
+        self.schedule.step(val.get("loss"))

@@ -1,0 +1,196 @@
+"""Equilibrium propagation: EP, holomorphic EP and generalized hEP against recurrent backprop
+(the implicit-differentiation gradient at the fixed point, computed independently here from the
+fixed-point map's Jacobian), the homeostatic loss against its closed form, and small runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import beyondbp as bb
+from beyondbp.errors import BeyondBPError
+from beyondbp.nets import build_net
+from beyondbp.nets.equilibrium import EqNet, HopfieldMLP, VectorFieldMLP, holo_sigmoid
+from beyondbp.rules.ep import EP, HEP, HEPOptions, Options, nudges
+from beyondbp.rules.ghep import GHEP
+from beyondbp.rules.ghep import Options as GOptions
+
+from .conftest import FAST
+
+B = 3
+X = torch.randn(B, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+Y = torch.tensor([0, 2, 1])
+
+
+def _small(cls: type[EqNet], **kw: object) -> EqNet:
+    torch.manual_seed(0)
+    net = cls(5, [4, 3], 3, steps=400, **kw).double()  # type: ignore[call-arg]
+    with torch.no_grad():  # small weights: a contraction, so the fixed point is unique
+        for p in net.parameters():
+            p.mul_(0.5)
+    return net
+
+
+def _grads(net: EqNet) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in net.parameters()])
+
+
+def recurrent_backprop(net: EqNet) -> torch.Tensor:
+    """dL/dθ at the free fixed point s = T(s, θ): ∂L/∂θ + λᵀ ∂T/∂θ, (I − ∂T/∂s)ᵀ λ = ∂L/∂s."""
+    with torch.no_grad():
+        free = net.free(X, 3000)
+    sizes = [t.shape[1] for t in free]
+    flat = torch.cat(free, 1).flatten()
+
+    def split(f: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.split(f.view(B, -1), sizes, 1))
+
+    def fixed_point_map(f: torch.Tensor) -> torch.Tensor:
+        w = dict(net.named_parameters())
+        return torch.cat(net.post(net.pre(X, split(f), None, None, w)), 1).flatten()
+
+    jac = torch.autograd.functional.jacobian(fixed_point_map, flat)
+    assert (fixed_point_map(flat) - flat).abs().max() < 1e-12  # a true fixed point
+    f = flat.clone().requires_grad_()
+    (dl_ds,) = torch.autograd.grad(F.cross_entropy(net.logits(split(f)), Y), f)
+    lam = torch.linalg.solve((torch.eye(len(flat), dtype=flat.dtype) - jac).T, dl_ds)
+    net.zero_grad()
+    ((fixed_point_map(flat) * lam).sum() + F.cross_entropy(net.logits(split(flat)), Y)).backward()
+    return _grads(net)
+
+
+def _rule_grad(rule: EP | GHEP, net: EqNet) -> torch.Tensor:
+    """The gradient one step of ``rule`` hands its optimiser (lr 0: the net is unchanged)."""
+    rule.net = net
+    rule.opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    rule.step(X, Y)
+    return _grads(net)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_nudges_two_is_centred_and_conjugate_pairs_fold_exactly():
+    betas, coefs = nudges(2, 0.3)
+    assert betas == [0.3, -0.3] and coefs == pytest.approx([1 / 0.6, -1 / 0.6])
+
+    def f(b: complex) -> complex:  # real on the real axis, so f(conj β) = conj f(β)
+        return complex(torch.exp(torch.tensor(b)) * 3 + torch.tensor(b) ** 3)
+
+    for n in (3, 4, 7, 10):
+        full = sum(c * f(b) for b, c in zip(*nudges(n, 0.4, conjugate_pairs=False), strict=True))
+        folded = sum(c * f(b) for b, c in zip(*nudges(n, 0.4), strict=True))
+        assert folded.real == pytest.approx(full.real, abs=1e-12)
+        assert full.real == pytest.approx(3 + 0, abs=1e-5 if n >= 7 else 0.02)  # f'(0) = 3
+    with pytest.raises(BeyondBPError, match="nudging strength"):
+        nudges(4, 0.0)
+
+
+def test_hep_with_many_nudges_is_the_recurrent_backprop_gradient():
+    net = _small(HopfieldMLP)
+    exact = recurrent_backprop(net)
+    errs = {n: _rel(_rule_grad(HEP(HEPOptions(n=n, beta=0.5, t1=400, t2=400)), net), exact)
+            for n in (4, 8, 16)}  # fmt: skip
+    assert errs[16] < 1e-8 and errs[8] < 1e-3 and errs[4] > errs[8] > errs[16]
+
+
+def test_hep_with_two_nudges_is_centred_ep():
+    net = _small(HopfieldMLP)
+    centred = _rule_grad(EP(Options(estimate="centred", beta=0.2, t1=200, t2=100)), net).clone()
+    hep = _rule_grad(HEP(HEPOptions(n=2, beta=0.2, t1=200, t2=100)), net)
+    torch.testing.assert_close(hep, centred, rtol=0, atol=0)
+
+
+def test_one_sided_ep_is_biased_in_beta_and_centred_in_beta_squared():
+    net = _small(HopfieldMLP)
+    exact = recurrent_backprop(net)
+
+    def err(estimate: str, beta: float) -> float:
+        opts = Options(estimate=estimate, beta=beta, t1=400, t2=400)  # type: ignore[arg-type]
+        return _rel(_rule_grad(EP(opts), net), exact)
+
+    assert 1.8 < err("one-sided", 0.1) / err("one-sided", 0.05) < 2.2  # O(β)
+    assert 3.6 < err("centred", 0.1) / err("centred", 0.05) < 4.4  # O(β²)
+    assert err("one-sided", 0.1) > 0.1  # the bias is not small at the paper's β
+
+
+def test_ghep_is_exact_on_a_symmetric_field_and_biased_on_an_asymmetric_one():
+    sym = _small(VectorFieldMLP)
+    exact = recurrent_backprop(sym)
+    assert _rel(_rule_grad(GHEP(GOptions(n=0, t1=400, t2=400)), sym), exact) < 1e-10
+    assert _rel(_rule_grad(GHEP(GOptions(n=8, beta=0.1, t1=400, t2=400)), sym), exact) < 1e-8
+    asym = _small(VectorFieldMLP, angle=90)
+    assert _rel(_rule_grad(GHEP(GOptions(n=0, t1=400, t2=400)), asym),
+                recurrent_backprop(asym)) > 0.2  # fmt: skip
+
+
+def test_homeostatic_loss_is_the_squared_antisymmetric_part_of_the_jacobian():
+    net = _small(VectorFieldMLP, angle=90)
+    rule = GHEP(GOptions(homeostasis=1.0, homeostasis_draws=20000))
+    rule.net = net
+    torch.manual_seed(0)
+    with torch.no_grad():
+        u = net.free(X, 50)
+    h = rule.homeostatic_loss(X, u)
+    # J = A − I, A the block matrix of forward (below) and feedback (above) weights
+    a = torch.zeros(10, 10, dtype=torch.float64)
+    a[4:7, 0:4], a[0:4, 4:7] = net.layers[1].weight, net.feedback[0].weight
+    a[7:10, 4:7], a[4:7, 7:10] = net.layers[2].weight, net.feedback[1].weight
+    j = a - torch.eye(10, dtype=torch.float64)
+    expected = 2 * ((j - j.T) / 2).norm() ** 2 / 10
+    assert float(h.detach()) == pytest.approx(float(expected.detach()), rel=0.03)
+    # its gradient makes the field more symmetric
+    before = net.asymmetry()
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(20):
+        opt.zero_grad()
+        rule.homeostatic_loss(X, u).backward()
+        opt.step()
+    assert net.asymmetry() < 0.7 * before
+
+
+def test_holomorphic_sigmoid_is_the_papers_on_reals_and_complex_analytic():
+    z = torch.linspace(-2, 2, 9, dtype=torch.float64)
+    torch.testing.assert_close(holo_sigmoid(z), 1 / (1 + torch.exp(-4 * z + 2)))
+    c = torch.tensor(0.3 + 0.1j, dtype=torch.complex128)
+    torch.testing.assert_close(holo_sigmoid(c), 1 / (1 + torch.exp(-4 * c + 2)))
+
+
+def test_net_specs_and_bad_input():
+    net = build_net("hopfield:32x2:t30", (1, 8, 8), 10)
+    assert isinstance(net, HopfieldMLP) and net.steps == 30 and net.widths == [32, 32]
+    vf = build_net("vf:32:angle-90", (64,), 10)
+    assert isinstance(vf, VectorFieldMLP) and vf.widths == [32, 10] and vf.asymmetry() > 0.5
+    assert build_net("vf:32", (64,), 10).asymmetry() == pytest.approx(0, abs=1e-7)
+    assert net(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+    with pytest.raises(BeyondBPError, match="angle is for vf"):
+        build_net("hopfield:32:angle-90", (64,), 10)
+    with pytest.raises(BeyondBPError, match="hopfield:256x2"):
+        bb.train("hep", "digits", "mlp:16", epochs=1, store=False, **FAST)
+    with pytest.raises(BeyondBPError, match="relax to a fixed point"):
+        bb.train("bp", "digits", "mlp:16", epochs=1, state_noise=0.1, store=False, **FAST)
+
+
+@pytest.mark.parametrize(
+    ("rule", "net", "options", "floor"),
+    [
+        ("hep", "hopfield:64", {"t1": 40, "t2": 10, "n": 4}, 0.90),
+        ("ep", "hopfield:64", {"t1": 40, "t2": 40}, 0.90),
+        ("ghep", "vf:64", {"t1": 40, "t2": 10}, 0.80),
+    ],
+)
+def test_small_runs_learn_digits(rule, net, options, floor):
+    res = bb.train(rule, "digits", net, options=options, epochs=3, batch_size=20, seed=0,
+                   store=False, **FAST)  # fmt: skip
+    assert res.metrics["test_acc"] > floor
+
+
+def test_neuron_noise_reaches_the_nudged_phases_only():
+    res = bb.train("hep", "digits", "hopfield:16", options={"t1": 10, "t2": 5, "n": 3},
+                   epochs=1, max_steps=2, state_noise=0.05, store=False, **FAST)  # fmt: skip
+    net = res.model
+    assert isinstance(net, HopfieldMLP) and net.noise == 0.05
+    x = torch.randn(4, 64)
+    torch.testing.assert_close(net.free(x, 10), net.free(x, 10))  # the free phase is noiseless
