@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import beyondbp as bb
 from beyondbp.errors import BeyondBPError
 from beyondbp.nets import build_net
-from beyondbp.nets.equilibrium import EqNet, HopfieldMLP, VectorFieldMLP, holo_sigmoid
+from beyondbp.nets.equilibrium import EqNet, HopfieldMLP, VectorFieldMLP, holo_sigmoid, holo_tanh
 from beyondbp.rules.ep import EP, HEP, HEPOptions, Options, nudges
 from beyondbp.rules.ghep import GHEP
 from beyondbp.rules.ghep import Options as GOptions
@@ -48,7 +48,9 @@ def recurrent_backprop(net: EqNet) -> torch.Tensor:
 
     def fixed_point_map(f: torch.Tensor) -> torch.Tensor:
         w = dict(net.named_parameters())
-        return torch.cat(net.post(net.pre(X, split(f), None, None, w)), 1).flatten()
+        return torch.cat(
+            net.post(net.pre(net.input_drive(X), split(f), None, None, w)), 1
+        ).flatten()
 
     jac = torch.autograd.functional.jacobian(fixed_point_map, flat)
     assert (fixed_point_map(flat) - flat).abs().max() < 1e-12  # a true fixed point
@@ -194,3 +196,12 @@ def test_neuron_noise_reaches_the_nudged_phases_only():
     assert isinstance(net, HopfieldMLP) and net.noise == 0.05
     x = torch.randn(4, 64)
     torch.testing.assert_close(net.free(x, 10), net.free(x, 10))  # the free phase is noiseless
+
+
+def test_complex_tanh_is_torchs_and_saturates_without_overflow():
+    z = torch.complex(
+        torch.randn(1000, dtype=torch.float64) * 3, torch.randn(1000, dtype=torch.float64)
+    )
+    torch.testing.assert_close(holo_tanh(z), torch.tanh(z))
+    big = torch.tensor([60 + 0.3j, -60 - 0.2j], dtype=torch.complex64)
+    torch.testing.assert_close(holo_tanh(big), torch.tensor([1 + 0j, -1 + 0j]))

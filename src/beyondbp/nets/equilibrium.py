@@ -35,13 +35,20 @@ from torch import nn
 State = list[torch.Tensor]
 
 
+def holo_tanh(z: torch.Tensor) -> torch.Tensor:
+    """tanh for real and complex z. Complex: ``tanh(a + ib) = (sinh 2a + i sin 2b) / (cosh 2a +
+    cos 2b)`` from real, vectorised functions (torch's complex tanh is several times slower);
+    2a is clipped to ±40, where tanh is ±1 in float32 and float64 alike to 1e-34."""
+    if not z.is_complex():
+        return torch.tanh(z)
+    a, b = (2 * z.real).clamp(-40, 40), 2 * z.imag
+    den = torch.cosh(a) + torch.cos(b)
+    return torch.complex(torch.sinh(a) / den, torch.sin(b) / den)
+
+
 def holo_sigmoid(z: torch.Tensor) -> torch.Tensor:
     """σ(z) = 1 / (1 + e^{−4z+2}) = ½ + ½·tanh(2z − 1), for real and complex z."""
-    return 0.5 + 0.5 * torch.tanh(2 * z - 1)
-
-
-def holo_tanh(z: torch.Tensor) -> torch.Tensor:
-    return torch.tanh(z)
+    return 0.5 + 0.5 * holo_tanh(2 * z - 1)
 
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -52,6 +59,16 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 def complex_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def linear(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+           ) -> torch.Tensor:  # fmt: skip
+    """``s Wᵀ + b`` for real or complex ``s`` and real ``W``, ``b``: a complex state costs two
+    real products (its real and imaginary rows stacked), not the four of a complex matmul."""
+    if not s.is_complex():
+        return F.linear(s, weight, bias)
+    re, im = F.linear(torch.cat([s.real, s.imag]), weight).chunk(2)
+    return torch.complex(re if bias is None else re + bias, im)
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -72,8 +89,9 @@ def ce_grad(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class EqNet(nn.Module):
     """A layered net relaxing to a fixed point: the part both kinds share.
 
-    Subclasses define ``pre(x, state, beta, y, w)`` (the next pre-activations) and ``logits``;
-    ``w`` holds the parameters cast to the state's dtype (once per relaxation)."""
+    Subclasses define ``pre(inp, state, beta, y, w)`` (the next pre-activations, given the input
+    drive ``inp`` of :meth:`input_drive`) and ``logits``; ``w`` holds the parameters cast to the
+    state's dtype (once per relaxation)."""
 
     kind = ""
 
@@ -87,7 +105,12 @@ class EqNet(nn.Module):
         self.noise = 0.0  # σ of the neuron noise (TrainConfig.state_noise)
 
     # -- to be defined -------------------------------------------------------------------------
-    def pre(self, x: torch.Tensor, s: State, beta: torch.Tensor | None, y: torch.Tensor | None,
+    def input_drive(self, x: torch.Tensor) -> torch.Tensor:
+        """The first layer's input ``W_1 x + b_1`` (real: the input is)."""
+        first = self.layers[0]
+        return F.linear(x.real if x.is_complex() else x, first.weight, first.bias)
+
+    def pre(self, inp: torch.Tensor, s: State, beta: torch.Tensor | None, y: torch.Tensor | None,
             w: dict[str, torch.Tensor]) -> State:  # fmt: skip
         raise NotImplementedError
 
@@ -99,9 +122,9 @@ class EqNet(nn.Module):
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------------
-    def weights(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """The parameters by name, cast to ``dtype`` (differentiably: complex → real grads)."""
-        return {n: (p if p.dtype == dtype else p.to(dtype)) for n, p in self.named_parameters()}
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The parameters by name (real; :func:`linear` applies them to complex states)."""
+        return dict(self.named_parameters())
 
     def zero_state(self, rows: int, dtype: torch.dtype, device: torch.device) -> State:
         return [torch.zeros(rows, d, dtype=dtype, device=device) for d in self.state_widths()]
@@ -123,9 +146,10 @@ class EqNet(nn.Module):
         (rows = phases × batch, phase-major), ``y`` the labels of every row; ``noise``: σ of
         the Gaussian noise added to each pre-activation, one draw per phase shared by the batch."""
         dtype = s[0].dtype
-        w = self.weights(dtype)
+        w = self.weights()
+        inp = self.input_drive(x).to(dtype)  # constant while the state relaxes: computed once
         for _ in range(steps):
-            pre = self.pre(x, s, beta, y, w)
+            pre = self.pre(inp, s, beta, y, w)
             if noise > 0:
                 pre = [p + _shared_noise(p, phases, noise) for p in pre]
             s = self.post(pre)
@@ -167,41 +191,40 @@ class HopfieldMLP(EqNet):
         for lin in [*self.layers, self.readout]:
             _haiku_init(lin)
 
-    def pre(self, x: torch.Tensor, s: State, beta: torch.Tensor | None, y: torch.Tensor | None,
-            w: dict[str, torch.Tensor]) -> State:  # fmt: skip
+    def pre(self, inp: torch.Tensor, s: State, beta: torch.Tensor | None,
+            y: torch.Tensor | None, w: dict[str, torch.Tensor]) -> State:  # fmt: skip
         n = len(s)
         out = []
         for i in range(n):
-            below = x if i == 0 else s[i - 1]
-            h = F.linear(below, w[f"layers.{i}.weight"], w[f"layers.{i}.bias"])
+            h = inp if i == 0 else linear(s[i - 1], w[f"layers.{i}.weight"], w[f"layers.{i}.bias"])
             if i + 1 < n:
-                h = h + s[i + 1] @ w[f"layers.{i + 1}.weight"]
+                h = h + linear(s[i + 1], w[f"layers.{i + 1}.weight"].T)
             out.append(h)
         if beta is not None:
-            z = F.linear(s[-1], w["readout.weight"], w["readout.bias"])
-            out[-1] = out[-1] - beta * (ce_grad(z, y) @ w["readout.weight"])
+            z = linear(s[-1], w["readout.weight"], w["readout.bias"])
+            out[-1] = out[-1] - beta * linear(ce_grad(z, y), w["readout.weight"].T)
         return out
 
     def post(self, pre: State) -> State:
         return [self.act(p) for p in pre]
 
     def logits(self, s: State) -> torch.Tensor:
-        w = self.weights(s[-1].dtype)
-        return F.linear(s[-1], w["readout.weight"], w["readout.bias"])
+        w = self.weights()
+        return linear(s[-1], w["readout.weight"], w["readout.bias"])
 
     def phi(self, x: torch.Tensor, s: State, beta: torch.Tensor | None, y: torch.Tensor | None
             ) -> torch.Tensor:  # fmt: skip
         """Φ_β per row: ``Σ_l s_l · (W_l s_{l−1} + b_l) − β·CE(R s_L + c, y)``, differentiable
         in the parameters (the states are taken as given)."""
-        w = self.weights(s[0].dtype)
+        w = self.weights()
         total = 0
         for i in range(len(s)):
             below = x if i == 0 else s[i - 1]
             total = total + (
-                s[i] * F.linear(below, w[f"layers.{i}.weight"], w[f"layers.{i}.bias"])
+                s[i] * linear(below, w[f"layers.{i}.weight"], w[f"layers.{i}.bias"])
             ).sum(-1)
         if beta is not None:
-            z = F.linear(s[-1], w["readout.weight"], w["readout.bias"])
+            z = linear(s[-1], w["readout.weight"], w["readout.bias"])
             total = total - beta.squeeze(-1) * cross_entropy(z, y)
         return total
 
@@ -227,27 +250,27 @@ class VectorFieldMLP(EqNet):
             for i, fb in enumerate(self.feedback):
                 fb.weight.mul_(math.sin(a)).add_(math.cos(a) * self.layers[i + 1].weight.T)
 
-    def drive(self, x: torch.Tensor, a: State, w: dict[str, torch.Tensor]) -> State:
-        """G(a): each layer's input from the activations below and above."""
+    def drive(self, inp: torch.Tensor, a: State, w: dict[str, torch.Tensor]) -> State:
+        """G(a): each layer's input from the activations below and above (``inp``: the input
+        drive of :meth:`input_drive`)."""
         out = []
         for i in range(len(a)):
-            below = x if i == 0 else a[i - 1]
-            h = F.linear(below, w[f"layers.{i}.weight"], w[f"layers.{i}.bias"])
+            h = inp if i == 0 else linear(a[i - 1], w[f"layers.{i}.weight"], w[f"layers.{i}.bias"])
             if i + 1 < len(a):
-                h = h + F.linear(a[i + 1], w[f"feedback.{i}.weight"])
+                h = h + linear(a[i + 1], w[f"feedback.{i}.weight"])
             out.append(h)
         return out
 
     def loss_grad(self, a_out: torch.Tensor, y: torch.Tensor, w: dict[str, torch.Tensor]
                   ) -> torch.Tensor:  # fmt: skip
         """∂ℓ/∂a_out of ``ℓ = CE(R a_out + c, y)``."""
-        z = F.linear(a_out, w["readout.weight"], w["readout.bias"])
-        return ce_grad(z, y) @ w["readout.weight"]
+        z = linear(a_out, w["readout.weight"], w["readout.bias"])
+        return linear(ce_grad(z, y), w["readout.weight"].T)
 
-    def pre(self, x: torch.Tensor, s: State, beta: torch.Tensor | None, y: torch.Tensor | None,
-            w: dict[str, torch.Tensor]) -> State:  # fmt: skip
+    def pre(self, inp: torch.Tensor, s: State, beta: torch.Tensor | None,
+            y: torch.Tensor | None, w: dict[str, torch.Tensor]) -> State:  # fmt: skip
         a = [self.act(u) for u in s]
-        out = self.drive(x, a, w)
+        out = self.drive(inp, a, w)
         if beta is not None:
             out[-1] = out[-1] + beta * self.loss_grad(a[-1], y, w)
         return out
@@ -256,8 +279,8 @@ class VectorFieldMLP(EqNet):
         return pre
 
     def logits(self, s: State) -> torch.Tensor:
-        w = self.weights(s[-1].dtype)
-        return F.linear(self.act(s[-1]), w["readout.weight"], w["readout.bias"])
+        w = self.weights()
+        return linear(self.act(s[-1]), w["readout.weight"], w["readout.bias"])
 
     def asymmetry(self) -> float:
         """‖A − Aᵀ‖_F / ‖A + Aᵀ‖_F of the block weight matrix A = ∂G/∂a (0: symmetric)."""

@@ -80,7 +80,7 @@ def nudged_states(net: EqNet, x: torch.Tensor, y: torch.Tensor, free: list[torch
         k = len(moving)
         bt = torch.tensor([betas[i] if not real else betas[i].real for i in moving], dtype=dtype)
         bt = bt.to(x.device).repeat_interleave(n_b)[:, None]
-        s = net.relax(repeat_rows(x.to(dtype), k), [repeat_rows(t.to(dtype), k) for t in free],
+        s = net.relax(repeat_rows(x, k), [repeat_rows(t.to(dtype), k) for t in free],
                       steps, bt, repeat_rows(y, k), noise=noise, phases=k)  # fmt: skip
         for j, i in enumerate(moving):
             parts[i] = [t[j * n_b : (j + 1) * n_b] for t in s]
@@ -162,7 +162,7 @@ class EP(Rule):
             betas, coefs = self.nudges()
             states, bt = nudged_states(net, x, y, free, betas, self.options.t2, net.noise)
         k = len(betas)
-        xs, ys = repeat_rows(x.to(states[0].dtype), k), repeat_rows(y, k)
+        xs, ys = repeat_rows(x, k), repeat_rows(y, k)
         self.opt.zero_grad(set_to_none=True)
         phi = net.phi(xs, states, bt, ys)  # (phases × batch,), differentiable in θ
         # g = −Re Σ c_k ∂Φ_k/∂θ, batch mean: the gradient of this real surrogate

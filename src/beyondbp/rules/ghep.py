@@ -105,13 +105,13 @@ class GHEP(Rule):
         differentiable in θ."""
         net, k = self.net, self.options.homeostasis_draws
         assert isinstance(net, VectorFieldMLP)
-        w = net.weights(x.dtype)
-        xs = repeat_rows(x, k)
+        w = net.weights()
+        inp = repeat_rows(net.input_drive(x), k)
         a = tuple(repeat_rows(net.act(t), k) for t in u)
         eps = tuple(torch.randn_like(t) for t in a)
 
         def field(*a: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return tuple(g - ai for g, ai in zip(net.drive(xs, list(a), w), a, strict=True))
+            return tuple(g - ai for g, ai in zip(net.drive(inp, list(a), w), a, strict=True))
 
         _, je = torch.func.jvp(field, a, eps)
         _, jje = torch.func.jvp(field, a, je)
@@ -128,10 +128,10 @@ class GHEP(Rule):
             logits = net.logits(u)
             est = self.dsigma_dbeta(x, y, u)
         self.opt.zero_grad(set_to_none=True)
-        w = net.weights(x.dtype)
+        w = net.weights()
         a = [net.act(t) for t in u]
         # (∂G/∂θ)ᵀ dσ/dβ, batch mean, and the readout's own gradient at the free state
-        torch.autograd.backward(net.drive(x, a, w), [e / len(y) for e in est])
+        torch.autograd.backward(net.drive(net.input_drive(x), a, w), [e / len(y) for e in est])
         ce = F.cross_entropy(net.logits(u), y)
         ce.backward()
         logs: dict[str, Any] = {"loss": ce.detach(), "correct": (logits.argmax(1) == y).sum()}
