@@ -11,7 +11,14 @@ import torch.nn.functional as F
 import beyondbp as bb
 from beyondbp.errors import BeyondBPError
 from beyondbp.nets import build_net
-from beyondbp.nets.equilibrium import EqNet, HopfieldMLP, VectorFieldMLP, holo_sigmoid, holo_tanh
+from beyondbp.nets.equilibrium import (
+    EqNet,
+    HopfieldMLP,
+    VectorFieldCNN,
+    VectorFieldMLP,
+    holo_sigmoid,
+    holo_tanh,
+)
 from beyondbp.rules.ep import EP, HEP, HEPOptions, Options, nudges
 from beyondbp.rules.ghep import GHEP
 from beyondbp.rules.ghep import Options as GOptions
@@ -36,37 +43,40 @@ def _grads(net: EqNet) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in net.parameters()])
 
 
-def recurrent_backprop(net: EqNet) -> torch.Tensor:
+def recurrent_backprop(net: EqNet, x: torch.Tensor = X, y: torch.Tensor = Y) -> torch.Tensor:
     """dL/dθ at the free fixed point s = T(s, θ): ∂L/∂θ + λᵀ ∂T/∂θ, (I − ∂T/∂s)ᵀ λ = ∂L/∂s."""
     with torch.no_grad():
-        free = net.free(X, 3000)
-    sizes = [t.shape[1] for t in free]
-    flat = torch.cat(free, 1).flatten()
+        free = net.free(x, 3000)
+    rows, shapes = len(x), [t.shape[1:] for t in free]
+    sizes = [t[0].numel() for t in free]
+    flat = torch.cat([t.flatten(1) for t in free], 1).flatten()
 
     def split(f: torch.Tensor) -> list[torch.Tensor]:
-        return list(torch.split(f.view(B, -1), sizes, 1))
+        parts = torch.split(f.view(rows, -1), sizes, 1)
+        return [p.reshape(rows, *sh) for p, sh in zip(parts, shapes, strict=True)]
 
     def fixed_point_map(f: torch.Tensor) -> torch.Tensor:
         w = dict(net.named_parameters())
-        return torch.cat(
-            net.post(net.pre(net.input_drive(X), split(f), None, None, w)), 1
-        ).flatten()
+        nxt = net.post(net.pre(net.input_drive(x), split(f), None, None, w))
+        return torch.cat([t.flatten(1) for t in nxt], 1).flatten()
 
     jac = torch.autograd.functional.jacobian(fixed_point_map, flat)
     assert (fixed_point_map(flat) - flat).abs().max() < 1e-12  # a true fixed point
     f = flat.clone().requires_grad_()
-    (dl_ds,) = torch.autograd.grad(F.cross_entropy(net.logits(split(f)), Y), f)
+    (dl_ds,) = torch.autograd.grad(F.cross_entropy(net.logits(split(f)), y), f)
     lam = torch.linalg.solve((torch.eye(len(flat), dtype=flat.dtype) - jac).T, dl_ds)
     net.zero_grad()
-    ((fixed_point_map(flat) * lam).sum() + F.cross_entropy(net.logits(split(flat)), Y)).backward()
+    ((fixed_point_map(flat) * lam).sum() + F.cross_entropy(net.logits(split(flat)), y)).backward()
     return _grads(net)
 
 
-def _rule_grad(rule: EP | GHEP, net: EqNet) -> torch.Tensor:
+def _rule_grad(
+    rule: EP | GHEP, net: EqNet, x: torch.Tensor = X, y: torch.Tensor = Y
+) -> torch.Tensor:
     """The gradient one step of ``rule`` hands its optimiser (lr 0: the net is unchanged)."""
     rule.net = net
     rule.opt = torch.optim.SGD(net.parameters(), lr=0.0)
-    rule.step(X, Y)
+    rule.step(x, y)
     return _grads(net)
 
 
@@ -128,6 +138,31 @@ def test_ghep_is_exact_on_a_symmetric_field_and_biased_on_an_asymmetric_one():
                 recurrent_backprop(asym)) > 0.2  # fmt: skip
 
 
+def test_ghep_on_the_convolutional_field_is_exact_when_it_is_symmetric():
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 2])
+
+    def small(angle: float) -> VectorFieldCNN:
+        torch.manual_seed(0)
+        net = VectorFieldCNN((3, 32, 32), [2, 3, 4], 3, steps=300, angle=angle).double()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(0.5)
+        return net
+
+    sym, asym = small(0), small(90)
+    exact = recurrent_backprop(sym, x, y)
+    assert _rel(_rule_grad(GHEP(GOptions(n=0, t1=300, t2=300)), sym, x, y), exact) < 1e-10
+    assert _rel(_rule_grad(GHEP(GOptions(n=6, beta=0.1, t1=300, t2=300)), sym, x, y), exact) < 1e-8
+    with torch.no_grad():
+        a = [sym.act(t) for t in sym.free(x, 50)]
+        a90 = [asym.act(t) for t in asym.free(x, 50)]
+    assert sym.asymmetry(sym.input_drive(x), a) < 1e-12
+    assert asym.asymmetry(asym.input_drive(x), a90) > 0.5
+    assert _rel(_rule_grad(GHEP(GOptions(n=0, t1=300, t2=300)), asym, x, y),
+                recurrent_backprop(asym, x, y)) > 1e-3  # fmt: skip
+
+
 def test_homeostatic_loss_is_the_squared_antisymmetric_part_of_the_jacobian():
     net = _small(VectorFieldMLP, angle=90)
     rule = GHEP(GOptions(homeostasis=1.0, homeostasis_draws=20000))
@@ -167,6 +202,10 @@ def test_net_specs_and_bad_input():
     assert isinstance(vf, VectorFieldMLP) and vf.widths == [32, 10] and vf.asymmetry() > 0.5
     assert build_net("vf:32", (64,), 10).asymmetry() == pytest.approx(0, abs=1e-7)
     assert net(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+    cnn = build_net("vfcnn:4-8-16:t20", (3, 32, 32), 10)
+    assert isinstance(cnn, VectorFieldCNN) and cnn(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(BeyondBPError, match="32×32 images"):
+        build_net("vfcnn:4-8-16", (1, 28, 28), 10)
     with pytest.raises(BeyondBPError, match="angle is for vf"):
         build_net("hopfield:32:angle-90", (64,), 10)
     with pytest.raises(BeyondBPError, match="hopfield:256x2"):

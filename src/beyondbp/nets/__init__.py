@@ -24,7 +24,7 @@ Spec strings:
   to the classes instead (torch_geometric's ``GCN(num_layers=2)``); ``gcn:128x2:link`` scores node
   pairs (link prediction). See :mod:`beyondbp.nets.graph`.
 - ``hopfield:256x2`` / ``vf:256x2``: nets that relax to a fixed point, for equilibrium
-  propagation (``ep``, ``hep``; ``ghep``); ``:t150`` sets the free-phase iterations T1, ``vf``'s
+  propagation (``ep``, ``hep``; ``ghep``), and ``vfcnn:128-256-512`` on 32×32 images; ``:t150`` sets the free-phase iterations T1, ``vf``'s
   ``:angle-90`` starts its feedback weights independent of the forward ones. See
   :mod:`beyondbp.nets.equilibrium`.
 - ``lm``: the causal language model of the language-model datasets (``arith``, ``msrp-yesno:16``,
@@ -136,6 +136,9 @@ _MINILM = re.compile(r"^minilm(:prompt-(?P<prompt>\d+))?$")
 _EQ = re.compile(
     r"^(?P<kind>hopfield|vf):(?P<widths>\d+(x\d+|(-\d+)*))(:(?P<act>sigmoid|tanh))?(:t(?P<steps>\d+))?(:angle-(?P<angle>\d+))?$"
 )
+_VFCNN = re.compile(
+    r"^vfcnn(:(?P<channels>\d+-\d+-\d+))?(:(?P<act>sigmoid|tanh|dsilu))?(:t(?P<steps>\d+))?(:angle-(?P<angle>\d+))?$"
+)
 _LM = re.compile(r"^lm(:(?P<size>tiny))?$")
 _GRAPH = re.compile(
     r"^(?P<kind>gcn|sage|gat)(:(?P<width>\d+)(x(?P<depth>\d+))?)?(:(?P<out>out-conv|link))?$"
@@ -153,6 +156,8 @@ NET_SPECS = {
     "hopfield: energy-based, symmetric weights, softmax readout (ep, hep; default T1 200); vf: a "
     "vector field with free feedback weights, started A degrees from symmetric (ghep; default T1 "
     "150); act sigmoid (the papers' holomorphic 1/(1+e^(-4z+2))) or tanh",
+    "vfcnn[:C1-C2-C3][:act][:tT1][:angle-A]": "the convolutional vector field of generalized "
+    "hEP on 32x32 images (ghep; default 128-256-512, dsilu, T1 250)",
     "lm[:tiny]": "the causal language model of a language-model dataset (SmolLM2-135M-Instruct "
     "or $BEYONDBP_LM); lm:tiny: a 2-layer LLaMA of its vocabulary, randomly initialised "
     "(beyondbp[llm])",
@@ -223,6 +228,15 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
             return HopfieldMLP(n_in, widths, classes, act, int(m["steps"] or 200))
         return VectorFieldMLP(n_in, widths, classes, act, int(m["steps"] or 150),
                               float(m["angle"] or 0))  # fmt: skip
+    if m := _VFCNN.match(spec):
+        from beyondbp.nets.equilibrium import VectorFieldCNN
+
+        channels = [int(c) for c in (m["channels"] or "128-256-512").split("-")]
+        try:
+            return VectorFieldCNN(input_shape, channels, classes, m["act"] or "dsilu",
+                                  int(m["steps"] or 250), float(m["angle"] or 0))  # fmt: skip
+        except ValueError as e:
+            raise BeyondBPError(f"net spec {spec!r}: {e}") from None
     if m := _LM.match(spec):
         from beyondbp.nets.lm import CausalLM
 

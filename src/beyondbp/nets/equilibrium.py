@@ -11,6 +11,8 @@ same net (its memory grows with T1; EP's does not).
   readout ``R``, the state follows ``s ← σ(∂Φ_β/∂s)`` for ``Φ_β = Φ − β·CE(R s_L + c, y)``: the
   feedback weights are the forward ones transposed, and the nudge reaches the last layer as
   ``−β Rᵀ(softmax(R s_L + c) − y)``.
+- :class:`VectorFieldCNN` (``vfcnn:128-256-512``): the same on 32×32 images, convolutions with
+  2×2 softmax pooling (Laborieux & Zenke 2024's CIFAR-10 net).
 - :class:`VectorFieldMLP` (``vf:256x2``): a general vector field, no energy (Laborieux & Zenke
   2024). The state ``u`` holds pre-activations of the hidden layers and of an output layer of
   ``classes`` units; ``u ← G(σ(u)) + β ∂ℓ/∂a_out`` with ``G(a)_l = W_l a_{l−1} + b_l + B_l a_{l+1}``,
@@ -51,9 +53,20 @@ def holo_sigmoid(z: torch.Tensor) -> torch.Tensor:
     return 0.5 + 0.5 * holo_tanh(2 * z - 1)
 
 
+def holo_dsilu(z: torch.Tensor) -> torch.Tensor:
+    """``½z·s(z) + (1 − ½z)·s(z − 2)``, s the logistic function: a bounded, smooth SiLU-like
+    activation, holomorphic like s (the generalized-hEP paper's CNN activation)."""
+
+    def s(v: torch.Tensor) -> torch.Tensor:
+        return 0.5 + 0.5 * holo_tanh(v / 2)
+
+    return 0.5 * z * s(z) + (1 - 0.5 * z) * s(z - 2)
+
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": holo_sigmoid,
     "tanh": holo_tanh,
+    "dsilu": holo_dsilu,
 }
 
 
@@ -69,6 +82,54 @@ def linear(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return F.linear(s, weight, bias)
     re, im = F.linear(torch.cat([s.real, s.imag]), weight).chunk(2)
     return torch.complex(re if bias is None else re + bias, im)
+
+
+def conv(s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int
+         ) -> torch.Tensor:  # fmt: skip
+    """``conv2d`` for real or complex ``s`` and a real kernel (two real convolutions)."""
+    if not s.is_complex():
+        return F.conv2d(s, weight, bias, padding=padding)
+    re, im = F.conv2d(torch.cat([s.real, s.imag]), weight, padding=padding).chunk(2)
+    return torch.complex(re if bias is None else re + bias[:, None, None], im)
+
+
+def conv_t(s: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """The transpose of :func:`conv` (no bias), for real or complex ``s``."""
+    if not s.is_complex():
+        return F.conv_transpose2d(s, weight, padding=padding)
+    re, im = F.conv_transpose2d(torch.cat([s.real, s.imag]), weight, padding=padding).chunk(2)
+    return torch.complex(re, im)
+
+
+def cexp(z: torch.Tensor) -> torch.Tensor:
+    """exp for real and complex z (complex: from real exp, cos and sin, vectorised)."""
+    if not z.is_complex():
+        return torch.exp(z)
+    r = torch.exp(z.real)
+    return torch.complex(r * torch.cos(z.imag), r * torch.sin(z.imag))
+
+
+def _windows(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """2×2 windows of ``z`` (R, C, H, W) as (R, C, H/2, 2, W/2, 2), their softmax weights and
+    the softmax-pooled output ``Σ_i p_i z_i`` (R, C, H/2, W/2)."""
+    r, c, h, w = z.shape
+    zw = z.reshape(r, c, h // 2, 2, w // 2, 2)
+    e = cexp(zw - zw.real.amax(dim=(3, 5), keepdim=True).detach())
+    p = e / e.sum(dim=(3, 5), keepdim=True)
+    return zw, p, (p * zw).sum(dim=(3, 5))
+
+
+def softmax_pool(z: torch.Tensor) -> torch.Tensor:
+    """2×2 softmax pooling (temperature 1): each window's softmax-weighted mean; holomorphic."""
+    return _windows(z)[2]
+
+
+def softmax_pool_t(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The transposed Jacobian of :func:`softmax_pool` at ``z`` applied to ``g``:
+    ``∂y/∂z_j = p_j (1 + z_j − y)``, written out (not conjugated), so it stays holomorphic."""
+    zw, p, y = _windows(z)
+    d = g[:, :, :, None, :, None] * p * (1 + zw - y[:, :, :, None, :, None])
+    return d.reshape(z.shape)
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -108,7 +169,7 @@ class EqNet(nn.Module):
     def input_drive(self, x: torch.Tensor) -> torch.Tensor:
         """The first layer's input ``W_1 x + b_1`` (real: the input is)."""
         first = self.layers[0]
-        return F.linear(x.real if x.is_complex() else x, first.weight, first.bias)
+        return F.linear(x.flatten(1), first.weight, first.bias)
 
     def pre(self, inp: torch.Tensor, s: State, beta: torch.Tensor | None, y: torch.Tensor | None,
             w: dict[str, torch.Tensor]) -> State:  # fmt: skip
@@ -127,10 +188,15 @@ class EqNet(nn.Module):
         return dict(self.named_parameters())
 
     def zero_state(self, rows: int, dtype: torch.dtype, device: torch.device) -> State:
-        return [torch.zeros(rows, d, dtype=dtype, device=device) for d in self.state_widths()]
+        return [torch.zeros(rows, *shape, dtype=dtype, device=device) for shape in self.shapes()]
 
-    def state_widths(self) -> list[int]:
-        return self.widths
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Each dynamic layer's state shape (without the batch)."""
+        return [(d,) for d in self.widths]
+
+    def neurons(self) -> int:
+        """Neurons in one example's state (the D of the homeostatic loss)."""
+        return sum(math.prod(shape) for shape in self.shapes())
 
     def relax(
         self,
@@ -161,15 +227,15 @@ class EqNet(nn.Module):
         return self.relax(x, s, self.steps if steps is None else steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.free(x.flatten(1)))
+        return self.logits(self.free(x))
 
 
 def _shared_noise(p: torch.Tensor, phases: int, sigma: float) -> torch.Tensor:
     """Gaussian noise of std ``sigma``, one draw per phase and neuron, shared by the batch."""
-    rows, d = p.shape
+    rows, shape = p.shape[0], p.shape[1:]
     real = p.real.dtype if p.is_complex() else p.dtype
-    xi = torch.randn(phases, 1, d, dtype=real, device=p.device) * sigma
-    return xi.expand(phases, rows // phases, d).reshape(rows, d)
+    xi = torch.randn(phases, 1, *shape, dtype=real, device=p.device) * sigma
+    return xi.expand(phases, rows // phases, *shape).reshape(p.shape)
 
 
 def repeat_rows(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -217,6 +283,7 @@ class HopfieldMLP(EqNet):
         """Φ_β per row: ``Σ_l s_l · (W_l s_{l−1} + b_l) − β·CE(R s_L + c, y)``, differentiable
         in the parameters (the states are taken as given)."""
         w = self.weights()
+        x = x.flatten(1)
         total = 0
         for i in range(len(s)):
             below = x if i == 0 else s[i - 1]
@@ -282,8 +349,9 @@ class VectorFieldMLP(EqNet):
         w = self.weights()
         return linear(self.act(s[-1]), w["readout.weight"], w["readout.bias"])
 
-    def asymmetry(self) -> float:
-        """‖A − Aᵀ‖_F / ‖A + Aᵀ‖_F of the block weight matrix A = ∂G/∂a (0: symmetric)."""
+    def asymmetry(self, inp: torch.Tensor | None = None, a: State | None = None) -> float:
+        """‖A − Aᵀ‖_F / ‖A + Aᵀ‖_F of the block weight matrix A = ∂G/∂a (0: symmetric; the same
+        at every state, so ``inp`` and ``a`` are not needed)."""
         with torch.no_grad():
             diff = sum(((fb.weight - self.layers[i + 1].weight.T) ** 2).sum()
                        for i, fb in enumerate(self.feedback))  # fmt: skip
@@ -306,3 +374,106 @@ def _lecun_init(lin: nn.Linear) -> None:
     nn.init.trunc_normal_(lin.weight, std=std, a=-2 * std, b=2 * std)
     if lin.bias is not None:
         nn.init.zeros_(lin.bias)
+
+
+class VectorFieldCNN(EqNet):
+    """The generalized-hEP paper's convolutional vector field (CIFAR-10), state = pre-activations.
+
+    Layers (32×32 input): conv 3×3 + 2×2 softmax pooling to C1×16×16, C2×8×8, C3×4×4, then a 3×3
+    valid convolution and pooling to C3×1×1 (the output layer), read out by a linear layer. Each
+    layer l also receives its top-down input, the transposed Jacobian of ``a_l ↦ pool(conv_fb(a_l))``
+    applied to ``a_{l+1}``, with bias-free feedback kernels ``fb_l`` (started ``sin α·fb_l + cos α·
+    conv_{l+1}``: α = 0 makes the field symmetric). The nudge ``+β ∂ℓ/∂a_out`` enters the output
+    layer. Paper: C = 128-256-512, dsilu, T1 = 250."""
+
+    kind = "vfcnn"
+
+    def __init__(self, input_shape: Sequence[int], channels: Sequence[int], classes: int,
+                 act: str = "dsilu", steps: int = 250, angle: float = 0.0) -> None:  # fmt: skip
+        c_in, h, w = (int(v) for v in input_shape)
+        if (h, w) != (32, 32) or len(channels) != 3:
+            raise ValueError(
+                f"vfcnn takes 32×32 images and three channel counts (e.g. vfcnn:128-256-512); "
+                f"got input {tuple(input_shape)} and channels {list(channels)}"
+            )
+        c1, c2, c3 = (int(c) for c in channels)
+        super().__init__([c1 * 256, c2 * 64, c3 * 16, c3], classes, act, steps)
+        self.channels = [c1, c2, c3]
+        dims = [c_in, c1, c2, c3, c3]
+        self.pads = [1, 1, 1, 0]  # the last convolution is valid: 4×4 → 2×2, pooled to 1×1
+        self.layers = nn.ModuleList(nn.Conv2d(a, b, 3, padding=p)
+                                    for (a, b), p in zip(pairwise(dims), self.pads, strict=True))  # fmt: skip
+        self.feedback = nn.ModuleList(
+            nn.Conv2d(a, b, 3, padding=p, bias=False)
+            for (a, b), p in zip(pairwise(dims[1:]), self.pads[1:], strict=True)
+        )
+        self.readout = nn.Linear(c3, classes)
+        self.angle = angle
+        with torch.no_grad():
+            a = math.radians(angle)
+            for i, fb in enumerate(self.feedback):
+                fb.weight.mul_(math.sin(a)).add_(math.cos(a) * self.layers[i + 1].weight)
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        c1, c2, c3 = self.channels
+        return [(c1, 16, 16), (c2, 8, 8), (c3, 4, 4), (c3, 1, 1)]
+
+    def input_drive(self, x: torch.Tensor) -> torch.Tensor:
+        first = self.layers[0]
+        return softmax_pool(F.conv2d(x, first.weight, first.bias, padding=self.pads[0]))
+
+    def drive(self, inp: torch.Tensor, a: State, w: dict[str, torch.Tensor]) -> State:
+        """G(a): pooled convolutions from below, transposed feedback paths from above."""
+        out = []
+        for i in range(len(a)):
+            if i == 0:
+                h = inp
+            else:
+                z = conv(a[i - 1], w[f"layers.{i}.weight"], w[f"layers.{i}.bias"], self.pads[i])
+                h = softmax_pool(z)
+            if i + 1 < len(a):
+                k = w[f"feedback.{i}.weight"]
+                z = conv(a[i], k, None, self.pads[i + 1])
+                h = h + conv_t(softmax_pool_t(z, a[i + 1]), k, self.pads[i + 1])
+            out.append(h)
+        return out
+
+    def loss_grad(self, a_out: torch.Tensor, y: torch.Tensor, w: dict[str, torch.Tensor]
+                  ) -> torch.Tensor:  # fmt: skip
+        z = linear(a_out.flatten(1), w["readout.weight"], w["readout.bias"])
+        return linear(ce_grad(z, y), w["readout.weight"].T).view_as(a_out)
+
+    def pre(self, inp: torch.Tensor, s: State, beta: torch.Tensor | None,
+            y: torch.Tensor | None, w: dict[str, torch.Tensor]) -> State:  # fmt: skip
+        a = [self.act(u) for u in s]
+        out = self.drive(inp, a, w)
+        if beta is not None:
+            out[-1] = out[-1] + beta.view(-1, 1, 1, 1) * self.loss_grad(a[-1], y, w)
+        return out
+
+    def post(self, pre: State) -> State:
+        return pre
+
+    def logits(self, s: State) -> torch.Tensor:
+        w = self.weights()
+        return linear(self.act(s[-1]).flatten(1), w["readout.weight"], w["readout.bias"])
+
+    def asymmetry(self, inp: torch.Tensor | None = None, a: State | None = None) -> float:
+        """‖(A − Aᵀ)ε‖ / ‖(A + Aᵀ)ε‖ for A = ∂G/∂a at the activations ``a`` and one Gaussian ε
+        per example: an estimate of ‖A − Aᵀ‖_F / ‖A + Aᵀ‖_F (0: symmetric)."""
+        if inp is None or a is None:
+            raise ValueError("a convolutional field's asymmetry depends on the state: pass it")
+        w = {k: v.detach() for k, v in self.weights().items()}
+        a_ = tuple(t.detach() for t in a)
+        eps = tuple(torch.randn_like(t) for t in a_)
+
+        def field(*a: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(self.drive(inp.detach(), list(a), w))
+
+        with torch.enable_grad():
+            _, je = torch.func.jvp(field, a_, eps)
+            _, back = torch.func.vjp(field, *a_)
+            jte = back(eps)
+        num = sum(((u - v) ** 2).sum() for u, v in zip(je, jte, strict=True))
+        den = sum(((u + v) ** 2).sum() for u, v in zip(je, jte, strict=True))
+        return float(torch.sqrt(num / den))

@@ -155,7 +155,6 @@ class EP(Rule):
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         net = self.net
         assert isinstance(net, HopfieldMLP)
-        x = x.flatten(1)
         with torch.no_grad():
             free = net.free(x, self.t1)
             logits = net.logits(free)
@@ -172,7 +171,7 @@ class EP(Rule):
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert isinstance(self.net, EqNet)
-        return self.net.logits(self.net.free(x.flatten(1), self.t1))
+        return self.net.logits(self.net.free(x, self.t1))
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.schedule.step(val.get("loss"))

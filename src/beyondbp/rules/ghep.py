@@ -32,7 +32,7 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
-from beyondbp.nets.equilibrium import EqNet, VectorFieldMLP, repeat_rows
+from beyondbp.nets.equilibrium import EqNet, VectorFieldCNN, VectorFieldMLP, repeat_rows
 from beyondbp.rules.base import Distribution, IntUniform, LogUniform, Rule, SetupContext
 from beyondbp.rules.ep import PhaseOptions, combine, nudged_states, nudges
 from beyondbp.rules.optim import Schedule, make_optimizer
@@ -67,12 +67,13 @@ class GHEP(Rule):
 
     @classmethod
     def works_on(cls, net_spec: str) -> bool:
-        return net_spec.startswith("vf")
+        return net_spec.startswith(("vf:", "vfcnn"))
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
-        if not isinstance(net, VectorFieldMLP):
+        if not isinstance(net, VectorFieldMLP | VectorFieldCNN):
             raise BeyondBPError(
-                f"ghep trains a vector-field net; got {type(net).__name__}: use --net vf:256x2"
+                f"ghep trains a vector-field net; got {type(net).__name__}: use --net vf:256x2 "
+                "(or vfcnn:128-256-512 on 32×32 images)"
             )
         self.net = net
         self.opt = make_optimizer(net.parameters(), self.options)
@@ -87,7 +88,7 @@ class GHEP(Rule):
                      ) -> list[torch.Tensor]:  # fmt: skip
         """dσ(u)/dβ at β = 0 for every layer, (batch, width) each, real."""
         net, o = self.net, self.options
-        assert isinstance(net, VectorFieldMLP)
+        assert isinstance(net, VectorFieldMLP | VectorFieldCNN)
         if o.n == 0:
 
             def nudged(b: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -104,7 +105,7 @@ class GHEP(Rule):
         """mean over examples and draws of (‖Jε‖² − εᵀJ²ε)/D, J = ∂(G(a) − a)/∂a at σ(u*);
         differentiable in θ."""
         net, k = self.net, self.options.homeostasis_draws
-        assert isinstance(net, VectorFieldMLP)
+        assert isinstance(net, VectorFieldMLP | VectorFieldCNN)
         w = net.weights()
         inp = repeat_rows(net.input_drive(x), k)
         a = tuple(repeat_rows(net.act(t), k) for t in u)
@@ -115,14 +116,13 @@ class GHEP(Rule):
 
         _, je = torch.func.jvp(field, a, eps)
         _, jje = torch.func.jvp(field, a, je)
-        sq = sum((v * v).sum(1) for v in je)
-        cross = sum((e * v).sum(1) for e, v in zip(eps, jje, strict=True))
-        return ((sq - cross) / sum(net.widths)).mean()
+        sq = sum((v * v).flatten(1).sum(1) for v in je)
+        cross = sum((e * v).flatten(1).sum(1) for e, v in zip(eps, jje, strict=True))
+        return ((sq - cross) / net.neurons()).mean()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         net, o = self.net, self.options
-        assert isinstance(net, VectorFieldMLP)
-        x = x.flatten(1)
+        assert isinstance(net, VectorFieldMLP | VectorFieldCNN)
         with torch.no_grad():
             u = net.free(x, self.t1)
             logits = net.logits(u)
@@ -130,8 +130,9 @@ class GHEP(Rule):
         self.opt.zero_grad(set_to_none=True)
         w = net.weights()
         a = [net.act(t) for t in u]
+        inp = net.input_drive(x)
         # (∂G/∂θ)ᵀ dσ/dβ, batch mean, and the readout's own gradient at the free state
-        torch.autograd.backward(net.drive(net.input_drive(x), a, w), [e / len(y) for e in est])
+        torch.autograd.backward(net.drive(inp, a, w), [e / len(y) for e in est])
         ce = F.cross_entropy(net.logits(u), y)
         ce.backward()
         logs: dict[str, Any] = {"loss": ce.detach(), "correct": (logits.argmax(1) == y).sum()}
@@ -140,12 +141,12 @@ class GHEP(Rule):
             (o.homeostasis * h).backward()
             logs["homeostatic_loss"] = h.detach()
         self.opt.step()
-        logs["asymmetry"] = net.asymmetry()
+        logs["asymmetry"] = net.asymmetry(inp.detach(), a)
         return logs
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert isinstance(self.net, EqNet)
-        return self.net.logits(self.net.free(x.flatten(1), self.t1))
+        return self.net.logits(self.net.free(x, self.t1))
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.schedule.step(val.get("loss"))
