@@ -13,7 +13,7 @@ from typing import Any
 
 from beyondbp.bench.grid import Cell, natural_key, run_grid, setup_key
 from beyondbp.bench.presets import is_percent
-from beyondbp.bench.summary import summarize
+from beyondbp.bench.summary import behaviour, summarize
 from beyondbp.runner import open_store
 from beyondbp.runs import RunRecord, RunStore
 
@@ -94,7 +94,7 @@ def reproduce(
     options, scores = {}, {}  # per setup: the rule's options, the finished seeds' scores
     for r in records:
         key = (r.rule, r.dataset, r.net, setup_key(r))
-        options[key] = r.options
+        options[key] = r.options | behaviour(r)  # a paper variant may name state_noise
         if r.status == "finished" and r.metrics.get(metric) is not None:
             scores.setdefault(key, []).append(scale * r.metrics[metric])
     for c in (c for c, r in found if r is None):  # a setup with no run yet: a row that says so
@@ -102,7 +102,7 @@ def reproduce(
                           config=c.full_config())  # fmt: skip
         key = (c.rule, c.dataset, c.net, setup_key(ghost))
         if key not in options:
-            options[key] = ghost.options
+            options[key] = ghost.options | behaviour(ghost)
             rows += [{**summarize([ghost])[0], "not_finished": 0, "errors": []}]
     bars = _solved_bars(preset, {row["dataset"] for row in rows}, data_dir, scale)
     for row in rows:

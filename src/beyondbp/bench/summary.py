@@ -13,15 +13,27 @@ from beyondbp.runs import RunRecord
 BASELINE = "bp"  # the rule every ratio is taken against unless told otherwise
 
 
+BEHAVIOUR_SETTINGS = ("state_noise",)
+"""Harness settings that change what a model computes rather than its budget: a run's label
+and its paper-number variant name them beside the rule's options."""
+
+
+def behaviour(record: RunRecord) -> dict[str, Any]:
+    """The run's :data:`BEHAVIOUR_SETTINGS` that are set (non-zero)."""
+    return {k: record.config[k] for k in BEHAVIOUR_SETTINGS if record.config.get(k)}
+
+
 def options_diff(record: RunRecord) -> str:
-    """The options of a run that differ from its rule's defaults, as ``k=v, ...`` ('' if none)."""
+    """The options of a run that differ from its rule's defaults, and its behaviour settings, as
+    ``k=v, ...`` ('' if none)."""
     from beyondbp.rules import available_rules
 
     cls = available_rules().get(record.rule)
     if cls is None:
         return ""
     defaults = cls.Options().model_dump()
-    return ", ".join(f"{k}={v}" for k, v in record.options.items() if defaults.get(k) != v)
+    diff = [f"{k}={v}" for k, v in record.options.items() if defaults.get(k) != v]
+    return ", ".join(diff + [f"{k}={v}" for k, v in behaviour(record).items()])
 
 
 def time_to_target(record: RunRecord, target: float) -> float | None:
