@@ -13,9 +13,7 @@
 
 from __future__ import annotations
 
-import gzip
 import inspect
-import json
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,18 +30,11 @@ SHARED_CODE = ("harness", "measure", "nets", "tasks", "data")
 
 
 def load_runs(path: str | Path) -> list[dict[str, Any]]:
-    """The run records of a results file (``.json`` or ``.json.gz``; none if it has no runs)."""
-    path = Path(path)
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rt") as f:
-                data = json.load(f)
-        else:
-            data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise BeyondBPError(f"cannot read the results file {path} ({e})") from e
-    runs = data.get("runs", []) if isinstance(data, dict) else []
-    return [r for r in runs if isinstance(r, dict) and "rule" in r]
+    """The run records of a results file (``.json`` or ``.json.gz``), as stored: none if it has
+    no runs (some results files hold summary rows in ``runs``, not run records)."""
+    from beyondbp.runs.store import run_rows
+
+    return [r for r in run_rows(path) or [] if isinstance(r, dict) and "rule" in r]
 
 
 def made_at(runs: Iterable[Mapping[str, Any]]) -> dict[str, int]:

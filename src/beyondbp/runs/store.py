@@ -22,10 +22,10 @@ Status = Literal["running", "finished", "diverged", "interrupted", "failed"]
 _JSON_FIELDS = ("options", "config", "metrics", "history", "env")
 
 
-def records_from_json(path: str | Path) -> list[RunRecord]:
-    """The runs in a JSON file (or a gzipped one, ``.json.gz``): a list of full records
-    (``beyondbp runs export --format json``) or an object whose ``runs`` key holds one (the
-    benchmark results files)."""
+def run_rows(path: str | Path) -> list[Any] | None:
+    """The raw run rows of a JSON file (or a gzipped one, ``.json.gz``): the file itself if it
+    is a list (``beyondbp runs export --format json``), else its ``runs`` list (the benchmark
+    results files); None if it holds no such list."""
     path = Path(path)
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
@@ -33,7 +33,13 @@ def records_from_json(path: str | Path) -> list[RunRecord]:
     except (OSError, ValueError) as e:
         raise BeyondBPError(f"cannot read runs from {path}: {e}") from e
     rows = data.get("runs") if isinstance(data, dict) else data
-    if not isinstance(rows, list):
+    return rows if isinstance(rows, list) else None
+
+
+def records_from_json(path: str | Path) -> list[RunRecord]:
+    """The runs in a JSON file (see :func:`run_rows`) as records; an error if it holds none."""
+    rows = run_rows(path)
+    if rows is None:
         raise BeyondBPError(
             f"{path} holds no runs: expected a JSON list of run records (`beyondbp runs export "
             "--format json`) or an object with a 'runs' list"
