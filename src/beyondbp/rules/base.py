@@ -187,6 +187,11 @@ class Rule:
         one stage."""
         return None
 
+    def metrics(self) -> dict[str, Any]:
+        """Numbers about the trained model the rule alone can give (e.g. how far a vector field
+        is from symmetric), stored with the run's metrics when training ends. Default: none."""
+        return {}
+
     def restored(self) -> None:
         """Called after :meth:`load_state_dict`: rebuild what derives from the loaded state."""
 

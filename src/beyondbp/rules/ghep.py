@@ -63,7 +63,7 @@ class GHEP(Rule):
         "homeostasis": LogUniform(0.01, 30.0),
     }
     options: Options
-    stateful = ("opt", "schedule")
+    stateful = ("opt", "schedule", "asymmetry")
 
     @classmethod
     def works_on(cls, net_spec: str) -> bool:
@@ -141,8 +141,12 @@ class GHEP(Rule):
             (o.homeostasis * h).backward()
             logs["homeostatic_loss"] = h.detach()
         self.opt.step()
-        logs["asymmetry"] = net.asymmetry(inp.detach(), a)
+        logs["asymmetry"] = self.asymmetry = net.asymmetry(inp.detach(), a)
         return logs
+
+    def metrics(self) -> dict[str, Any]:
+        """The field's asymmetry ‖A − Aᵀ‖/‖A + Aᵀ‖ at the last step (A = ∂G/∂a)."""
+        return {"asymmetry": self.asymmetry} if hasattr(self, "asymmetry") else {}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert isinstance(self.net, EqNet)
