@@ -19,7 +19,7 @@ from beyondbp.nets.equilibrium import (
     holo_sigmoid,
     holo_tanh,
 )
-from beyondbp.rules.ep import EP, HEP, HEPOptions, Options, nudges
+from beyondbp.rules.ep import EP, HEP, HEPOptions, Options, nudged_states, nudges
 from beyondbp.rules.ghep import GHEP
 from beyondbp.rules.ghep import Options as GOptions
 
@@ -40,7 +40,8 @@ def _small(cls: type[EqNet], **kw: object) -> EqNet:
 
 
 def _grads(net: EqNet) -> torch.Tensor:
-    return torch.cat([p.grad.flatten() for p in net.parameters()])
+    return torch.cat([torch.zeros(p.numel(), dtype=p.dtype) if p.grad is None else p.grad.flatten()
+                      for p in net.parameters()])  # fmt: skip
 
 
 def recurrent_backprop(net: EqNet, x: torch.Tensor = X, y: torch.Tensor = Y) -> torch.Tensor:
@@ -109,10 +110,21 @@ def test_hep_with_many_nudges_is_the_recurrent_backprop_gradient():
 
 
 def test_hep_with_two_nudges_is_centred_ep():
-    net = _small(HopfieldMLP)
-    centred = _rule_grad(EP(Options(estimate="centred", beta=0.2, t1=200, t2=100)), net).clone()
-    hep = _rule_grad(HEP(HEPOptions(n=2, beta=0.2, t1=200, t2=100)), net)
-    torch.testing.assert_close(hep, centred, rtol=0, atol=0)
+    """hEP's N = 2 against the centred estimate written out here: relax at ±β from the free
+    state, then [∂Φ_{−β}/∂θ(s_{−β}) − ∂Φ_β/∂θ(s_β)] / 2β by autograd."""
+    net, beta = _small(HopfieldMLP), 0.2
+    hep = _rule_grad(HEP(HEPOptions(n=2, beta=beta, t1=200, t2=100)), net).clone()
+    with torch.no_grad():
+        free = net.free(X, 200)
+        plus = net.relax(X, free, 100, torch.full((B, 1), beta, dtype=X.dtype), Y)
+        minus = net.relax(X, free, 100, torch.full((B, 1), -beta, dtype=X.dtype), Y)
+    net.zero_grad()
+    phi_plus = net.phi(X, plus, torch.full((B, 1), beta, dtype=X.dtype), Y).sum()
+    phi_minus = net.phi(X, minus, torch.full((B, 1), -beta, dtype=X.dtype), Y).sum()
+    ((phi_minus - phi_plus) / (2 * beta) / B).backward()
+    torch.testing.assert_close(hep, _grads(net), rtol=1e-10, atol=1e-12)
+    exact = recurrent_backprop(net)
+    assert _rel(hep, exact) < 0.05  # and it is the gradient, up to its O(β²) bias
 
 
 def test_one_sided_ep_is_biased_in_beta_and_centred_in_beta_squared():
@@ -178,7 +190,20 @@ def test_homeostatic_loss_is_the_squared_antisymmetric_part_of_the_jacobian():
     j = a - torch.eye(10, dtype=torch.float64)
     expected = 2 * ((j - j.T) / 2).norm() ** 2 / 10
     assert float(h.detach()) == pytest.approx(float(expected.detach()), rel=0.03)
-    # its gradient makes the field more symmetric
+    # its gradient is the closed form's (autograd of 2‖(J − Jᵀ)/2‖²/D in the weights)
+    net.zero_grad()
+    h.backward()
+    sampled = _grads(net).clone()
+    net.zero_grad()
+    fb0, w1, fb1, w2 = (
+        net.feedback[0].weight,
+        net.layers[1].weight,
+        net.feedback[1].weight,
+        net.layers[2].weight,
+    )
+    (2 * (((fb0 - w1.T) ** 2).sum() + ((fb1 - w2.T) ** 2).sum()) / 4 * 2 / 10).backward()
+    assert _rel(sampled, _grads(net)) < 0.05
+    # and it makes the field more symmetric
     before = net.asymmetry()
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
     for _ in range(20):
@@ -235,14 +260,26 @@ def test_neuron_noise_reaches_the_nudged_phases_only():
                    epochs=1, max_steps=2, state_noise=0.05, store=False, **FAST)  # fmt: skip
     net = res.model
     assert isinstance(net, HopfieldMLP) and net.noise == 0.05
-    x = torch.randn(4, 64)
-    torch.testing.assert_close(net.free(x, 10), net.free(x, 10))  # the free phase is noiseless
+    x = torch.randn(1, 64).repeat(4, 1)  # four copies of one example
+    y = torch.zeros(4, dtype=torch.long)
+    with torch.no_grad():
+        free = net.free(x, 10)
+        torch.testing.assert_close(free, net.free(x, 10))  # the free phase is noiseless
+        betas, _ = nudges(3, 0.4, conjugate_pairs=False)
+        one, _ = nudged_states(net, x, y, free, betas, 5, noise=net.noise)
+        two, _ = nudged_states(net, x, y, free, betas, 5, noise=net.noise)
+        quiet, _ = nudged_states(net, x, y, free, betas, 5)
+    top, again, calm = one[-1].view(3, 4, -1), two[-1].view(3, 4, -1), quiet[-1].view(3, 4, -1)
+    assert not torch.allclose(top, again)  # drawn afresh
+    assert not torch.allclose(top, calm)
+    torch.testing.assert_close(top, top[:, :1].expand_as(top))  # shared by the batch
+    assert not torch.allclose(top[0], top[1]) and not torch.allclose(top[1], top[2].conj())
 
 
 def test_complex_tanh_is_torchs_and_saturates_without_overflow():
-    z = torch.complex(
-        torch.randn(1000, dtype=torch.float64) * 3, torch.randn(1000, dtype=torch.float64)
-    )
+    gen = torch.Generator().manual_seed(3)
+    z = torch.complex(torch.randn(1000, dtype=torch.float64, generator=gen) * 3,
+                      torch.randn(1000, dtype=torch.float64, generator=gen))  # fmt: skip
     torch.testing.assert_close(holo_tanh(z), torch.tanh(z))
     big = torch.tensor([60 + 0.3j, -60 - 0.2j], dtype=torch.complex64)
     torch.testing.assert_close(holo_tanh(big), torch.tensor([1 + 0j, -1 + 0j]))

@@ -403,6 +403,7 @@ class Trainer:
             test_time_s=watch.total,
             tested_epoch=self.tested_epoch,
         )
+        metrics.update(self.rule.metrics())  # of the weights tested
         self._emit("on_test_end", metrics)
 
     # -- measurement ----------------------------------------------------------------------------
@@ -437,7 +438,6 @@ class Trainer:
             energy_label=st.energy_label,
             energy_method=st.energy_method,
         )
-        m.update(self.rule.metrics())
         self._emit("on_metrics", m)
         if self.device.type == "cuda":  # the allocator's view: the whole run on the GPU
             m["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)

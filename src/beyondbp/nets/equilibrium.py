@@ -11,13 +11,13 @@ same net (its memory grows with T1; EP's does not).
   readout ``R``, the state follows ``s ← σ(∂Φ_β/∂s)`` for ``Φ_β = Φ − β·CE(R s_L + c, y)``: the
   feedback weights are the forward ones transposed, and the nudge reaches the last layer as
   ``−β Rᵀ(softmax(R s_L + c) − y)``.
-- :class:`VectorFieldCNN` (``vfcnn:128-256-512``): the same on 32×32 images, convolutions with
-  2×2 softmax pooling (Laborieux & Zenke 2024's CIFAR-10 net).
 - :class:`VectorFieldMLP` (``vf:256x2``): a general vector field, no energy (Laborieux & Zenke
   2024). The state ``u`` holds pre-activations of the hidden layers and of an output layer of
   ``classes`` units; ``u ← G(σ(u)) + β ∂ℓ/∂a_out`` with ``G(a)_l = W_l a_{l−1} + b_l + B_l a_{l+1}``,
   free feedback weights ``B_l`` (initialised ``sin α · B_l + cos α · W_{l+1}ᵀ``: α = 0 starts
   symmetric, 90° independent) and the loss ``ℓ = CE(R σ(u_out) + c, y)``.
+- :class:`VectorFieldCNN` (``vfcnn:128-256-512``): a vector field too, on 32×32 images:
+  convolutions with 2×2 softmax pooling, free feedback kernels (the 2024 paper's CIFAR-10 net).
 
 σ(z) = 1 / (1 + e^{−4z+2}), the papers' sigmoid: holomorphic away from its poles. ``noise`` (set
 by the harness's ``state_noise``) adds Gaussian noise to every pre-activation of a relaxation that
@@ -40,7 +40,7 @@ State = list[torch.Tensor]
 def holo_tanh(z: torch.Tensor) -> torch.Tensor:
     """tanh for real and complex z. Complex: ``tanh(a + ib) = (sinh 2a + i sin 2b) / (cosh 2a +
     cos 2b)`` from real, vectorised functions (torch's complex tanh is several times slower);
-    2a is clipped to ±40, where tanh is ±1 in float32 and float64 alike to 1e-34."""
+    2a is clipped to ±40, where 1 − |tanh| < 1e-17, below float64's resolution."""
     if not z.is_complex():
         return torch.tanh(z)
     a, b = (2 * z.real).clamp(-40, 40), 2 * z.imag
@@ -151,8 +151,8 @@ class EqNet(nn.Module):
     """A layered net relaxing to a fixed point: the part both kinds share.
 
     Subclasses define ``pre(inp, state, beta, y, w)`` (the next pre-activations, given the input
-    drive ``inp`` of :meth:`input_drive`) and ``logits``; ``w`` holds the parameters cast to the
-    state's dtype (once per relaxation)."""
+    drive ``inp`` of :meth:`input_drive`) and ``logits``; ``w`` holds the (real) parameters by
+    name, which :func:`linear` and :func:`conv` apply to real or complex states."""
 
     kind = ""
 
@@ -210,7 +210,8 @@ class EqNet(nn.Module):
     ) -> State:
         """``steps`` synchronous iterations from ``s``. ``beta``: (rows, 1) nudging strengths
         (rows = phases × batch, phase-major), ``y`` the labels of every row; ``noise``: σ of
-        the Gaussian noise added to each pre-activation, one draw per phase shared by the batch."""
+        the Gaussian noise added to each pre-activation, drawn afresh at every iteration, one draw
+        per phase and neuron shared by the batch."""
         dtype = s[0].dtype
         w = self.weights()
         inp = self.input_drive(x).to(dtype)  # constant while the state relaxes: computed once
@@ -368,12 +369,14 @@ def _haiku_init(lin: nn.Linear) -> None:
         nn.init.zeros_(lin.bias)
 
 
-def _lecun_init(lin: nn.Linear) -> None:
-    """LeCun normal (truncated at 2 std, variance-corrected), zero bias: Flax's Dense."""
-    std = 1 / math.sqrt(lin.in_features) / 0.87962566103423978
-    nn.init.trunc_normal_(lin.weight, std=std, a=-2 * std, b=2 * std)
-    if lin.bias is not None:
-        nn.init.zeros_(lin.bias)
+def _lecun_init(layer: nn.Linear | nn.Conv2d) -> None:
+    """LeCun normal (truncated at 2 std, variance-corrected), zero bias: Flax's Dense and Conv
+    defaults (fan-in: input features, or input channels × kernel area)."""
+    fan_in = layer.weight[0].numel()
+    std = 1 / math.sqrt(fan_in) / 0.87962566103423978
+    nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
 
 
 class VectorFieldCNN(EqNet):
@@ -408,6 +411,8 @@ class VectorFieldCNN(EqNet):
             for (a, b), p in zip(pairwise(dims[1:]), self.pads[1:], strict=True)
         )
         self.readout = nn.Linear(c3, classes)
+        for layer in [*self.layers, *self.feedback, self.readout]:
+            _lecun_init(layer)
         self.angle = angle
         with torch.no_grad():
             a = math.radians(angle)

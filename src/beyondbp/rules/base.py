@@ -189,7 +189,8 @@ class Rule:
 
     def metrics(self) -> dict[str, Any]:
         """Numbers about the trained model the rule alone can give (e.g. how far a vector field
-        is from symmetric), stored with the run's metrics when training ends. Default: none."""
+        is from symmetric), of the weights tested: stored with the run's metrics after the
+        test. Default: none."""
         return {}
 
     def restored(self) -> None:
