@@ -40,6 +40,7 @@ PRESET_OF_RESULTS = {
     "forwardgnn2024-links.json.gz": "forwardgnn2024-links",  # `beyondbp reproduce ...-links`
     "s2ft2024.json": "s2ft2024",  # `beyondbp reproduce s2ft2024`
     "depth-sweep.json": "depth-sweep",  # `beyondbp reproduce depth-sweep`
+    "noprop-memory.json": "noprop-memory",  # `beyondbp reproduce noprop-memory`
 }
 
 
