@@ -41,6 +41,7 @@ PRESET_OF_RESULTS = {
     "s2ft2024.json": "s2ft2024",  # `beyondbp reproduce s2ft2024`
     "depth-sweep.json": "depth-sweep",  # `beyondbp reproduce depth-sweep`
     "noprop-memory.json": "noprop-memory",  # `beyondbp reproduce noprop-memory`
+    "ep-memory.json": "ep-memory",  # `beyondbp reproduce ep-memory`
 }
 
 
