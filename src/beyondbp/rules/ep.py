@@ -111,6 +111,40 @@ def combine(coefs: list[complex], values: torch.Tensor) -> torch.Tensor:
     return (cr * v.real - ci * v.imag).sum(0)
 
 
+class RelaxingNetRule(Rule):
+    """What the EP rules share: the net kinds they train, an optimiser over all its weights, the
+    free phase's length T1 and prediction from the free fixed point."""
+
+    nets: ClassVar[tuple[type[EqNet], ...]] = ()
+    specs: ClassVar[tuple[str, ...]] = ()  # net spec prefixes it trains
+    wrong_net: ClassVar[str] = ""  # the fix an error for another net names
+    stateful = ("opt", "schedule")
+    options: PhaseOptions
+
+    @classmethod
+    def works_on(cls, net_spec: str) -> bool:
+        return net_spec.startswith(cls.specs)
+
+    def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
+        if not isinstance(net, self.nets):
+            raise BeyondBPError(f"{self.name} cannot train {type(net).__name__}: {self.wrong_net}")
+        self.net = net
+        self.opt = make_optimizer(net.parameters(), self.options)
+        self.schedule = Schedule(self.opt, self.options, ctx.max_epochs)
+
+    @property
+    def t1(self) -> int:
+        assert isinstance(self.net, EqNet)
+        return self.options.t1 or self.net.steps
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        assert isinstance(self.net, EqNet)
+        return self.net.logits(self.net.free(x, self.t1))
+
+    def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
+        self.schedule.step(val.get("loss"))
+
+
 class Options(PhaseOptions):
     beta: float = Field(0.1, gt=0, description="nudging strength β")
     estimate: Literal["one-sided", "centred"] = Field(
@@ -119,38 +153,21 @@ class Options(PhaseOptions):
 
 
 @register("ep", "Equilibrium propagation: one-sided or centred (±β) nudges of an energy-based net")
-class EP(Rule):
+class EP(RelaxingNetRule):
     Options = Options
+    nets = (HopfieldMLP,)
+    specs = ("hopfield",)
+    wrong_net = "it trains an energy-based net: use --net hopfield:256x2 (a vector field: ghep)"
     search_space: ClassVar[dict[str, Distribution]] = {
         "lr": LogUniform(1e-3, 0.5),
         "beta": LogUniform(0.01, 1.0),
         "t2": IntUniform(10, 400, log=True),
     }
-    options: Options
-    stateful = ("opt", "schedule")
-
-    @classmethod
-    def works_on(cls, net_spec: str) -> bool:
-        return net_spec.startswith("hopfield")
-
-    def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
-        if not isinstance(net, HopfieldMLP):
-            raise BeyondBPError(
-                f"{self.name} trains an energy-based net; got {type(net).__name__}: use "
-                "--net hopfield:256x2 (for a vector field, vf:256x2, use ghep)"
-            )
-        self.net = net
-        self.opt = make_optimizer(net.parameters(), self.options)
-        self.schedule = Schedule(self.opt, self.options, ctx.max_epochs)
+    options: Options  # type: ignore[assignment]
 
     def nudges(self) -> tuple[list[complex], list[complex]]:
         o = self.options
         return nudges(1 if o.estimate == "one-sided" else 2, o.beta)
-
-    @property
-    def t1(self) -> int:
-        assert isinstance(self.net, EqNet)
-        return self.options.t1 or self.net.steps
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         net = self.net
@@ -168,13 +185,6 @@ class EP(Rule):
         (-combine(coefs, phi).sum() / len(y)).backward()
         self.opt.step()
         return {"loss": F.cross_entropy(logits, y), "correct": (logits.argmax(1) == y).sum()}
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        assert isinstance(self.net, EqNet)
-        return self.net.logits(self.net.free(x, self.t1))
-
-    def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
-        self.schedule.step(val.get("loss"))
 
 
 class HEPOptions(PhaseOptions):

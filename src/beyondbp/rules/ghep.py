@@ -28,14 +28,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
-from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
-from beyondbp.nets.equilibrium import EqNet, VectorFieldCNN, VectorFieldMLP, repeat_rows
-from beyondbp.rules.base import Distribution, IntUniform, LogUniform, Rule, SetupContext
-from beyondbp.rules.ep import PhaseOptions, combine, nudged_states, nudges
-from beyondbp.rules.optim import Schedule, make_optimizer
+from beyondbp.nets.equilibrium import VectorFieldCNN, VectorFieldMLP, repeat_rows
+from beyondbp.rules.base import Distribution, IntUniform, LogUniform
+from beyondbp.rules.ep import PhaseOptions, RelaxingNetRule, combine, nudged_states, nudges
 from beyondbp.rules.registry import register
 
 
@@ -54,36 +51,22 @@ class Options(PhaseOptions):
 
 
 @register("ghep", "Generalized holomorphic EP on a vector field, with Jacobian homeostasis")
-class GHEP(Rule):
+class GHEP(RelaxingNetRule):
     Options = Options
+    nets = (VectorFieldMLP, VectorFieldCNN)
+    specs = ("vf:", "vfcnn")
+    wrong_net = (
+        "it trains a vector field: use --net vf:256x2 (or vfcnn:128-256-512 on 32×32 images)"
+    )
     search_space: ClassVar[dict[str, Distribution]] = {
         "lr": LogUniform(1e-4, 0.1),
         "beta": LogUniform(0.05, 2.0),
         "n": IntUniform(0, 6),
         "homeostasis": LogUniform(0.01, 30.0),
     }
-    options: Options
+    options: Options  # type: ignore[assignment]
     stateful = ("opt", "schedule", "asymmetry", "steps")
     steps = 0  # training steps taken (the CNN's asymmetry is probed every 100)
-
-    @classmethod
-    def works_on(cls, net_spec: str) -> bool:
-        return net_spec.startswith(("vf:", "vfcnn"))
-
-    def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
-        if not isinstance(net, VectorFieldMLP | VectorFieldCNN):
-            raise BeyondBPError(
-                f"ghep trains a vector-field net; got {type(net).__name__}: use --net vf:256x2 "
-                "(or vfcnn:128-256-512 on 32×32 images)"
-            )
-        self.net = net
-        self.opt = make_optimizer(net.parameters(), self.options)
-        self.schedule = Schedule(self.opt, self.options, ctx.max_epochs)
-
-    @property
-    def t1(self) -> int:
-        assert isinstance(self.net, EqNet)
-        return self.options.t1 or self.net.steps
 
     def dsigma_dbeta(self, x: torch.Tensor, y: torch.Tensor, u: list[torch.Tensor]
                      ) -> list[torch.Tensor]:  # fmt: skip
@@ -160,10 +143,3 @@ class GHEP(Rule):
         if isinstance(self.net, VectorFieldMLP):
             return {"asymmetry": self.net.asymmetry()}
         return {"asymmetry": self.asymmetry} if hasattr(self, "asymmetry") else {}
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        assert isinstance(self.net, EqNet)
-        return self.net.logits(self.net.free(x, self.t1))
-
-    def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
-        self.schedule.step(val.get("loss"))
