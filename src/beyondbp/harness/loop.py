@@ -232,7 +232,6 @@ class Trainer:
                     f"{type(self.net).__name__} has no state to perturb: drop state_noise"
                 )
             self.net.noise = cfg.state_noise
-            self.record.metrics["state_noise"] = cfg.state_noise
         rule.setup(self.net, self.task.meta, ctx)
         for m in rule.modules().values():
             m.to(self.device)
