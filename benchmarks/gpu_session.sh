@@ -9,6 +9,8 @@
 #
 #   bash benchmarks/gpu_session.sh OUT [MAX_SECONDS] [DEADLINE] [more reproduce options]
 #
+# MAX_SECONDS=none runs the preset's own budgets (no --max-seconds: the preset's cells as written,
+# on DEVICE); JOBS sets how many cells train at once (default 4).
 # Data come from DATA_DIR (mnist/, cifar10-jpeg/); PRESET names another preset; TESTS=none skips
 # the suite; PYTHON, DEVICE, TESTS and PYTEST_ARGS let the same script be tried on a CPU machine
 # first (e.g. DEVICE=cpu TESTS=tests/test_nets.py PYTEST_ARGS=-q ... --quick).
@@ -27,8 +29,10 @@ mkdir -p "$OUT"
   > "$OUT/machine.txt" 2>&1
 
 PRESET=${PRESET:-noprop2025}
+BUDGET=(--max-seconds "$MAXS")
+[ "$MAXS" = none ] && BUDGET=()
 (timeout -s TERM "$DEADLINE" $PY -m beyondbp reproduce "$PRESET" --device "$DEVICE" \
-  --max-seconds "$MAXS" --jobs 4 --data-dir "$DATA" --store "$WORK/runs.sqlite" \
+  "${BUDGET[@]}" --jobs "${JOBS:-4}" --data-dir "$DATA" --store "$WORK/runs.sqlite" \
   -o "$OUT/${PRESET}_gpu.md" "$@" > "$OUT/reproduce.log" 2>&1; echo "reproduce exit $?" >> "$OUT/reproduce.log") &
 
 # SIGINT makes pytest print its summary of what ran before the limit
@@ -40,4 +44,4 @@ fi
 wait
 $PY -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute(f\"VACUUM INTO '{sys.argv[2]}'\")" \
   "$WORK/runs.sqlite" "$OUT/${PRESET}_gpu.sqlite"
-tar czf "$OUT/logs.tgz" -C "$WORK" logs
+tar czf "$OUT/logs.tgz" -C "$WORK/runs_files" logs

@@ -42,6 +42,7 @@ PRESET_OF_RESULTS = {
     "depth-sweep.json": "depth-sweep",  # `beyondbp reproduce depth-sweep`
     "noprop-memory.json": "noprop-memory",  # `beyondbp reproduce noprop-memory`
     "ep-memory.json": "ep-memory",  # `beyondbp reproduce ep-memory`
+    "ghep2024-gpu.json": "ghep2024",  # `beyondbp reproduce ghep2024 --device cuda ...`
 }
 
 
@@ -107,13 +108,22 @@ def _skipped(path: Path, r: RunRecord) -> bool:
     return path.name == "spyra2025.json" and r.rule == "ff" and not r.options.get("input_norm")
 
 
-def _cell_keys(preset: Preset) -> set[str]:
+def _overrides(path: Path) -> dict:
+    """The harness settings ``reproduce --device/--max-seconds`` gave every cell of a file."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    data = json.loads(raw)
+    return (data.get("overrides") or {}) if isinstance(data, dict) else {}
+
+
+def _cell_keys(preset: Preset, overrides: dict | None = None) -> set[str]:
     """The identities of every cell of the preset, at full budget and quick (as ``reproduce``
-    makes them)."""
-    keys = set()
+    makes them), under ``overrides`` (device, max_seconds) where a file was made with them."""
+    keys, extra = set(), overrides or {}
     for grid in preset.grids:
-        quick = grid.model_copy(update={"config": {**grid.config, **preset.quick}, "seeds": [0]})
-        keys |= {c.key for g in (grid, quick) for c in g.cells()}
+        full = grid.model_copy(update={"config": {**grid.config, **extra}})
+        quick = grid.model_copy(update={"config": {**grid.config, **preset.quick, **extra},
+                                        "seeds": [0]})  # fmt: skip
+        keys |= {c.key for g in (full, quick) for c in g.cells()}
     return keys
 
 
@@ -125,7 +135,7 @@ def test_committed_preset_runs_are_cells_of_their_preset():
         if runs is None:
             continue
         assert path.name in PRESET_OF_RESULTS, f"{path.name} holds runs: name its preset above"
-        keys = _cell_keys(get_preset(PRESET_OF_RESULTS[path.name]))
+        keys = _cell_keys(get_preset(PRESET_OF_RESULTS[path.name]), _overrides(path))
         finished = [r for r in runs if r.status == "finished" and not _skipped(path, r)]
         orphans = [r.id for r in finished if record_key(r) not in keys]
         assert orphans == [], (path.name, orphans)

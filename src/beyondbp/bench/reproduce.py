@@ -27,6 +27,7 @@ class ReproduceResult:
     rows: list[dict[str, Any]]  # summary rows with the paper's numbers and the gap
     records: list[RunRecord]
     quick: bool
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # device, max_seconds
 
 
 def reproduce(
@@ -131,7 +132,8 @@ def reproduce(
             else:
                 failed = [e for e in row["errors"] if e.startswith("failed")]
                 row["verdict"] = "failed: " + failed[0] if failed else "not run"
-    return ReproduceResult(preset, rows, records, quick)
+    overrides = {k: v for k, v in (("device", device), ("max_seconds", max_seconds)) if v}
+    return ReproduceResult(preset, rows, records, quick, overrides)
 
 
 def _solved_bars(
@@ -242,7 +244,8 @@ def write_reproduction(
     """Write a reproduction where ``out`` says: a folder gets ``PRESET.md`` (the table) and
     ``PRESET.json`` (summary rows and full run records, which ``beyondbp runs import`` reads;
     ``PRESET.json.gz`` when over 2 MB), both with their provenance (command, machine, versions,
-    commit); a ``.md`` path gets the table alone."""
+    commit), named ``PRESET-quick`` for a quick run and ``PRESET-gpu`` for cells run with
+    ``--device cuda`` (cells of their own); a ``.md`` path gets the table alone."""
     from beyondbp.measure import environment, provenance_markdown
 
     out = Path(out)
@@ -253,11 +256,12 @@ def write_reproduction(
         out.write_text(table)
         return [out]
     out.mkdir(parents=True, exist_ok=True)
-    name = result.preset.name + ("-quick" if result.quick else "")
+    gpu = str(result.overrides.get("device", "")).startswith("cuda")
+    name = result.preset.name + ("-quick" if result.quick else "") + ("-gpu" if gpu else "")
     md, js = out / f"{name}.md", out / f"{name}.json"
     md.write_text(table)
     record = {"command": command, "preset": result.preset.name, "quick": result.quick,
-              "environment": environment(), "rows": result.rows,
+              "overrides": result.overrides, "environment": environment(), "rows": result.rows,
               "runs": [dataclasses.asdict(r) for r in result.records]}  # fmt: skip
     text = json.dumps(record, indent=1, default=str) + "\n"
     if len(text) > GZIP_ABOVE:  # long per-epoch histories: compressed (~10×), nothing dropped

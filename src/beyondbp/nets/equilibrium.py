@@ -135,14 +135,14 @@ def softmax_pool_t(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-row cross-entropy ``logsumexp(z) − z_y``, holomorphic in complex logits."""
     m = logits.real.amax(-1, keepdim=True).detach()
-    lse = m + torch.log(torch.exp(logits - m).sum(-1, keepdim=True))
+    lse = m + torch.log(cexp(logits - m).sum(-1, keepdim=True))
     return (lse - logits.gather(-1, y[:, None])).squeeze(-1)
 
 
 def ce_grad(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """∂CE/∂logits = softmax(z) − onehot(y), holomorphic in complex logits."""
     m = logits.real.amax(-1, keepdim=True).detach()
-    e = torch.exp(logits - m)
+    e = cexp(logits - m)
     p = e / e.sum(-1, keepdim=True)
     return p - F.one_hot(y, logits.shape[-1]).to(logits.dtype)
 
@@ -313,10 +313,15 @@ class VectorFieldMLP(EqNet):
         for lin in [*self.layers, *self.feedback, self.readout]:
             _lecun_init(lin)
         self.angle = angle
-        with torch.no_grad():  # rotate: α = 0 symmetric, 90° independent
-            a = math.radians(angle)
-            for i, fb in enumerate(self.feedback):
-                fb.weight.mul_(math.sin(a)).add_(math.cos(a) * self.layers[i + 1].weight.T)
+        self.rotate_feedback()
+
+    @torch.no_grad()
+    def rotate_feedback(self) -> None:
+        """Feedback = cos α · (forward weights)ᵀ + sin α · (its own draw): α = 0 symmetric,
+        90° independent."""
+        a = math.radians(self.angle)
+        for i, fb in enumerate(self.feedback):
+            fb.weight.mul_(math.sin(a)).add_(math.cos(a) * self.layers[i + 1].weight.T)
 
     def drive(self, inp: torch.Tensor, a: State, w: dict[str, torch.Tensor]) -> State:
         """G(a): each layer's input from the activations below and above (``inp``: the input
