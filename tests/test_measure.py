@@ -25,6 +25,8 @@ from beyondbp.measure import (
 )
 from beyondbp.nets import build_net
 
+from .conftest import FAST
+
 
 def test_live_tensor_tracker_known_answer():
     keep = []
@@ -162,6 +164,48 @@ def test_memory_probe_measures_a_two_path_weight_as_unobserved():
     assert probe.split["gradient"] == W and probe.split["parameter"] == W
 
 
+def test_memory_probe_reads_forward_mode_ad_as_unobserved_and_drops_a_perturbed_split():
+    """A jvp through a relaxation (ghep's exact du/dβ) needs the same memory at any length:
+    only the current state and its tangent live. Recording shapes and stacks keeps every
+    iteration's tensors alive under torch.func: the step's memory must come from the lean
+    trace, and a training run must leave out the split its detailed step could not give."""
+    torch.manual_seed(0)
+    w = torch.randn(256, 256) / 16
+    x = torch.randn(64, 256)
+
+    def relax(steps: int) -> Callable[[], None]:
+        def run() -> None:
+            def f(b: torch.Tensor) -> torch.Tensor:
+                s = torch.zeros_like(x)
+                for _ in range(steps):
+                    s = torch.tanh(s @ w + x + b)
+                return s
+
+            zero = torch.zeros(())
+            torch.func.jvp(f, (zero,), (torch.ones_like(zero),))
+
+        return run
+
+    resident = w.numel() * 4 + x.numel() * 4
+    lean, detailed = {}, {}
+    for steps in (5, 40):
+        with StepProbe([w, x], detail=False) as probe:
+            relax(steps)()
+        lean[steps] = probe.peak_bytes
+        with StepProbe([w, x]) as probe:
+            relax(steps)()
+        detailed[steps] = probe.peak_bytes
+    assert lean[5] == _allocator_peak(relax(5), resident)
+    assert lean[40] == lean[5]  # flat in the number of iterations
+    assert detailed[40] > 4 * detailed[5]  # what the detailed trace would have reported
+    res = bb.train("ghep", "digits", "vf:16x2", options={"n": 0, "t1": 10, "t2": 30},
+                   epochs=1, max_steps=5, store=False, **FAST)  # fmt: skip
+    m = res.metrics
+    assert "no split (recording shapes and stacks changed" in m["peak_step_bytes_method"]
+    assert not any(k.startswith("step_") and k.endswith("_bytes") and k not in
+                   ("step_resident_bytes", "step_transient_bytes") for k in m)  # fmt: skip
+
+
 def _run_under(mode: TorchDispatchMode, fn: Callable[[], None]) -> None:
     with mode:
         fn()
@@ -226,16 +270,23 @@ def test_flops_and_memory_are_measured_on_different_steps(tmp_path):
                    store=tmp_path / "r.sqlite", progress=False, energy=False)  # fmt: skip
     m = res.metrics
     mem, flops = m["memory_probe_step"], m["flops_probe_step"]
-    assert (mem, flops) == (2, 3)
+    assert (mem, flops) == (2, 4)
     assert watch.seen[mem] == (None, True)  # memory: the profiler, no dispatch mode
+    assert watch.seen[3] == (None, True)  # the split: the profiler again, in detail
     assert "FlopCounterMode" in str(watch.seen[flops][0]) and not watch.seen[flops][1]
-    assert all(watch.seen[s] == (None, False) for s in (1, 4, 5))
-    assert m["flops_per_step"] > 0 and m["peak_step_bytes"] > 0
+    assert all(watch.seen[s] == (None, False) for s in (1, 5))
+    assert m["flops_per_step"] > 0 and m["peak_step_bytes"] > 0 and m["step_activation_bytes"] > 0
 
-    # two steps: the memory is measured on the second, the FLOPs are not counted
+    # three steps: memory and its split, no FLOPs
+    three = bb.train("bp", "digits", "mlp:16", epochs=1, max_steps=3,
+                     store=tmp_path / "r.sqlite", progress=False, energy=False)  # fmt: skip
+    assert three.metrics["step_gradient_bytes"] > 0 and "flops_per_step" not in three.metrics
+
+    # two steps: the memory is measured on the second, neither split nor FLOPs
     two = bb.train("bp", "digits", "mlp:16", epochs=1, max_steps=2,
                    store=tmp_path / "r.sqlite", progress=False, energy=False)  # fmt: skip
     assert two.metrics["memory_probe_step"] == 2 and two.metrics["peak_step_bytes"] > 0
+    assert "step_gradient_bytes" not in two.metrics
     assert "flops_per_step" not in two.metrics and "gflops_per_s" not in two.metrics
     assert "not counted" in two.metrics["flops_per_step_missing"]
 
@@ -480,5 +531,5 @@ def test_the_probe_s_own_work_is_not_training_time_nor_peak_rss(tmp_path, monkey
     m = res.metrics
     assert m["inference_step_bytes"] > 0 and m["flops_per_step"] > 0
     assert m["train_time_s"] < 0.5  # the half second of the inference probe is not in it
-    assert len(spans) == 2  # the memory step and the FLOPs step
+    assert len(spans) == 3  # the memory step, the split's and the FLOPs step
     assert m["peak_rss_method"].startswith("process peak RSS")

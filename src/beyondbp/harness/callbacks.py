@@ -168,18 +168,23 @@ class Checkpointing(Callback):
 
 class StepProbeCallback(Callback):
     """Live-tensor memory of the second training step (optimiser state exists by then, as in
-    every later step) and the memory of predicting one batch; the FLOPs of the next step.
+    every later step) and the memory of predicting one batch; the split of the third step's
+    peak into gradients, activations, temporaries... (``step_<part>_bytes``); the FLOPs of the
+    fourth.
 
-    Memory and FLOPs are taken on different steps: the FLOP counter is a dispatch mode, and any
-    active dispatch mode changes what autograd allocates (a weight reached by two paths gets its
-    gradients summed out of place: one more weight-sized buffer). The memory is the allocator's
-    view of the step as it runs unobserved (:class:`~beyondbp.measure.StepProbe`); its peak is
-    split into gradients, activations, temporaries... (``step_<part>_bytes``).
+    Each on a step of its own: the FLOP counter is a dispatch mode, and any active dispatch
+    mode changes what autograd allocates (a weight reached by two paths gets its gradients
+    summed out of place: one more weight-sized buffer). The memory is the allocator's view of
+    the step as it runs unobserved (:class:`~beyondbp.measure.StepProbe`, allocations alone).
+    The split needs the profiler to record shapes and stacks, which keeps tensors alive under
+    torch.func's transforms (forward-mode AD, vmap): it is kept only where that step's peak is
+    the unobserved one's to 1 % (or 1 MiB), and otherwise left out with the reason.
 
     A rule whose steps change with its stage (``Rule.step_stage()``: a layer-wise rule's layer in
     training) is probed in every stage, and the stage with the largest peak is kept (with that
-    stage's FLOPs): the step memory is the most any step needed. A stage with only two steps has
-    its memory measured and no FLOPs counted; a one-step stage is not probed.
+    stage's split and FLOPs): the step memory is the most any step needed. A stage with only two
+    steps has its memory measured and neither split nor FLOPs; with three, no FLOPs; a one-step
+    stage is not probed.
 
     The probes' own work (the profiler's memory model, the inference probe) is left out of the
     training time; the probed steps stay in it, the profiler's overhead on them included. The
@@ -206,13 +211,15 @@ class StepProbeCallback(Callback):
         if seen < 1 or "flops_per_step" in rec:  # the first step, or the stage is done
             return None
         rule, step = trainer.rule, trainer.state.steps + 1
+        # Gradients left from the previous step are not counted: rules free them when the next
+        # step starts (or right after their update), and the step's new ones are.
+        resident = [*(m.state_dict() for m in rule.modules().values()), rule.state_dict(), x, y]
         if "peak_step_bytes" not in rec:
-            # Gradients left from the previous step are not counted: rules free them when the
-            # next step starts (or right after their update), and the step's new ones are.
-            resident = [m.state_dict() for m in rule.modules().values()]
-            self._probe = StepProbe([*resident, rule.state_dict(), x, y], what="memory")
-        elif rec["memory_step"] < step:  # FLOPs on a later step than the memory
-            self._probe = StepProbe(what="flops")
+            self._probe = StepProbe(resident, what="memory", detail=False)
+        elif "step_split" not in rec and rec["memory_step"] < step:  # the split: a later step
+            self._probe = StepProbe(resident, what="memory", detail=True)
+        elif "step_split" in rec and rec.get("split_step", rec["memory_step"]) < step:
+            self._probe = StepProbe(what="flops")  # FLOPs on a later step than the memory
         else:
             return None
         self._stage = stage
@@ -230,7 +237,11 @@ class StepProbeCallback(Callback):
             rec, step = self.stages.setdefault(self._stage, {}), trainer.state.steps
             if probe.what == "flops":
                 rec.update(flops_per_step=probe.flops, flops_batch=len(y), flops_step=step)
+            elif probe.detail and "peak_step_bytes" in rec:
+                rec.update(self._split(probe, rec["peak_step_bytes"]), split_step=step)
             elif probe.peak_bytes is not None:  # None: the profiler failed, the tracker is next
+                if probe.memory_method != StepProbe.PROFILER:  # the tracker: no split to take
+                    rec.update(step_split={}, split_step=step)
                 rec.update(
                     peak_step_bytes=probe.peak_bytes,
                     step_resident_bytes=probe.resident_bytes,
@@ -238,9 +249,23 @@ class StepProbeCallback(Callback):
                     probe_batch=len(y),
                     memory_step=step,
                     inference_step_bytes=self._inference_bytes(trainer, x),
-                    step_split=dict(probe.split),  # the profiler's memory model: slow
                     step_memory_method=probe.memory_method,
                 )
+
+    @staticmethod
+    def _split(probe: StepProbe, unobserved: int) -> dict[str, Any]:
+        """The detailed probe's split of its step's peak, if that peak is the unobserved one's
+        (to 1 % or 1 MiB), with the memory method saying why not otherwise."""
+        method = StepProbe.PROFILER
+        if probe.peak_bytes is None:
+            return {"step_split": {}, "step_memory_method": f"{method}; no split (no events)"}
+        if abs(probe.peak_bytes - unobserved) > max(0.01 * unobserved, 2**20):
+            why = (f"recording shapes and stacks changed the step's peak: "
+                   f"{probe.peak_bytes / 2**20:.1f} MiB against {unobserved / 2**20:.1f} MiB "
+                   "unobserved (torch.func's transforms keep tensors alive under it)")  # fmt: skip
+            return {"step_split": {}, "step_memory_method": f"{method}; no split ({why})"}
+        split = dict(probe.split)  # the profiler's memory model: slow
+        return {"step_split": split, "step_memory_method": probe.memory_method or method}
 
     @staticmethod
     def _inference_bytes(trainer: Trainer, x: torch.Tensor) -> int | None:
@@ -251,7 +276,7 @@ class StepProbeCallback(Callback):
         resident = [m.state_dict() for m in rule.modules().values()] + [x]
         rule.set_phase("test")  # inference as at test time (NoProp: every step, not val_steps)
         try:
-            with torch.no_grad(), StepProbe(resident) as probe:
+            with torch.no_grad(), StepProbe(resident, detail=False) as probe:
                 rule.predict(x)
         finally:
             rule.set_phase("train")
@@ -294,7 +319,7 @@ class StepProbeCallback(Callback):
         m["step_resident_bytes"] = p["step_resident_bytes"]
         m["step_transient_bytes"] = p["step_transient_bytes"]
         # the peak's parts: step_gradient_bytes, step_activation_bytes, step_temporary_bytes...
-        for part, nbytes in p["step_split"].items():
+        for part, nbytes in p.get("step_split", {}).items():
             m[f"step_{part}_bytes"] = nbytes
         m["peak_step_bytes_method"] = f"{self.METHOD}: {p['step_memory_method']}"
         if p["memory_step"] is not None:

@@ -112,6 +112,8 @@ class StepProbe:
     why) and later probes in this process use the tracker.
 
     ``what="flops"``: ``flops`` from ``torch.utils.flop_counter``; ``peak_bytes`` stays None.
+    ``detail=False``: the profiler records allocations alone (the peak of the step as it runs
+    unobserved, also under torch.func's transforms), with no split.
     """
 
     PROFILER = "allocator events (torch.profiler, profile_memory)"
@@ -123,8 +125,10 @@ class StepProbe:
         resident: Iterable[Any] = (),
         what: Literal["memory", "flops"] = "memory",
         method: Literal["auto", "tracker"] = "auto",
+        detail: bool = True,
     ) -> None:
         self._resident, self.what, self.method = list(resident), what, method
+        self.detail = detail
         self.resident_bytes = tensor_bytes(self._resident)
         self.flops: int | None = None
         self.peak_bytes: int | None = None
@@ -157,7 +161,7 @@ class StepProbe:
             self._method = f"{self.TRACKER} (fallback: {StepProbe._profiler_failed})"
         else:
             try:
-                self._mode = AllocatorTrace(resident)
+                self._mode = AllocatorTrace(resident, detail=self.detail)
                 self._mode.__enter__()
                 self._method = self.PROFILER
                 return self
