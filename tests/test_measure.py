@@ -270,19 +270,19 @@ def test_flops_and_memory_are_measured_on_different_steps(tmp_path):
                    store=tmp_path / "r.sqlite", progress=False, energy=False)  # fmt: skip
     m = res.metrics
     mem, flops = m["memory_probe_step"], m["flops_probe_step"]
-    assert (mem, flops) == (2, 4)
+    assert (mem, flops) == (2, 3)
     assert watch.seen[mem] == (None, True)  # memory: the profiler, no dispatch mode
-    assert watch.seen[3] == (None, True)  # the split: the profiler again, in detail
     assert "FlopCounterMode" in str(watch.seen[flops][0]) and not watch.seen[flops][1]
+    assert watch.seen[4] == (None, True)  # the split: the profiler again, in detail
     assert all(watch.seen[s] == (None, False) for s in (1, 5))
     assert m["flops_per_step"] > 0 and m["peak_step_bytes"] > 0 and m["step_activation_bytes"] > 0
 
-    # three steps: memory and its split, no FLOPs
+    # three steps: memory and FLOPs, no split
     three = bb.train("bp", "digits", "mlp:16", epochs=1, max_steps=3,
                      store=tmp_path / "r.sqlite", progress=False, energy=False)  # fmt: skip
-    assert three.metrics["step_gradient_bytes"] > 0 and "flops_per_step" not in three.metrics
+    assert three.metrics["flops_per_step"] > 0 and "step_gradient_bytes" not in three.metrics
 
-    # two steps: the memory is measured on the second, neither split nor FLOPs
+    # two steps: the memory is measured on the second, neither FLOPs nor split
     two = bb.train("bp", "digits", "mlp:16", epochs=1, max_steps=2,
                    store=tmp_path / "r.sqlite", progress=False, energy=False)  # fmt: skip
     assert two.metrics["memory_probe_step"] == 2 and two.metrics["peak_step_bytes"] > 0
@@ -531,5 +531,5 @@ def test_the_probe_s_own_work_is_not_training_time_nor_peak_rss(tmp_path, monkey
     m = res.metrics
     assert m["inference_step_bytes"] > 0 and m["flops_per_step"] > 0
     assert m["train_time_s"] < 0.5  # the half second of the inference probe is not in it
-    assert len(spans) == 3  # the memory step, the split's and the FLOPs step
+    assert len(spans) == 3  # the memory step, the FLOPs step and the split's
     assert m["peak_rss_method"].startswith("process peak RSS")

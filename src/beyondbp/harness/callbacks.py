@@ -168,9 +168,8 @@ class Checkpointing(Callback):
 
 class StepProbeCallback(Callback):
     """Live-tensor memory of the second training step (optimiser state exists by then, as in
-    every later step) and the memory of predicting one batch; the split of the third step's
-    peak into gradients, activations, temporaries... (``step_<part>_bytes``); the FLOPs of the
-    fourth.
+    every later step) and the memory of predicting one batch; the FLOPs of the third; the split
+    of the fourth step's peak into gradients, activations, temporaries... (``step_<part>_bytes``).
 
     Each on a step of its own: the FLOP counter is a dispatch mode, and any active dispatch
     mode changes what autograd allocates (a weight reached by two paths gets its gradients
@@ -182,8 +181,8 @@ class StepProbeCallback(Callback):
 
     A rule whose steps change with its stage (``Rule.step_stage()``: a layer-wise rule's layer in
     training) is probed in every stage, and the stage with the largest peak is kept (with that
-    stage's split and FLOPs): the step memory is the most any step needed. A stage with only two
-    steps has its memory measured and neither split nor FLOPs; with three, no FLOPs; a one-step
+    stage's FLOPs and split): the step memory is the most any step needed. A stage with only two
+    steps has its memory measured and neither FLOPs nor split; with three, no split; a one-step
     stage is not probed.
 
     The probes' own work (the profiler's memory model, the inference probe) is left out of the
@@ -208,7 +207,7 @@ class StepProbeCallback(Callback):
         rec = self.stages.get(stage, {})
         seen = self._steps.get(stage, 0)
         self._steps[stage] = seen + 1
-        if seen < 1 or "flops_per_step" in rec:  # the first step, or the stage is done
+        if seen < 1 or {"flops_per_step", "step_split"} <= rec.keys():  # first, or done
             return None
         rule, step = trainer.rule, trainer.state.steps + 1
         # Gradients left from the previous step are not counted: rules free them when the next
@@ -216,10 +215,10 @@ class StepProbeCallback(Callback):
         resident = [*(m.state_dict() for m in rule.modules().values()), rule.state_dict(), x, y]
         if "peak_step_bytes" not in rec:
             self._probe = StepProbe(resident, what="memory", detail=False)
-        elif "step_split" not in rec and rec["memory_step"] < step:  # the split: a later step
-            self._probe = StepProbe(resident, what="memory", detail=True)
-        elif "step_split" in rec and rec.get("split_step", rec["memory_step"]) < step:
+        elif "flops_per_step" not in rec and rec["memory_step"] < step:
             self._probe = StepProbe(what="flops")  # FLOPs on a later step than the memory
+        elif "step_split" not in rec and rec.get("flops_step", step) < step:  # the split: later
+            self._probe = StepProbe(resident, what="memory", detail=True)
         else:
             return None
         self._stage = stage
@@ -238,10 +237,10 @@ class StepProbeCallback(Callback):
             if probe.what == "flops":
                 rec.update(flops_per_step=probe.flops, flops_batch=len(y), flops_step=step)
             elif probe.detail and "peak_step_bytes" in rec:
-                rec.update(self._split(probe, rec["peak_step_bytes"]), split_step=step)
+                rec.update(self._split(probe, rec["peak_step_bytes"]))
             elif probe.peak_bytes is not None:  # None: the profiler failed, the tracker is next
                 if probe.memory_method != StepProbe.PROFILER:  # the tracker: no split to take
-                    rec.update(step_split={}, split_step=step)
+                    rec.update(step_split={})
                 rec.update(
                     peak_step_bytes=probe.peak_bytes,
                     step_resident_bytes=probe.resident_bytes,
@@ -344,7 +343,7 @@ class StepProbeCallback(Callback):
             kept.setdefault("flops_batch", kept.get("probe_batch", 1))
             kept.setdefault("flops_step", None)
             stages = state.get("probed_stages") or ["None"]
-            self.stages = {s: {"flops_per_step": None} for s in stages}
+            self.stages = {s: {"flops_per_step": None, "step_split": {}} for s in stages}
             self.stages[stages[-1]] = kept
 
 
