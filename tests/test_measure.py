@@ -291,6 +291,27 @@ def test_flops_and_memory_are_measured_on_different_steps(tmp_path):
     assert "not counted" in two.metrics["flops_per_step_missing"]
 
 
+def test_a_resumed_run_probes_the_steps_an_unbroken_one_would(tmp_path):
+    """Cut after the memory step: the resumed run's first step is the unbroken run's FLOP step
+    (a dispatch mode, which can change the step's rounding), not a step to skip."""
+    from beyondbp.harness import Callback
+
+    class Cut(Callback):
+        def on_step_end(self, trainer, x, y, logs):  # type: ignore[no-untyped-def]
+            if trainer.state.steps == 2:
+                trainer.interrupt()
+
+    settings = dict(epochs=1, max_steps=5, progress=False, energy=False)
+    ref = bb.train("bp", "digits", "mlp:16", store=tmp_path / "a.sqlite", **settings)
+    cut = bb.train("bp", "digits", "mlp:16", store=tmp_path / "b.sqlite", callbacks=[Cut()],
+                   **settings)  # fmt: skip
+    assert cut.record.status == "interrupted"
+    resumed = bb.train("bp", store=tmp_path / "b.sqlite", resume=cut.record.id,
+                       progress=False, energy=False)  # fmt: skip
+    assert ref.metrics["flops_probe_step"] == resumed.metrics["flops_probe_step"] == 3
+    assert ref.metrics["step_gradient_bytes"] == resumed.metrics["step_gradient_bytes"]
+
+
 def test_matmul_peak_is_measured_once_and_cached():
     first = matmul_peak_gflops("cpu", size=256)
     assert first > 0

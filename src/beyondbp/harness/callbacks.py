@@ -197,7 +197,7 @@ class StepProbeCallback(Callback):
     def __init__(self) -> None:
         self.stages: dict[str, dict[str, Any]] = {}  # per stage: what was measured, on which step
         self._probe: StepProbe | None = None
-        self._steps: dict[str, int] = {}  # steps seen per stage in this process
+        self._steps: dict[str, int] = {}  # steps seen per stage (a resumed run: in all)
         self._left_out = ExitStack()  # the probe's span, left out of the process's peak RSS
 
     def step_context(
@@ -330,11 +330,14 @@ class StepProbeCallback(Callback):
             m["step_to_inference_memory"] = m["peak_step_bytes"] / m["inference_step_bytes"]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stages": copy.deepcopy(self.stages)}
+        # the steps seen too: a resumed run probes the steps an unbroken one would (a FLOP step
+        # runs under a dispatch mode, which can change a step's rounding)
+        return {"stages": copy.deepcopy(self.stages), "steps": dict(self._steps)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "stages" in state:
             self.stages = copy.deepcopy(state["stages"])
+            self._steps = dict(state.get("steps", {}))
         elif state:  # a checkpoint from before the split: its kept stage, memory and FLOPs
             kept = {k: v for k, v in state.items() if k != "probed_stages"}
             kept.setdefault("step_split", {})
