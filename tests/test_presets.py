@@ -44,6 +44,7 @@ PRESET_OF_RESULTS = {
     "ep-memory.json": "ep-memory",  # `beyondbp reproduce ep-memory`
     "ghep2024-gpu.json": "ghep2024",  # `beyondbp reproduce ghep2024 --device cuda ...`
     "hep2022.json": "hep2022",  # `beyondbp reproduce hep2022`
+    "ghep2024.json": "ghep2024",  # `beyondbp reproduce ghep2024 --data fashion-mnist`
 }
 
 
