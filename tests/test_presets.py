@@ -90,10 +90,13 @@ def test_a_subset_preset_keeps_its_base_s_rules_only():
     assert bp.quick == full.quick == {"epochs": 1, "max_steps": 50}
 
 
-def _committed_runs(path: Path) -> list[RunRecord] | None:
-    """The run records in a results file; None when it holds none (tables of other kinds)."""
+def _load(path: Path) -> object:
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    data = json.loads(raw)
+    return json.loads(raw)
+
+
+def _committed_runs(data: object) -> list[RunRecord] | None:
+    """The run records in a results file's data; None when it holds none (other tables)."""
     rows = data.get("runs") if isinstance(data, dict) else data
     if not (isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows)):
         return None
@@ -110,10 +113,8 @@ def _skipped(path: Path, r: RunRecord) -> bool:
     return path.name == "spyra2025.json" and r.rule == "ff" and not r.options.get("input_norm")
 
 
-def _overrides(path: Path) -> dict:
+def _overrides(data: object) -> dict:
     """The harness settings ``reproduce --device/--max-seconds`` gave every cell of a file."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    data = json.loads(raw)
     return (data.get("overrides") or {}) if isinstance(data, dict) else {}
 
 
@@ -133,11 +134,12 @@ def test_committed_preset_runs_are_cells_of_their_preset():
     """Known answer: a preset file that changed a committed run's cell would orphan it."""
     checked = {}
     for path in sorted([*RESULTS.glob("*.json"), *RESULTS.glob("*.json.gz")]):
-        runs = _committed_runs(path)
+        data = _load(path)
+        runs = _committed_runs(data)
         if runs is None:
             continue
         assert path.name in PRESET_OF_RESULTS, f"{path.name} holds runs: name its preset above"
-        keys = _cell_keys(get_preset(PRESET_OF_RESULTS[path.name]), _overrides(path))
+        keys = _cell_keys(get_preset(PRESET_OF_RESULTS[path.name]), _overrides(data))
         finished = [r for r in runs if r.status == "finished" and not _skipped(path, r)]
         orphans = [r.id for r in finished if record_key(r) not in keys]
         assert orphans == [], (path.name, orphans)
