@@ -42,6 +42,13 @@ SETUPS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "ghep": ("vf:16", {"t1": 10, "t2": 5, "homeostasis": 1.0}, {}),  # draws ε while training
     "hep": ("hopfield:16", {"t1": 10, "t2": 5, "n": 4}, {}),
     "lora": ("lm:tiny", {"modules": "all-linear"}, {"epochs": 1, "max_steps": 4, "batch_size": 16}),
+    "pat": ("phys:scatter:16x2", {"twin_samples": 200, "twin_epochs": 2, "twin_hidden": [16]}, {}),
+    "bp-twin": (
+        "phys:scatter:16x2",
+        {"twin_samples": 200, "twin_epochs": 2, "twin_hidden": [16], "mismatch": 0.2},
+        {},
+    ),
+    "phyll": ("phys:scatter:16x2", {"inner_steps": 2}, {}),
     "pretrained": ("mlp:16x2", {}, {}),
     "s2ft": (
         "lm:tiny",
@@ -67,6 +74,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     "cafo-patience": ("cafo", "mlp:16x2", {"predictor_patience": 1}, {}),
     "hep-noise": ("hep", "hopfield:16", {"t1": 10, "t2": 5, "n": 3}, {"state_noise": 0.04}),
     "ghep-exact": ("ghep", "vf:16:angle-90", {"t1": 10, "t2": 5, "n": 0}, {}),
+    "phyll-noise-drift": ("phyll", "phys:oscillators:32x2:noise-0.1:drift-1", {}, {}),
     "mono-forward-greedy": (
         "mono-forward", "mlp:16x2", {"layer_schedule": "greedy", "epochs_per_layer": 1}, {},
     ),

@@ -47,6 +47,7 @@ from beyondbp.measure import (
     peak_rss_method,
     rss_residue_bytes,
 )
+from beyondbp.physical import physical_passes
 from beyondbp.rules.base import Rule, SetupContext, is_diverged
 from beyondbp.runs import RunRecord, RunStore, atomic_save
 from beyondbp.tasks import Task
@@ -394,6 +395,7 @@ class Trainer:
         self.tested_epoch = st.epoch
         self._emit("on_test_start")
         watch = Stopwatch(self.device)
+        before = self._physical_passes()
         with watch:
             test = self.evaluate("test")
         metrics = self.record.metrics
@@ -402,10 +404,18 @@ class Trainer:
             test_time_s=watch.total,
             tested_epoch=self.tested_epoch,
         )
+        if before is not None:  # examples sent through physical systems to test
+            after = self._physical_passes()
+            metrics["physical_test_passes"] = (
+                after["physical_eval_passes"] - before["physical_eval_passes"]
+            )
         metrics.update(self.rule.metrics())  # of the weights tested
         self._emit("on_test_end", metrics)
 
     # -- measurement ----------------------------------------------------------------------------
+    def _physical_passes(self) -> dict[str, int] | None:
+        return physical_passes(list(self.rule.modules().values()))
+
     def _finish_metrics(self, wall: float, energy: EnergyMeter) -> None:
         st, m, trains = self.state, self.record.metrics, type(self.rule).trains
         reading = energy.reading
@@ -437,6 +447,9 @@ class Trainer:
             energy_label=st.energy_label,
             energy_method=st.energy_method,
         )
+        passes = self._physical_passes()
+        if passes is not None:  # calls to the hardware a physical net's training made
+            m["physical_passes"] = passes["physical_passes"]
         self._emit("on_metrics", m)
         if self.device.type == "cuda":  # the allocator's view: the whole run on the GPU
             m["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)

@@ -27,6 +27,10 @@ Spec strings:
   propagation (``ep``, ``hep``; ``ghep``), and ``vfcnn:128-256-512`` on 32×32 images; ``:t150`` sets the free-phase iterations T1, ``vf``'s
   ``:angle-90`` starts its feedback weights independent of the forward ones. See
   :mod:`beyondbp.nets.equilibrium`.
+- ``phys:scatter:256x2``: a physical neural network (PhyLL's blocks: a simulated physical system,
+  a skip of its input, a digital linear layer); ``:noise-0.1``, ``:drift-0.5`` add measurement
+  noise and drift, ``:ideal`` makes the simulation differentiable. See
+  :mod:`beyondbp.nets.physical`.
 - ``lm``: the causal language model of the language-model datasets (``arith``, ``msrp-yesno:16``,
   ``tinyshakespeare``); ``lm:tiny`` a small random one. See :mod:`beyondbp.nets.lm`.
 """
@@ -140,6 +144,9 @@ _VFCNN = re.compile(
     r"^vfcnn(:(?P<channels>\d+-\d+-\d+))?(:(?P<act>sigmoid|tanh|dsilu))?(:t(?P<steps>\d+))?(:angle-(?P<angle>\d+))?$"
 )
 _LM = re.compile(r"^lm(:(?P<size>tiny))?$")
+_PHYS = re.compile(
+    r"^phys:(?P<system>[a-z]+):(?P<widths>\d+(x\d+|(-\d+)*))(:noise-(?P<noise>[\d.]+))?(:drift-(?P<drift>[\d.]+))?(?P<ideal>:ideal)?$"
+)
 _GRAPH = re.compile(
     r"^(?P<kind>gcn|sage|gat)(:(?P<width>\d+)(x(?P<depth>\d+))?)?(:(?P<out>out-conv|link))?$"
 )
@@ -158,6 +165,10 @@ NET_SPECS = {
     "150); act sigmoid (the papers' holomorphic 1/(1+e^(-4z+2))) or tanh",
     "vfcnn[:C1-C2-C3][:act][:tT1][:angle-A]": "the convolutional vector field of generalized "
     "hEP on 32x32 images (ghep; default 128-256-512, dsilu, T1 250)",
+    "phys:SYSTEM:WIDTHxDEPTH[:noise-S][:drift-R][:ideal]": "physical neural network of PhyLL "
+    "blocks (simulated system, skip, digital linear layer): SYSTEM scatter or oscillators, "
+    "e.g. phys:scatter:256x2; measurement noise S, drift R per 1,000 batches; ideal: "
+    "differentiable simulation (phyll, pat, bp-twin; bp on :ideal)",
     "lm[:tiny]": "the causal language model of a language-model dataset (SmolLM2-135M-Instruct "
     "or $BEYONDBP_LM); lm:tiny: a 2-layer LLaMA of its vocabulary, randomly initialised "
     "(beyondbp[llm])",
@@ -237,6 +248,17 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
                                   int(m["steps"] or 250), float(m["angle"] or 0))  # fmt: skip
         except ValueError as e:
             raise BeyondBPError(f"net spec {spec!r}: {e}") from None
+    if m := _PHYS.match(spec):
+        from beyondbp.nets.physical import physical_net
+
+        w = m["widths"]
+        widths = (
+            [int(w.split("x")[0])] * int(w.split("x")[1])
+            if "x" in w
+            else [int(v) for v in w.split("-")]
+        )
+        return physical_net(input_shape, classes, m["system"], widths, float(m["noise"] or 0),
+                            float(m["drift"] or 0), bool(m["ideal"]))  # fmt: skip
     if m := _LM.match(spec):
         from beyondbp.nets.lm import CausalLM
 
