@@ -143,6 +143,7 @@ def test_a_twin_fits_its_system_and_a_mismatched_twin_fits_the_system_worse():
     twin, fit, measured = fit_twin(layer, x, hidden=(128, 128), epochs=40, lr=3e-3, batch_size=64)
     assert int(layer.passes) == 3000 and measured.shape == (3000, 16)
     assert fit.val_error < 0.1
+    assert fit.true_error == fit.val_error  # fitted to the system itself
     off, off_fit, _ = fit_twin(
         layer, x, hidden=(128, 128), epochs=40, lr=3e-3, batch_size=64, mismatch=0.5
     )
@@ -154,6 +155,7 @@ def test_a_twin_fits_its_system_and_a_mismatched_twin_fits_the_system_worse():
             return float((t(x) - truth).pow(2).mean().sqrt() / truth.pow(2).mean().sqrt())
 
     assert error(off) > 3 * error(twin)  # ... and the real system badly
+    assert off_fit.true_error > 3 * off_fit.val_error
 
 
 # -- nets and data ------------------------------------------------------------------------------
@@ -216,7 +218,7 @@ def test_pat_and_bp_twin_learn_and_count_the_twins_samples(tmp_path):
     assert pat["test_acc"] > 0.75 and 0.5 < twin["test_acc"] < pat["test_acc"]
     assert twin["physical_passes"] == 1000 * 2  # the twins' samples only: training is in silico
     assert pat["physical_passes"] == 1000 * 2 + 1680 * 2 * 8
-    assert len(pat["twin_val_error"]) == 2
+    assert len(pat["twin_errors"]) == 2 and 0 < pat["twin_error"] < 1
 
 
 def test_bp_needs_the_ideal_copy_and_learns_on_it(tmp_path):

@@ -189,6 +189,8 @@ def reproduce_markdown(result: ReproduceResult, notes: Sequence[str] = ()) -> st
             return pm(r, key, "{:.2f}", 100)
         if key.endswith("_bytes"):
             return pm(r, key, "{:.1f}", 2**-20)
+        if key.endswith("_passes"):  # counts
+            return pm(r, key, "{:,.0f}")
         if key in SETTINGS and r.get(key) is not None:  # the same for every seed
             return f"{r[key]:g}"
         return pm(r, key, "{:.2f}")

@@ -43,7 +43,7 @@ class Options(OptimOptions):
                             "fitted to (0: the system itself)")  # fmt: skip
     twin_samples: int = Field(10_000, ge=20, description="training examples whose layer inputs "
                               "are measured to fit the twins")  # fmt: skip
-    twin_hidden: tuple[int, ...] = Field((512, 512), description="the twin MLP's hidden widths")
+    twin_hidden: list[int] = Field([512, 512], description="the twin MLP's hidden widths")
     twin_epochs: int = Field(30, ge=1, description="epochs of the twin's fit (Adam, cosine)")
     twin_lr: float = Field(1e-3, gt=0)
 
@@ -108,7 +108,7 @@ class PhysicsAware(Rule):
             twin, fit, measured = fit_twin(block.physical, x, o.twin_hidden, o.twin_epochs,
                                            o.twin_lr, mismatch=o.mismatch, seed=self.seed + i)  # fmt: skip
             self.twins[i].load_state_dict(twin.state_dict())
-            report.append({"train_error": fit.train_error, "val_error": fit.val_error})
+            report.append({"fit_error": fit.val_error, "error": fit.true_error})
             if (
                 o.mismatch
             ):  # the twin saw a moved copy: the next layer's inputs come from the system
@@ -134,8 +134,15 @@ class PhysicsAware(Rule):
         self.schedule.step(val.get("loss"))
 
     def metrics(self) -> dict[str, Any]:
-        """Each twin's relative RMS error (held-out samples of the system it was fitted to)."""
-        return {"twin_val_error": [r["val_error"] for r in self.twin_report]}
+        """The twins' relative RMS error on held-out inputs, against the real system
+        (``twin_error``, the mean over layers; ``twin_errors`` each layer's) and against the
+        copy each was fitted to (``twin_fit_error``; the same unless ``mismatch``)."""
+        if not self.twin_report:
+            return {}
+        errors = [r["error"] for r in self.twin_report]
+        fit = [r["fit_error"] for r in self.twin_report]
+        return {"twin_error": sum(errors) / len(errors), "twin_errors": errors,
+                "twin_fit_error": sum(fit) / len(fit)}  # fmt: skip
 
 
 @register("pat", "Physics-aware training: physical forward, a digital twin's backward "

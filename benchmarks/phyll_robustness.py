@@ -1,0 +1,107 @@
+"""Accuracy of each rule as the physical system's conditions worsen (issue 31): measurement
+noise, drift during training, and the digital twin's mismatch, on vowels-synth.
+
+Reads the rows of a ``phyll2023`` reproduction (``benchmarks/results/phyll2023.json``, written by
+``beyondbp reproduce phyll2023 --out benchmarks/results``) and writes
+``benchmarks/results/phyll2023-robustness.{png,md}``: one panel per condition and system, test
+accuracy (mean ± std over seeds) against its strength, a line per rule.
+
+    python benchmarks/phyll_robustness.py [--results benchmarks/results/phyll2023.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RULES = {"phyll": "PhyLL", "pat": "PAT", "bp-twin": "in silico (bp-twin)", "bp": "ideal bp"}
+CONDITIONS = {
+    "noise": "measurement noise (× output RMS)",
+    "drift": "drift (relative, per 1,000 batches)",
+    "mismatch": "twin mismatch (relative)",
+}
+
+
+def points(rows: list[dict], dataset: str) -> dict[tuple[str, str, str], list[tuple]]:
+    """(condition, system, rule) -> [(strength, mean %, std %)] from the table's rows."""
+    out: dict[tuple[str, str, str], list[tuple]] = {}
+    for r in rows:
+        if r["dataset"] != dataset or not r["runs"]:
+            continue
+        m = re.match(r"phys:(\w+):[\dx]+((?::noise-[\d.]+)|(?::drift-[\d.]+))?(:ideal)?$", r["net"])
+        if m is None:
+            continue
+        system, extra = m[1], m[2] or ""
+        mismatch = re.search(r"mismatch=([\d.]+)", r.get("variant") or "")
+        value = (100 * r["test_acc"], 100 * (r.get("test_acc_std") or 0.0))
+        if extra:
+            kind, strength = extra[1:].split("-")
+            out.setdefault((kind, system, r["rule"]), []).append((float(strength), *value))
+        elif mismatch:
+            out.setdefault(("mismatch", system, r["rule"]), []).append((float(mismatch[1]), *value))
+        else:  # the clean system: strength 0 of every condition
+            for kind in CONDITIONS:
+                if kind != "mismatch" or r["rule"] in ("pat", "bp-twin"):
+                    out.setdefault((kind, system, r["rule"]), []).append((0.0, *value))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=Path, default=HERE / "results" / "phyll2023.json")
+    ap.add_argument("--dataset", default="vowels-synth")
+    args = ap.parse_args()
+    data = json.loads(args.results.read_text())
+    curves = points(data["rows"], args.dataset)
+    systems = sorted({s for _, s, _ in curves})
+    if not systems:
+        raise SystemExit(f"{args.results}: no finished {args.dataset} rows of physical nets")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from beyondbp.bench.report import PALETTE
+
+    fig, axes = plt.subplots(len(systems), 3, figsize=(13, 3.6 * len(systems)), squeeze=False)
+    lines = [f"# phyll2023 robustness on {args.dataset}", "",
+             f"From `{args.results.name}` (command: `{data['command']}`).", "",
+             "| system | condition | rule | strength: test acc % (mean ± std over seeds) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for i, system in enumerate(systems):
+        for j, (kind, title) in enumerate(CONDITIONS.items()):
+            ax = axes[i][j]
+            for k, (rule, name) in enumerate(RULES.items()):
+                pts = curves.get((kind, system, rule))
+                colour = PALETTE[k % len(PALETTE)]
+                clean = curves.get(("noise", system, rule), [])[:1]
+                if kind == "mismatch" and not pts and clean:  # no twin: its clean value
+                    ax.axhline(clean[0][1], ls="--", color=colour, label=f"{name} (no twin)")
+                    continue
+                if not pts:
+                    continue
+                xs, ys, es = zip(*pts, strict=True)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name, color=colour)
+                cells = ", ".join(f"{x:g}: {y:.1f} ± {e:.1f}" for x, y, e in pts)
+                lines.append(f"| {system} | {kind} | {rule} | {cells} |")
+            ax.set_title(f"{system}: {kind}")
+            ax.set_xlabel(title)
+            ax.set_ylabel("test accuracy %")
+            ax.grid(alpha=0.3)
+        axes[i][0].legend(fontsize=8)
+        axes[i][2].legend(fontsize=8)
+    fig.tight_layout()
+    out = HERE / "results" / "phyll2023-robustness"
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+    out.with_suffix(".md").write_text(
+        "\n".join(lines) + "\n\n![robustness](phyll2023-robustness.png)\n"
+    )
+    print(f"wrote {out}.png and .md")
+
+
+if __name__ == "__main__":
+    main()
