@@ -168,6 +168,10 @@ def test_physical_net_specs():
     assert isinstance(first.physical.system, Noisy)
     assert isinstance(first.physical.system.system, Drifting)
     assert build_net("phys:oscillators:64x2:ideal", (64,), 7).blocks[1].physical.mode == "ideal"
+    saturated = build_net("phys:scatter:16x2:sat-2", (64,), 7).blocks[0].physical.system
+    assert saturated.saturation == 2.0 and float(saturated(_unit(50, 64)).max()) < 2.0
+    with pytest.raises(BeyondBPError, match="camera"):
+        build_net("phys:oscillators:32x2:sat-2", (64,), 7)
     with pytest.raises(BeyondBPError, match="physical system"):
         build_net("phys:laser:16x2", (64,), 7)
     with pytest.raises(BeyondBPError, match="multiple of 32"):

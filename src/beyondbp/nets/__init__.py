@@ -29,7 +29,8 @@ Spec strings:
   :mod:`beyondbp.nets.equilibrium`.
 - ``phys:scatter:256x2``: a physical neural network (PhyLL's blocks: a simulated physical system,
   a skip of its input, a digital linear layer); ``:noise-0.1``, ``:drift-0.5`` add measurement
-  noise and drift, ``:ideal`` makes the simulation differentiable. See
+  noise and drift, ``:sat-2`` a scattering medium's camera saturation, ``:ideal`` makes the
+  simulation differentiable. See
   :mod:`beyondbp.nets.physical`.
 - ``lm``: the causal language model of the language-model datasets (``arith``, ``msrp-yesno:16``,
   ``tinyshakespeare``); ``lm:tiny`` a small random one. See :mod:`beyondbp.nets.lm`.
@@ -145,7 +146,7 @@ _VFCNN = re.compile(
 )
 _LM = re.compile(r"^lm(:(?P<size>tiny))?$")
 _PHYS = re.compile(
-    r"^phys:(?P<system>[a-z]+):(?P<widths>\d+(x\d+|(-\d+)*))(:noise-(?P<noise>[\d.]+))?(:drift-(?P<drift>[\d.]+))?(?P<ideal>:ideal)?$"
+    r"^phys:(?P<system>[a-z]+):(?P<widths>\d+(x\d+|(-\d+)*))(:sat-(?P<sat>[\d.]+))?(:noise-(?P<noise>[\d.]+))?(:drift-(?P<drift>[\d.]+))?(?P<ideal>:ideal)?$"
 )
 _GRAPH = re.compile(
     r"^(?P<kind>gcn|sage|gat)(:(?P<width>\d+)(x(?P<depth>\d+))?)?(:(?P<out>out-conv|link))?$"
@@ -165,9 +166,10 @@ NET_SPECS = {
     "150); act sigmoid (the papers' holomorphic 1/(1+e^(-4z+2))) or tanh",
     "vfcnn[:C1-C2-C3][:act][:tT1][:angle-A]": "the convolutional vector field of generalized "
     "hEP on 32x32 images (ghep; default 128-256-512, dsilu, T1 250)",
-    "phys:SYSTEM:WIDTHxDEPTH[:noise-S][:drift-R][:ideal]": "physical neural network of PhyLL "
-    "blocks (simulated system, skip, digital linear layer): SYSTEM scatter or oscillators, "
-    "e.g. phys:scatter:256x2; measurement noise S, drift R per 1,000 batches; ideal: "
+    "phys:SYSTEM:WIDTHxDEPTH[:sat-C][:noise-S][:drift-R][:ideal]": "physical neural network of "
+    "PhyLL blocks (simulated system, skip, digital linear layer): SYSTEM scatter or "
+    "oscillators, e.g. phys:scatter:256x2; camera saturation C (scatter), measurement noise S, "
+    "drift R per 1,000 batches; ideal: "
     "differentiable simulation (phyll, pat, bp-twin; bp on :ideal)",
     "lm[:tiny]": "the causal language model of a language-model dataset (SmolLM2-135M-Instruct "
     "or $BEYONDBP_LM); lm:tiny: a 2-layer LLaMA of its vocabulary, randomly initialised "
@@ -258,7 +260,8 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
             else [int(v) for v in w.split("-")]
         )
         return physical_net(input_shape, classes, m["system"], widths, float(m["noise"] or 0),
-                            float(m["drift"] or 0), bool(m["ideal"]))  # fmt: skip
+                            float(m["drift"] or 0), bool(m["ideal"]),
+                            float(m["sat"]) if m["sat"] else None)  # fmt: skip
     if m := _LM.match(spec):
         from beyondbp.nets.lm import CausalLM
 

@@ -9,9 +9,10 @@ trainable digital linear layer maps the pair to the next ``h``::
 The physics is the only nonlinearity. A linear head maps the last ``h`` to class scores for the
 rules that need one (``pat``, ``bp-twin``, ``bp``); PhyLL predicts from goodness instead.
 
-Spec: ``phys:SYSTEM:WIDTHxDEPTH[:noise-S][:drift-R][:ideal]``, e.g. ``phys:scatter:256x2``:
+Spec: ``phys:SYSTEM:WIDTHxDEPTH[:sat-C][:noise-S][:drift-R][:ideal]``, e.g. ``phys:scatter:256x2``:
 two blocks whose systems give 256 outputs and whose digital layers 256 units. SYSTEM is
 ``scatter`` (a random scattering medium) or ``oscillators`` (a chain of Duffing oscillators);
+``sat-C``: the scattering medium's camera saturates smoothly at C (mean intensity 1);
 ``noise-S``: measurement noise of S times the output's RMS; ``drift-R``: the parameters drift
 by R (relative) every 1,000 training batches; ``ideal``: the simulation is differentiable
 (backprop's upper bound). Block ``l``'s system is the same device in every run (seed ``l``).
@@ -50,12 +51,13 @@ def physical_net(
     noise: float = 0.0,
     drift: float = 0.0,
     ideal: bool = False,
+    saturation: float | None = None,
 ) -> BlockNet:
     d_in = math.prod(input_shape)
     blocks = []
     for i, width in enumerate(widths):
         layer = PhysicalLayer(
-            build_system(system, d_in, width, seed=i, noise=noise, drift=drift),
+            build_system(system, d_in, width, i, noise, drift, saturation),
             mode="ideal" if ideal else "blackbox",
         )
         blocks.append(PhysicalBlock(layer, width))

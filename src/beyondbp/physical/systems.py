@@ -239,11 +239,16 @@ def build_system(
     seed: int,
     noise: float = 0.0,
     drift: float = 0.0,
+    saturation: float | None = None,
 ) -> PhysicalSystem:
-    """A system by name, wrapped in the conditions asked for (drift inside, noise outside)."""
+    """A system by name, wrapped in the conditions asked for (drift inside, noise outside);
+    ``saturation``: a scattering medium's camera."""
     if kind not in SYSTEMS:
         raise UnknownNameError("physical system", kind, SYSTEMS)
-    system: PhysicalSystem = SYSTEMS[kind](in_features, out_features, seed=seed)
+    if saturation is not None and kind != ScatteringMedium.kind:
+        raise BeyondBPError(f"saturation is a camera's (scatter); {kind} has none: drop :sat-")
+    extra = {"saturation": saturation} if saturation is not None else {}
+    system: PhysicalSystem = SYSTEMS[kind](in_features, out_features, seed=seed, **extra)
     if drift:
         system = Drifting(system, drift)
     if noise:
