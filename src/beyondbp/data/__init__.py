@@ -24,6 +24,7 @@ from beyondbp.data.core import (
 from beyondbp.data import builtin as _builtin  # noqa: F401  isort: skip
 from beyondbp.data import text as _text  # noqa: F401  isort: skip
 from beyondbp.data import vowels as _vowels  # noqa: F401  isort: skip
+from beyondbp.data import spiking as _spiking  # noqa: F401  isort: skip
 
 __all__ = [
     "Dataset",

@@ -1,0 +1,174 @@
+"""Spike-train datasets: time is a tensor axis, an example is ``(T, channels)`` of binned spikes.
+
+- ``delay-synth``: generated; classes defined only by spike-time offsets between channels, so
+  a network that cannot delay a spike (or remember it for longer than the offsets) is at chance.
+- ``nmnist-small``: the first 1,000 training and 100 test samples of N-MNIST (the 40-bit event
+  files in ``../shared/data/nmnist-small``), read with ``tonic`` and binned by its ``ToFrame``
+  into 30 bins of 10 ms, the two polarities of the 34×34 sensor as 2,312 channels.
+
+Spike counts are kept as they are (no normalisation). The readers of event files need
+``pip install 'beyondbp[spiking]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from beyondbp.data.core import RawData, cache_dir, register_dataset
+from beyondbp.errors import DataError
+
+# -- delay-synth ------------------------------------------------------------------------------
+
+DELAY_CLASSES = 4
+DELAY_PAIRS = 10  # channel pairs (2i, 2i+1): 20 channels
+DELAY_STEPS = 50
+DELAY_OFFSETS = (-10, -5, 5, 10)  # steps; at least 5, past the memory of a τ = 1-step LIF
+DELAY_SEED = 2024
+
+
+def delay_code(seed: int = DELAY_SEED) -> np.ndarray:
+    """(classes, pairs): the offset of channel 2i+1 after channel 2i in each class."""
+    rng = np.random.default_rng(seed)
+    return rng.choice(DELAY_OFFSETS, size=(DELAY_CLASSES, DELAY_PAIRS))
+
+
+def generate_delay_task(per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Spike trains (N, T, 2·pairs) and labels. In every example each channel spikes once; channel
+    2i at a uniform time on a ring of T steps, channel 2i+1 the class's offset later (mod T), so
+    every channel's spike time is uniform and independent of the class: only the offsets within
+    a pair tell the classes apart. One noise spike on a random channel and step is added per
+    pair (the same for every class)."""
+    code = delay_code()
+    y = np.repeat(np.arange(DELAY_CLASSES), per_class)
+    n = len(y)
+    x = np.zeros((n, DELAY_STEPS, 2 * DELAY_PAIRS), dtype=np.float32)
+    rows = np.arange(n)[:, None]
+    first = rng.integers(0, DELAY_STEPS, size=(n, DELAY_PAIRS))
+    second = (first + code[y]) % DELAY_STEPS
+    pair = np.arange(DELAY_PAIRS)[None]
+    x[rows, first, 2 * pair] = 1.0
+    x[rows, second, 2 * pair + 1] = 1.0
+    noise_t = rng.integers(0, DELAY_STEPS, size=(n, DELAY_PAIRS))
+    noise_c = rng.integers(0, 2 * DELAY_PAIRS, size=(n, DELAY_PAIRS))
+    x[rows, noise_t, noise_c] = 1.0
+    return x, y.astype(np.int64)
+
+
+@register_dataset(
+    "delay-synth",
+    "generated: 4 classes told apart only by spike-time offsets within 10 channel pairs "
+    "(50 steps, 20 channels), 2,000/800",
+    val_size=0.2,
+)
+def delay_synth(search_dirs: list[Path], download: bool) -> RawData:
+    rng = np.random.default_rng(DELAY_SEED + 1)
+    x_train, y_train = generate_delay_task(500, rng)
+    x_test, y_test = generate_delay_task(200, rng)
+    return RawData(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        class_names=tuple(f"code {k}" for k in range(DELAY_CLASSES)),
+        source="generated (beyondbp.data.spiking, seed 2024)",
+        notes="synthetic: classes differ only in spike-time offsets within channel pairs",
+        normalise=False,
+    )
+
+
+# -- N-MNIST (the 1,000-sample subset) --------------------------------------------------------
+
+NMNIST_BINS = 30  # 10 ms each over N-MNIST's ~300 ms saccades
+NMNIST_SENSOR = (34, 34, 2)
+
+
+def _bin_events(events: np.ndarray, bins: int) -> np.ndarray:
+    """(bins, 2·34·34) spike counts of one sample's events, by tonic's ToFrame."""
+    from tonic.transforms import ToFrame
+
+    frames = ToFrame(sensor_size=NMNIST_SENSOR, n_time_bins=bins)(events)  # (bins, 2, 34, 34)
+    return frames.reshape(bins, -1).astype(np.float32)
+
+
+def read_nmnist_archive(path: Path, bins: int = NMNIST_BINS) -> RawData:
+    """The samples and labels listed in the archive's ``train1K.txt`` / ``test100.txt``."""
+    try:
+        from tonic.datasets import NMNIST
+        from tonic.io import read_mnist_file
+    except ImportError:
+        raise DataError(
+            "nmnist-small needs tonic to read its event files: pip install 'beyondbp[spiking]'"
+        ) from None
+    try:
+        with tarfile.open(path) as tar, tempfile.TemporaryDirectory() as tmp:
+            tar.extractall(tmp, filter="data")  # tonic's reader takes file paths
+            files = {p.name: p for p in Path(tmp).rglob("*") if p.is_file()}
+
+            def split(listing: str) -> tuple[np.ndarray, np.ndarray]:
+                lines = files[listing].read_text().splitlines()
+                pairs = [ln.split() for ln in lines if ln.strip() and not ln.startswith("#")]
+                xs, ys = [], []
+                for sample, label in pairs:
+                    events = read_mnist_file(str(files[f"{sample}.bs2"]), dtype=NMNIST.dtype)
+                    xs.append(_bin_events(events, bins))
+                    ys.append(int(label))
+                return np.stack(xs), np.array(ys, dtype=np.int64)
+
+            x_train, y_train = split("train1K.txt")
+            x_test, y_test = split("test100.txt")
+    except (tarfile.TarError, KeyError, ValueError, OSError) as e:
+        raise DataError(
+            f"nmnist-small: {path} is not a readable N-MNIST subset archive ({e}); replace it "
+            "with ../shared/data/nmnist-small/nmnist-small.tar.gz"
+        ) from None
+    return RawData(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        class_names=tuple(str(i) for i in range(10)),
+        source=str(path),
+        notes=f"the first 1,000 train / 100 test samples of N-MNIST, {bins} bins of 10 ms",
+        normalise=False,
+    )
+
+
+@register_dataset(
+    "nmnist-small",
+    "N-MNIST, first 1,000 train / 100 test samples, 30 bins x 2,312 channels (beyondbp[spiking])",
+    val_size=0.1,
+)
+def nmnist_small(search_dirs: list[Path], download: bool) -> RawData:
+    archive = next(
+        (d / "nmnist-small.tar.gz" for d in search_dirs if (d / "nmnist-small.tar.gz").is_file()),
+        None,
+    )
+    if archive is None:
+        raise DataError(
+            "nmnist-small: no nmnist-small.tar.gz in "
+            + ", ".join(str(d) for d in search_dirs)
+            + "; pass --data-dir pointing at a folder holding nmnist-small/ (../shared/data)"
+        )
+    # decoded once; the archive's size in the name: another archive is decoded anew
+    cached = cache_dir() / "data" / f"nmnist-small-{NMNIST_BINS}-{archive.stat().st_size}.npz"
+    if cached.is_file():
+        with np.load(cached) as f:
+            return RawData(
+                f["x_train"], f["y_train"], f["x_test"], f["y_test"],
+                class_names=tuple(str(i) for i in range(10)), source=str(archive),
+                notes=f"the first 1,000 train / 100 test samples of N-MNIST, {NMNIST_BINS} bins "
+                "of 10 ms", normalise=False,
+            )  # fmt: skip
+    raw = read_nmnist_archive(archive)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    fd, part = tempfile.mkstemp(dir=cached.parent, suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez_compressed(f, x_train=raw.x_train, y_train=raw.y_train, x_test=raw.x_test,
+                            y_test=raw.y_test)  # fmt: skip
+    Path(part).replace(cached)
+    return raw
