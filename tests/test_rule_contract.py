@@ -25,6 +25,7 @@ from .conftest import FAST
 # (net, options, extra harness settings) per rule: small enough to run in a second or two
 SETUPS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "bp": ("mlp:16x2", {}, {}),
+    "bptt": ("snn:16:delay-5", {}, {}),
     "cafo": ("mlp:16x2", {}, {}),
     "convex-admm": ("mlp:20", {}, {}),
     "convex-gated": ("mlp:20", {}, {}),
@@ -79,7 +80,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         "mono-forward", "mlp:16x2", {"layer_schedule": "greedy", "epochs_per_layer": 1}, {},
     ),
 }  # fmt: skip
-DATA = {"convex-robust": "digits:3,8", "ff-la": "cora_ml", "ff-vn": "cora_ml", "sf": "cora_ml",
+DATA = {"convex-robust": "digits:3,8", "bptt": "delay-synth", "ff-la": "cora_ml", "ff-vn": "cora_ml", "sf": "cora_ml",
         "sf-topdown": "cora_ml", "sf-link": "cora_ml:links", "ff-link": "cora_ml:links",
         "sf-link-topdown": "cora_ml:links", "lora": "arith", "s2ft": "arith"}  # fmt: skip
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -104,6 +105,8 @@ def _cases() -> list[Any]:
             continue
         net, options, config = SETUPS[name]
         marks = []
+        if name == "bptt" and importlib.util.find_spec("snntorch") is None:
+            marks.append(pytest.mark.skip(reason="needs beyondbp[spiking]"))
         if name == "convex-robust" and importlib.util.find_spec("cvxpy") is None:
             marks.append(pytest.mark.skip(reason="needs beyondbp[convex]"))
         needs_cora = DATA.get(name, "").startswith("cora_ml")

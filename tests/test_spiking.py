@@ -63,3 +63,54 @@ def test_nmnist_subset_is_binned_event_counts(shared_data):
 def test_a_missing_event_archive_says_where_it_looked(tmp_path):
     with pytest.raises(bb.BeyondBPError, match="nmnist-small.tar.gz"):
         bb.load_dataset("nmnist-small", tmp_path)
+
+
+# -- nets and bptt ------------------------------------------------------------------------------
+
+needs_snn = pytest.mark.skipif(
+    importlib.util.find_spec("snntorch") is None or importlib.util.find_spec("DCLS") is None,
+    reason="needs beyondbp[spiking]",
+)
+
+
+@needs_snn
+def test_a_delayed_synapse_moves_a_spike_by_its_rounded_delay():
+    from beyondbp.nets.spiking import DelayedSynapses
+
+    syn = DelayedSynapses(1, 5, 25)
+    with torch.no_grad():
+        syn.conv.P.copy_(torch.tensor([-12.0, -5.2, 0.3, 7.0, 12.0]).view(1, 5, 1, 1))
+        syn.conv.weight.fill_(1.0)
+    syn.eval()
+    x = torch.zeros(1, 30, 1)
+    x[0, 3, 0] = 1.0
+    y = syn(x)
+    assert y.shape == (1, 30 + 12, 5)  # half the window longer: late spikes still arrive
+    assert syn.delays().flatten().tolist() == [24.0, 17.0, 12.0, 5.0, 0.0]
+    assert y[0].argmax(0).tolist() == [27, 20, 15, 8, 3]  # 3 + delay
+    torch.testing.assert_close(y[0].sum(0), torch.ones(5))  # one tap each
+    syn.train()  # training spreads each tap over a Gaussian of width σ + 0.27
+    syn.set_sigma(3.0)
+    spread = syn(x)[0]
+    assert (spread > 0.01).sum(0).min() >= 5 and spread[:, 2].argmax() == 15
+
+
+@needs_snn
+def test_bptt_shrinks_sigma_to_its_final_value_over_the_first_quarter(tmp_path):
+    result = bb.train("bptt", "delay-synth", "snn:8:delay-5", epochs=8, batch_size=400,
+                      patience=None, store=tmp_path / "r.sqlite", progress=False, energy=False)  # fmt: skip
+    assert result.rule.sigma == pytest.approx(0.23)  # after epoch 2 of 8, and held
+    syn = result.model.delayed()[0]  # the best epoch's weights: σ may be an earlier one
+    assert syn.positions.abs().max() <= 2  # clamped into the window
+    assert 0 <= result.metrics["mean_delay_steps"] <= 4
+
+
+@pytest.mark.slow
+@needs_snn
+def test_only_a_net_with_delays_learns_the_delay_task(tmp_path):
+    settings = dict(epochs=6, batch_size=32, patience=None, seed=0, progress=False,
+                    energy=False, store=tmp_path / "r.sqlite", options={"max_lr": 0.02})  # fmt: skip
+    plain = bb.train("bptt", "delay-synth", "snn:64", **settings).metrics["test_acc"]
+    delayed = bb.train("bptt", "delay-synth", "snn:64:delay-25:fixed", **settings)
+    assert plain < 0.33  # chance 0.25: its neurons forget a spike within a step
+    assert delayed.metrics["test_acc"] > 0.6  # random delays already align some pairs

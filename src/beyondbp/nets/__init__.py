@@ -32,6 +32,9 @@ Spec strings:
   noise and drift, ``:sat-2`` a scattering medium's camera saturation, ``:ideal`` makes the
   simulation differentiable. See
   :mod:`beyondbp.nets.physical`.
+- ``snn:256x2``: a feed-forward spiking net on spike trains (``delay-synth``, ``nmnist-small``);
+  ``:delay-25`` learned synaptic delays (DCLS), ``:delay-25:fixed`` random fixed ones, ``:learn``
+  learned neuron parameters. See :mod:`beyondbp.nets.spiking`.
 - ``lm``: the causal language model of the language-model datasets (``arith``, ``msrp-yesno:16``,
   ``tinyshakespeare``); ``lm:tiny`` a small random one. See :mod:`beyondbp.nets.lm`.
 """
@@ -145,6 +148,9 @@ _VFCNN = re.compile(
     r"^vfcnn(:(?P<channels>\d+-\d+-\d+))?(:(?P<act>sigmoid|tanh|dsilu))?(:t(?P<steps>\d+))?(:angle-(?P<angle>\d+))?$"
 )
 _LM = re.compile(r"^lm(:(?P<size>tiny))?$")
+_SNN = re.compile(
+    r"^snn:(?P<widths>\d+(x\d+|(-\d+)*))(:delay-(?P<delay>\d+)(?P<fixed>:fixed)?)?(:tau(?P<tau>[\d.]+))?(?P<learn>:learn)?$"
+)
 _PHYS = re.compile(
     r"^phys:(?P<system>[a-z]+):(?P<widths>\d+(x\d+|(-\d+)*))(:sat-(?P<sat>[\d.]+))?(:noise-(?P<noise>[\d.]+))?(:drift-(?P<drift>[\d.]+))?(?P<ideal>:ideal)?$"
 )
@@ -171,6 +177,10 @@ NET_SPECS = {
     "oscillators, e.g. phys:scatter:256x2; camera saturation C (scatter), measurement noise S, "
     "drift R per 1,000 batches; ideal: "
     "differentiable simulation (phyll, pat, bp-twin; bp on :ideal)",
+    "snn:WIDTHxDEPTH[:delay-D[:fixed]][:tauT][:learn]": "feed-forward spiking net (snnTorch LIF, "
+    "BatchNorm, dropout 0.4, non-spiking readout) on spike trains, e.g. snn:256x2; delay-D: "
+    "learned DCLS delays of up to D steps on every synapse (fixed: random, never trained); "
+    "tauT: membrane time constant in steps; learn: learned β and threshold (beyondbp[spiking])",
     "lm[:tiny]": "the causal language model of a language-model dataset (SmolLM2-135M-Instruct "
     "or $BEYONDBP_LM); lm:tiny: a 2-layer LLaMA of its vocabulary, randomly initialised "
     "(beyondbp[llm])",
@@ -262,6 +272,19 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
         return physical_net(input_shape, classes, m["system"], widths, float(m["noise"] or 0),
                             float(m["drift"] or 0), bool(m["ideal"]),
                             float(m["sat"]) if m["sat"] else None)  # fmt: skip
+    if m := _SNN.match(spec):
+        from beyondbp.nets.spiking import SpikingMLP
+
+        w = m["widths"]
+        widths = (
+            [int(w.split("x")[0])] * int(w.split("x")[1])
+            if "x" in w
+            else [int(v) for v in w.split("-")]
+        )
+        return SpikingMLP(input_shape, widths, classes,
+                          max_delay=int(m["delay"]) if m["delay"] else None,
+                          train_delays=not m["fixed"], tau=float(m["tau"] or 1.005),
+                          learn_intrinsic=bool(m["learn"]))  # fmt: skip
     if m := _LM.match(spec):
         from beyondbp.nets.lm import CausalLM
 

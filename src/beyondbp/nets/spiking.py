@@ -1,0 +1,181 @@
+"""Feed-forward spiking nets on binned spike trains ``(batch, T, channels)``.
+
+Each hidden layer: synapses → BatchNorm (over batch and time) → LIF neurons → dropout (one
+mask for all steps), with the LIF neurons of snnTorch (``snntorch.Leaky``:
+``U[t+1] = β U[t] + I[t]``, a spike and a reset to 0 where ``U`` crosses ``ϑ``, ATan surrogate
+gradient with α = 5; ``β = 1 − 1/τ``, the DCLS paper's LIF without input decay). snnTorch is plain PyTorch (no CUDA kernels to
+build), documented, and its neurons expose β and ϑ as learnable parameters, which the
+learned-intrinsic-parameter studies need. Synapses are either a linear layer (``snn:256x2``)
+or delayed synapses (``snn:256x2:delay-25``): every synapse a 1-D causal temporal convolution
+with one non-zero tap whose position, its delay, is learned by DCLS (``DCLS.Dcls1d``, Gaussian
+interpolation of width σ; see :class:`DelayedSynapses`). The readout has the last layer's
+synapses into non-spiking leaky integrators; the class scores are ``Σ_t softmax(U[t])``, the
+sum over time of the softmax of their membrane potentials (the DCLS paper's code, whose loss is
+the cross-entropy of these sums).
+
+Spec: ``snn:WIDTHxDEPTH[:delay-D[:fixed]][:tauT][:learn]``: ``delay-D`` delays of up to D
+steps on every synapse (the readout's too), ``fixed`` random delays never trained;
+``tauT``: the membrane time constant in steps (default 1.005: the DCLS paper's 10.05 ms at
+10 ms bins, β = 0.005, a neuron with almost no memory); ``learn``: β and ϑ of every neuron
+are learned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from beyondbp.errors import BeyondBPError
+
+
+def _snntorch():
+    try:
+        import snntorch
+        from snntorch import surrogate
+    except ImportError:
+        raise BeyondBPError("spiking nets need snnTorch: pip install 'beyondbp[spiking]'") from None
+    return snntorch, surrogate
+
+
+class DelayedSynapses(nn.Module):
+    """``in → out`` synapses with a learned delay each: DCLS's ``Dcls1d`` with one kernel
+    element per synapse in a window of ``max_delay`` taps (odd), applied causally: the input is
+    padded by ``max_delay − 1`` steps before and ``(max_delay − 1) / 2`` after, so the output is
+    that much longer than the input (late spikes still arrive). A position ``P`` (taps from the
+    window's centre, in ``[−max_delay // 2, max_delay // 2]``) is a delay of
+    ``max_delay // 2 − P`` steps. Training spreads each tap over a Gaussian of width
+    ``σ + 0.27`` (``set_sigma``); evaluation rounds the positions to single taps. ``trainable``
+    False: the positions are rounded once and never change (fixed random delays)."""
+
+    SIGMA_FLOOR = 0.27  # DCLS adds it to |σ|
+
+    def __init__(self, n_in: int, n_out: int, max_delay: int, trainable: bool = True) -> None:
+        super().__init__()
+        try:
+            from DCLS.construct.modules import Dcls1d
+        except ImportError:
+            raise BeyondBPError("delays need DCLS: pip install 'beyondbp[spiking]'") from None
+        if max_delay % 2 == 0:
+            raise BeyondBPError(f"delay-{max_delay}: the delay window must be odd (e.g. 25)")
+        self.max_delay, self.half, self.trainable = max_delay, max_delay // 2, trainable
+        self.conv = Dcls1d(n_in, n_out, kernel_count=1, dilated_kernel_size=(max_delay,),
+                           bias=False, version="gauss")  # fmt: skip
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(self.conv.weight, nonlinearity="relu")
+            self.conv.P.uniform_(-self.half, self.half)
+            self.conv.SIG.fill_(self.half)
+        self.conv.SIG.requires_grad_(False)  # σ follows a schedule (the rule's)
+        self.conv.P.requires_grad_(trainable)
+        if not trainable:
+            with torch.no_grad():
+                self.conv.P.round_()
+                self.conv.SIG.zero_()
+
+    @property
+    def positions(self) -> nn.Parameter:
+        return self.conv.P
+
+    def delays(self) -> torch.Tensor:
+        """Each synapse's delay in steps as evaluation uses it (rounded), (out, in)."""
+        return (self.half - self.conv.P.detach().round()).view(self.conv.P.shape[1:3])
+
+    def set_sigma(self, sigma: float) -> None:
+        with torch.no_grad():
+            self.conv.SIG.fill_(sigma)
+
+    def clamp(self) -> None:
+        """Keep the positions inside the window (after each update)."""
+        with torch.no_grad():
+            self.conv.P.clamp_(-self.half, self.half)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, in) -> (B, T + half, out)
+        x = nn.functional.pad(x.transpose(1, 2), (self.max_delay - 1, self.half))
+        if self.training and self.trainable:
+            return self.conv(x).transpose(1, 2)
+        # single taps at the rounded positions: DCLS's 'max' kernel with σ = 0
+        conv, saved = self.conv, (self.conv.P.data, self.conv.SIG.data)
+        conv.P.data, conv.SIG.data = saved[0].round(), torch.zeros_like(saved[1])
+        conv.version = conv.DCK.version = "max"
+        try:
+            return conv(x).transpose(1, 2)
+        finally:
+            conv.P.data, conv.SIG.data = saved
+            conv.version = conv.DCK.version = "gauss"
+
+
+class SpikingMLP(nn.Module):
+    """Feed-forward LIF layers and a non-spiking readout (see the module's docstring)."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        widths: Sequence[int],
+        classes: int,
+        max_delay: int | None = None,
+        train_delays: bool = True,
+        tau: float = 1.005,
+        learn_intrinsic: bool = False,
+        dropout: float = 0.4,
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 2:
+            raise BeyondBPError(
+                f"spiking nets read spike trains (T, channels); got input shape "
+                f"{tuple(input_shape)}: use a spiking dataset (delay-synth, nmnist-small)"
+            )
+        snntorch, surrogate = _snntorch()
+        if tau < 1:
+            raise BeyondBPError(f"tau{tau}: the membrane time constant is at least 1 step")
+        self.steps, n_in = int(input_shape[0]), int(input_shape[1])
+        beta = 1.0 - 1.0 / tau
+
+        def synapses(a: int, b: int) -> nn.Module:
+            if max_delay is None:
+                return nn.Linear(a, b, bias=False)
+            return DelayedSynapses(a, b, max_delay, train_delays)
+
+        self.synapses = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        self.neurons = nn.ModuleList()
+        for w in widths:
+            self.synapses.append(synapses(n_in, w))
+            self.norms.append(nn.BatchNorm1d(w))
+            self.neurons.append(snntorch.Leaky(
+                beta=torch.full((w,), beta), spike_grad=surrogate.atan(alpha=5.0),
+                learn_beta=learn_intrinsic, learn_threshold=learn_intrinsic,
+                reset_mechanism="zero",
+            ))  # fmt: skip
+            n_in = w
+        self.dropout = dropout
+        self.readout = synapses(n_in, classes)
+        self.readout_beta = beta
+
+    def delayed(self) -> list[DelayedSynapses]:
+        return [m for m in self.modules() if isinstance(m, DelayedSynapses)]
+
+    def forward(self, x: torch.Tensor, record: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Class scores (B, classes) for spike trains (B, T, C); ``record``, if given, receives
+        each hidden layer's spikes (B, T, width)."""
+        for syn, norm, lif in zip(self.synapses, self.norms, self.neurons, strict=True):
+            current = syn(x)  # (B, T, width); delayed synapses lengthen T
+            current = norm(current.flatten(0, 1)).view(current.shape)
+            mem = torch.zeros_like(current[:, 0])
+            spikes = []
+            for t in range(current.shape[1]):
+                s, mem = lif(current[:, t], mem)
+                spikes.append(s)
+            x = torch.stack(spikes, 1)
+            if record is not None:
+                record.append(x.detach())
+            if self.training and self.dropout:  # one mask per example for all steps
+                keep = torch.rand_like(x[:, :1]).ge_(self.dropout).div_(1 - self.dropout)
+                x = x * keep
+        current = self.readout(x)
+        mem = torch.zeros_like(current[:, 0])
+        total = torch.zeros_like(mem)
+        for t in range(current.shape[1]):
+            mem = self.readout_beta * mem + current[:, t]
+            total = total + mem.softmax(1)
+        return total
