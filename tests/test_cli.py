@@ -79,7 +79,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_unknown_names_exit_2_with_the_valid_ones():
     out = _cli("train", "bp", "--data", "imagenet")
-    assert out.returncode == 2 and "valid datasets: cifar10, digits" in out.stderr
+    assert out.returncode == 2 and "valid datasets: cifar10, delay-synth, digits" in out.stderr
     out = _cli("train", "nope")
     assert out.returncode == 2 and "valid rules:" in out.stderr and "bp" in out.stderr
     out = _cli("train", "bp", "--set", "colour=red")
