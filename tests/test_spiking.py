@@ -114,3 +114,36 @@ def test_only_a_net_with_delays_learns_the_delay_task(tmp_path):
     delayed = bb.train("bptt", "delay-synth", "snn:64:delay-25:fixed", **settings)
     assert plain < 0.33  # chance 0.25: its neurons forget a spike within a step
     assert delayed.metrics["test_acc"] > 0.6  # random delays already align some pairs
+
+
+# -- Lempel-Ziv complexity ----------------------------------------------------------------------
+
+
+def _lz76_by_definition(s: str) -> int:
+    """Phrases of the exhaustive parsing: each extends the longest prefix of the rest that can
+    be copied from an earlier start (overlap allowed) by one symbol."""
+    i, phrases = 0, 0
+    while i < len(s):
+        length = 0
+        while i + length < len(s) and s[i : i + length + 1] in s[: i + length]:
+            length += 1
+        phrases += 1
+        i += length + 1
+    return phrases
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="needs beyondbp[spiking]")
+def test_lz76_counts_the_phrases_of_the_exhaustive_parsing():
+    from beyondbp.nets.lzc import lz76
+
+    # Kaspar & Schuster's example: 0 · 001 · 10 · 100 · 1000 · 101
+    assert lz76(torch.tensor([int(c) for c in "0001101001000101"])).item() == 6
+    assert lz76(torch.zeros(3, 40)).tolist() == [2, 2, 2]  # 0 · 000...
+    rng = np.random.default_rng(0)
+    trains = rng.integers(0, 2, size=(50, 64))
+    expected = [_lz76_by_definition("".join(map(str, t))) for t in trains]
+    assert lz76(torch.from_numpy(trains)).tolist() == expected
+    # a random train's normalised complexity is near 1, a periodic one's near 0
+    noise = lz76(torch.from_numpy(rng.integers(0, 2, size=(20, 2000))), normalised=True)
+    periodic = lz76(torch.arange(2000).remainder(4).eq(0).float()[None], normalised=True)
+    assert 0.85 < float(noise.mean()) < 1.15 and float(periodic) < 0.05
