@@ -24,7 +24,7 @@ def test_registry_lists_builtin_datasets():
 
 
 def test_unknown_dataset_lists_valid_ones():
-    with pytest.raises(UnknownNameError, match="valid datasets: cifar10, digits"):
+    with pytest.raises(UnknownNameError, match="valid datasets: cifar10, delay-synth, digits"):
         load_dataset("imagenet")
 
 

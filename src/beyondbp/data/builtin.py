@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from beyondbp.data.cifar import read_cifar10
-from beyondbp.data.core import RawData, cache_dir, register_dataset
+from beyondbp.data.core import RawData, cache_dir, register_dataset, save_npz_atomic
 from beyondbp.data.idx import IdxSource, read_idx_dataset
 
 
@@ -35,11 +33,7 @@ def digits(search_dirs: list[Path], download: bool) -> RawData:
             np.arange(len(y)), test_size=0.2, random_state=0, stratify=y
         )
         x_train, y_train, x_test, y_test = x[idx_train], y[idx_train], x[idx_test], y[idx_test]
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, part = tempfile.mkstemp(dir=cached.parent, suffix=".npz")  # one per process
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-        Path(part).replace(cached)  # atomic: a killed process leaves no half-written cache
+        save_npz_atomic(cached, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return RawData(
         x_train,
         y_train,

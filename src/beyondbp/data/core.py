@@ -161,6 +161,18 @@ def data_search_dirs(name: str, data_dir: str | Path | None = None) -> list[Path
     return roots
 
 
+def save_npz_atomic(path: Path, compress: bool = False, **arrays: np.ndarray) -> None:
+    """Write arrays to ``path`` (.npz) through a temporary file renamed into place: a killed
+    process leaves no half-written cache, and processes writing at once do not collide."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, part = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        (np.savez_compressed if compress else np.savez)(f, **arrays)
+    Path(part).replace(path)
+
+
 def cache_dir() -> Path:
     """Per-user cache (downloads, decoded datasets, the matmul peak): ``$BEYONDBP_CACHE`` or
     ``$XDG_CACHE_HOME/beyondbp`` or ``~/.cache/beyondbp``."""

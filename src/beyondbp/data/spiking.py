@@ -12,14 +12,13 @@ Spike counts are kept as they are (no normalisation). The readers of event files
 
 from __future__ import annotations
 
-import os
 import tarfile
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from beyondbp.data.core import RawData, cache_dir, register_dataset
+from beyondbp.data.core import RawData, cache_dir, register_dataset, save_npz_atomic
 from beyondbp.errors import DataError
 
 # -- delay-synth ------------------------------------------------------------------------------
@@ -165,10 +164,6 @@ def nmnist_small(search_dirs: list[Path], download: bool) -> RawData:
                 "of 10 ms", normalise=False,
             )  # fmt: skip
     raw = read_nmnist_archive(archive)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, part = tempfile.mkstemp(dir=cached.parent, suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        np.savez_compressed(f, x_train=raw.x_train, y_train=raw.y_train, x_test=raw.x_test,
-                            y_test=raw.y_test)  # fmt: skip
-    Path(part).replace(cached)
+    save_npz_atomic(cached, compress=True, x_train=raw.x_train, y_train=raw.y_train,
+                    x_test=raw.x_test, y_test=raw.y_test)  # fmt: skip
     return raw

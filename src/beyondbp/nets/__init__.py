@@ -191,6 +191,14 @@ NET_SPECS = {
 }
 
 
+def _widths(text: str) -> list[int]:
+    """``256x2`` → [256, 256]; ``1000-500`` → [1000, 500]; ``""`` → []."""
+    if "x" in text:
+        width, depth = (int(v) for v in text.split("x"))
+        return [width] * depth
+    return [int(v) for v in text.split("-") if v]
+
+
 def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
     """Build a net from its spec string for the given input shape and number of classes."""
     if re.search(r"(?<![\d.])0+(?![\d.])", spec):
@@ -199,13 +207,7 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
             "unit and a net at least one layer (e.g. mlp:256x2)"
         )
     if m := _MLP.match(spec):
-        widths_s = m["widths"] or ""
-        if "x" in widths_s:
-            width, depth = (int(v) for v in widths_s.split("x"))
-            widths = [width] * depth
-        else:
-            widths = [int(v) for v in widths_s.split("-") if v]
-        return mlp(input_shape, widths, classes, m["act"] or "relu")
+        return mlp(input_shape, _widths(m["widths"] or ""), classes, m["act"] or "relu")
     if m := _CNN3.match(spec):
         channels = [int(v) for v in m["channels"].split("-")] if m["channels"] else (32, 128, 512)
         return cnn3(input_shape, classes, channels)
@@ -235,12 +237,7 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
     if m := _EQ.match(spec):
         from beyondbp.nets.equilibrium import HopfieldMLP, VectorFieldMLP
 
-        w = m["widths"]
-        widths = (
-            [int(w.split("x")[0])] * int(w.split("x")[1])
-            if "x" in w
-            else [int(v) for v in w.split("-")]
-        )
+        widths = _widths(m["widths"])
         n_in = math.prod(input_shape)
         act = m["act"] or "sigmoid"
         if m["kind"] == "hopfield":
@@ -263,24 +260,14 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
     if m := _PHYS.match(spec):
         from beyondbp.nets.physical import physical_net
 
-        w = m["widths"]
-        widths = (
-            [int(w.split("x")[0])] * int(w.split("x")[1])
-            if "x" in w
-            else [int(v) for v in w.split("-")]
-        )
+        widths = _widths(m["widths"])
         return physical_net(input_shape, classes, m["system"], widths, float(m["noise"] or 0),
                             float(m["drift"] or 0), bool(m["ideal"]),
                             float(m["sat"]) if m["sat"] else None)  # fmt: skip
     if m := _SNN.match(spec):
         from beyondbp.nets.spiking import SpikingMLP
 
-        w = m["widths"]
-        widths = (
-            [int(w.split("x")[0])] * int(w.split("x")[1])
-            if "x" in w
-            else [int(v) for v in w.split("-")]
-        )
+        widths = _widths(m["widths"])
         return SpikingMLP(input_shape, widths, classes,
                           max_delay=int(m["delay"]) if m["delay"] else None,
                           train_delays=not m["fixed"], tau=float(m["tau"] or 1.005),
