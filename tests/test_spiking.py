@@ -147,3 +147,37 @@ def test_lz76_counts_the_phrases_of_the_exhaustive_parsing():
     noise = lz76(torch.from_numpy(rng.integers(0, 2, size=(20, 2000))), normalised=True)
     periodic = lz76(torch.arange(2000).remainder(4).eq(0).float()[None], normalised=True)
     assert 0.85 < float(noise.mean()) < 1.15 and float(periodic) < 0.05
+
+
+# -- the meta-neuron ----------------------------------------------------------------------------
+
+
+def test_meta_neuron_current_has_the_moments_of_bernoulli_synapses():
+    from beyondbp.nets.metaneuron import MetaNeuronLayer
+
+    torch.manual_seed(0)
+    layer = MetaNeuronLayer(50, 1, p=0.3)
+    x = (torch.rand(1, 1, 50) < 0.5).float()
+    draws = torch.stack([layer.current(x) for _ in range(20000)]).flatten().detach()
+    a, w = layer.amplitude.detach()[0], layer.weight.detach()[0]
+    live = x.flatten()
+    mean = (0.3 * a * w * live).sum()
+    var = (0.3 * 0.7 * a**2 * w**2 * live).sum()
+    assert float(draws.mean()) == pytest.approx(float(mean), abs=4 * float(var.sqrt()) / 141)
+    assert float(draws.var()) == pytest.approx(float(var), rel=0.05)
+    layer.eval()  # evaluation: the mean current, deterministic
+    torch.testing.assert_close(layer.current(x).flatten(), mean.view(1))
+
+
+def test_meta_neuron_learns_its_intrinsic_parameters_only_when_asked():
+    from beyondbp.nets.metaneuron import MetaNeuronLayer
+
+    torch.manual_seed(0)
+    x = (torch.rand(4, 30, 20) < 0.3).float()
+    learned, fixed = MetaNeuronLayer(20, 8), MetaNeuronLayer(20, 8, learn_intrinsic=False)
+    for layer in (learned, fixed):
+        layer(x).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learned.parameters())
+    assert [n for n, p in fixed.named_parameters() if p.requires_grad] == ["weight"]
+    spikes = learned(x)
+    assert set(spikes.unique().tolist()) <= {0.0, 1.0}

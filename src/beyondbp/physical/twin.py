@@ -62,8 +62,9 @@ def fit_twin(
     n_val = max(1, len(x) // 10)
     perm = torch.randperm(len(x), generator=gen).to(x.device)
     val, fit = perm[:n_val], perm[n_val:]
-    torch.manual_seed(seed)
-    twin = twin_mlp(layer.in_features, layer.out_features, hidden).to(x.device)
+    with torch.random.fork_rng(devices=[]):  # the twin's init from its own seed
+        torch.manual_seed(seed)
+        twin = twin_mlp(layer.in_features, layer.out_features, hidden).to(x.device)
     opt = torch.optim.Adam(twin.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     target = y / scale
