@@ -178,6 +178,24 @@ def test_meta_neuron_learns_its_intrinsic_parameters_only_when_asked():
     for layer in (learned, fixed):
         layer(x).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learned.parameters())
+    silent = MetaNeuronLayer(20, 8)  # no input spike: zero variance, still a finite gradient
+    silent(torch.zeros(2, 5, 20)).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in silent.parameters())
     assert [n for n, p in fixed.named_parameters() if p.requires_grad] == ["weight"]
     spikes = learned(x)
     assert set(spikes.unique().tolist()) <= {0.0, 1.0}
+
+
+@needs_snn
+def test_meta_neuron_nets_build_and_learn_their_intrinsic_parameters_with_bptt(tmp_path):
+    from beyondbp.nets import build_net
+
+    net = build_net("snn:16x2:meta:tau10:learn", (50, 20), 4)
+    assert len(net.meta) == 2 and not net.neurons
+    with pytest.raises(bb.BeyondBPError, match="delay"):
+        build_net("snn:16:meta:delay-5", (50, 20), 4)
+    result = bb.train("bptt", "delay-synth", "snn:16:meta:tau10:learn", epochs=1, batch_size=400,
+                      patience=None, store=tmp_path / "r.sqlite", progress=False, energy=False)  # fmt: skip
+    start = build_net("snn:16:meta:tau10:learn", (50, 20), 4).meta[0].intrinsic()
+    moved = result.model.meta[0].intrinsic()
+    assert all(not torch.equal(start[k], moved[k]) for k in start)

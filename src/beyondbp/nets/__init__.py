@@ -149,7 +149,7 @@ _VFCNN = re.compile(
 )
 _LM = re.compile(r"^lm(:(?P<size>tiny))?$")
 _SNN = re.compile(
-    r"^snn:(?P<widths>\d+(x\d+|(-\d+)*))(:delay-(?P<delay>\d+)(?P<fixed>:fixed)?)?(:tau(?P<tau>[\d.]+))?(?P<learn>:learn)?$"
+    r"^snn:(?P<widths>\d+(x\d+|(-\d+)*))(?P<meta>:meta)?(:delay-(?P<delay>\d+)(?P<fixed>:fixed)?)?(:tau(?P<tau>[\d.]+))?(?P<learn>:learn)?$"
 )
 _PHYS = re.compile(
     r"^phys:(?P<system>[a-z]+):(?P<widths>\d+(x\d+|(-\d+)*))(:sat-(?P<sat>[\d.]+))?(:noise-(?P<noise>[\d.]+))?(:drift-(?P<drift>[\d.]+))?(?P<ideal>:ideal)?$"
@@ -177,7 +177,8 @@ NET_SPECS = {
     "oscillators, e.g. phys:scatter:256x2; camera saturation C (scatter), measurement noise S, "
     "drift R per 1,000 batches; ideal: "
     "differentiable simulation (phyll, pat, bp-twin; bp on :ideal)",
-    "snn:WIDTHxDEPTH[:delay-D[:fixed]][:tauT][:learn]": "feed-forward spiking net (snnTorch LIF, "
+    "snn:WIDTHxDEPTH[:meta][:delay-D[:fixed]][:tauT][:learn]": "feed-forward spiking net "
+    "(snnTorch LIF or meta: probabilistic meta-neurons; "
     "BatchNorm, dropout 0.4, non-spiking readout) on spike trains, e.g. snn:256x2; delay-D: "
     "learned DCLS delays of up to D steps on every synapse (fixed: random, never trained); "
     "tauT: membrane time constant in steps; learn: learned β and threshold (beyondbp[spiking])",
@@ -271,7 +272,8 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
         return SpikingMLP(input_shape, widths, classes,
                           max_delay=int(m["delay"]) if m["delay"] else None,
                           train_delays=not m["fixed"], tau=float(m["tau"] or 1.005),
-                          learn_intrinsic=bool(m["learn"]))  # fmt: skip
+                          learn_intrinsic=bool(m["learn"]),
+                          neuron="meta" if m["meta"] else "lif")  # fmt: skip
     if m := _LM.match(spec):
         from beyondbp.nets.lm import CausalLM
 

@@ -59,7 +59,7 @@ class MetaNeuronLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_out, n_in))
-        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        nn.init.kaiming_uniform_(self.weight, nonlinearity="relu")
         # unconstrained parameters: p = σ(p_logit), β = σ(β_logit); A, ϑ, u_r as they are
         logit = torch.logit(torch.tensor(p))
         self.p_logit = nn.Parameter(torch.full((n_out,), float(logit)))
@@ -85,7 +85,7 @@ class MetaNeuronLayer(nn.Module):
         if not (self.training or self.sample_in_eval):
             return mean
         var = p * (1 - p) * a**2 * (s @ self.weight.pow(2).T)  # s is 0/1 (or counts)
-        return mean + var.clamp_min(0).sqrt() * torch.randn_like(mean)
+        return mean + var.clamp_min(1e-12).sqrt() * torch.randn_like(mean)  # finite grad at 0
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         current = self.current(s)

@@ -13,11 +13,13 @@ synapses into non-spiking leaky integrators; the class scores are ``Σ_t softmax
 sum over time of the softmax of their membrane potentials (the DCLS paper's code, whose loss is
 the cross-entropy of these sums).
 
-Spec: ``snn:WIDTHxDEPTH[:delay-D[:fixed]][:tauT][:learn]``: ``delay-D`` delays of up to D
-steps on every synapse (the readout's too), ``fixed`` random delays never trained;
+Spec: ``snn:WIDTHxDEPTH[:meta][:delay-D[:fixed]][:tauT][:learn]``: ``meta`` probabilistic
+meta-neurons (:mod:`beyondbp.nets.metaneuron`) instead of LIF in the hidden layers;
+``delay-D`` delays of up to D steps on every synapse (the readout's too), ``fixed`` random
+delays never trained;
 ``tauT``: the membrane time constant in steps (default 1.005: the DCLS paper's 10.05 ms at
-10 ms bins, β = 0.005, a neuron with almost no memory); ``learn``: β and ϑ of every neuron
-are learned.
+10 ms bins, β = 0.005, a neuron with almost no memory); ``learn``: the neurons' intrinsic
+parameters are learned (LIF: β and ϑ; meta-neuron: p, A, β, ϑ and the reset).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ class SpikingMLP(nn.Module):
         tau: float = 1.005,
         learn_intrinsic: bool = False,
         dropout: float = 0.4,
+        neuron: str = "lif",
     ) -> None:
         super().__init__()
         if len(input_shape) != 2:
@@ -139,6 +142,18 @@ class SpikingMLP(nn.Module):
         self.synapses = nn.ModuleList()
         self.norms = nn.ModuleList()
         self.neurons = nn.ModuleList()
+        self.meta = nn.ModuleList()  # meta-neuron layers (synapses and neurons in one)
+        if neuron == "meta":
+            if max_delay is not None:
+                raise BeyondBPError("meta-neurons have no delayed synapses: drop :delay-")
+            from beyondbp.nets.metaneuron import MetaNeuronLayer
+
+            leak = min(max(beta, 1e-3), 1 - 1e-3)  # σ(logit) needs 0 < β < 1
+            for w in widths:
+                self.meta.append(MetaNeuronLayer(n_in, w, beta=leak,
+                                                 learn_intrinsic=learn_intrinsic))  # fmt: skip
+                n_in = w
+            widths = []
         for w in widths:
             self.synapses.append(synapses(n_in, w))
             self.norms.append(nn.BatchNorm1d(w))
@@ -152,21 +167,24 @@ class SpikingMLP(nn.Module):
         self.readout = synapses(n_in, classes)
         self.readout_beta = beta
 
+    def _lif_layer(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        current = self.synapses[i](x)  # (B, T, width); delayed synapses lengthen T
+        current = self.norms[i](current.flatten(0, 1)).view(current.shape)
+        mem = torch.zeros_like(current[:, 0])
+        spikes = []
+        for t in range(current.shape[1]):
+            s, mem = self.neurons[i](current[:, t], mem)
+            spikes.append(s)
+        return torch.stack(spikes, 1)
+
     def delayed(self) -> list[DelayedSynapses]:
         return [m for m in self.modules() if isinstance(m, DelayedSynapses)]
 
     def forward(self, x: torch.Tensor, record: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Class scores (B, classes) for spike trains (B, T, C); ``record``, if given, receives
         each hidden layer's spikes (B, T, width)."""
-        for syn, norm, lif in zip(self.synapses, self.norms, self.neurons, strict=True):
-            current = syn(x)  # (B, T, width); delayed synapses lengthen T
-            current = norm(current.flatten(0, 1)).view(current.shape)
-            mem = torch.zeros_like(current[:, 0])
-            spikes = []
-            for t in range(current.shape[1]):
-                s, mem = lif(current[:, t], mem)
-                spikes.append(s)
-            x = torch.stack(spikes, 1)
+        for i in range(len(self.meta) or len(self.neurons)):
+            x = self.meta[i](x) if self.meta else self._lif_layer(i, x)
             if record is not None:
                 record.append(x.detach())
             if self.training and self.dropout:  # one mask per example for all steps
