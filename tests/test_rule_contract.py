@@ -66,6 +66,7 @@ SETUPS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "sf-link": ("gcn:16x2", {"epochs_per_layer": 1}, {}),
     "ff-link": ("gcn:16x2", {"epochs_per_layer": 1}, {}),
     "sf-link-topdown": ("gcn:16x2", {}, {}),
+    "tempotron": ("tempotron", {"learn_threshold": True}, {}),
     "tpsgd": ("mlp:16x2", {}, {}),
     "zo-adam": ("mlp:16", {}, {}),
 }
@@ -80,7 +81,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         "mono-forward", "mlp:16x2", {"layer_schedule": "greedy", "epochs_per_layer": 1}, {},
     ),
 }  # fmt: skip
-DATA = {"convex-robust": "digits:3,8", "bptt": "delay-synth", "ff-la": "cora_ml", "ff-vn": "cora_ml", "sf": "cora_ml",
+DATA = {"convex-robust": "digits:3,8", "bptt": "delay-synth", "tempotron": "delay-synth", "ff-la": "cora_ml", "ff-vn": "cora_ml", "sf": "cora_ml",
         "sf-topdown": "cora_ml", "sf-link": "cora_ml:links", "ff-link": "cora_ml:links",
         "sf-link-topdown": "cora_ml:links", "lora": "arith", "s2ft": "arith"}  # fmt: skip
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

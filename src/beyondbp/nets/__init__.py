@@ -148,6 +148,7 @@ _VFCNN = re.compile(
     r"^vfcnn(:(?P<channels>\d+-\d+-\d+))?(:(?P<act>sigmoid|tanh|dsilu))?(:t(?P<steps>\d+))?(:angle-(?P<angle>\d+))?$"
 )
 _LM = re.compile(r"^lm(:(?P<size>tiny))?$")
+_TEMPOTRON = re.compile(r"^tempotron(:tau(?P<tau>[\d.]+))?$")
 _SNN = re.compile(
     r"^snn:(?P<widths>\d+(x\d+|(-\d+)*))(?P<meta>:meta)?(:delay-(?P<delay>\d+)(?P<fixed>:fixed)?)?(:tau(?P<tau>[\d.]+))?(?P<learn>:learn)?$"
 )
@@ -182,6 +183,8 @@ NET_SPECS = {
     "BatchNorm, dropout 0.4, non-spiking readout) on spike trains, e.g. snn:256x2; delay-D: "
     "learned DCLS delays of up to D steps on every synapse (fixed: random, never trained); "
     "tauT: membrane time constant in steps; learn: learned β and threshold (beyondbp[spiking])",
+    "tempotron[:tauT]": "one Tempotron neuron per class on spike trains (the tempotron rule); "
+    "T: its PSP kernel's τ in steps (default 3)",
     "lm[:tiny]": "the causal language model of a language-model dataset (SmolLM2-135M-Instruct "
     "or $BEYONDBP_LM); lm:tiny: a 2-layer LLaMA of its vocabulary, randomly initialised "
     "(beyondbp[llm])",
@@ -265,6 +268,10 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
         return physical_net(input_shape, classes, m["system"], widths, float(m["noise"] or 0),
                             float(m["drift"] or 0), bool(m["ideal"]),
                             float(m["sat"]) if m["sat"] else None)  # fmt: skip
+    if m := _TEMPOTRON.match(spec):
+        from beyondbp.nets.spiking import TempotronNet
+
+        return TempotronNet(input_shape, classes, float(m["tau"] or 3.0))
     if m := _SNN.match(spec):
         from beyondbp.nets.spiking import SpikingMLP
 

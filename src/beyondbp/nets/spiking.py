@@ -24,6 +24,7 @@ parameters are learned (LIF: β and ϑ; meta-neuron: p, A, β, ϑ and the reset)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -197,3 +198,47 @@ class SpikingMLP(nn.Module):
             mem = self.readout_beta * mem + current[:, t]
             total = total + mem.softmax(1)
         return total
+
+
+def psp_kernel(tau: float, steps: int) -> torch.Tensor:
+    """K(0..steps−1) = e^(−t/τ) − e^(−t/τ_s), τ_s = τ/4, scaled to a peak of 1."""
+    t = torch.arange(steps, dtype=torch.float32)
+    k = torch.exp(-t / tau) - torch.exp(-t / (tau / 4))
+    t_peak = tau * (tau / 4) / (tau - tau / 4) * math.log(4)
+    return k / (math.exp(-t_peak / tau) - math.exp(-t_peak / (tau / 4)))
+
+
+class TempotronNet(nn.Module):
+    """One Tempotron per class (Gütig & Sompolinsky 2006) on spike trains ``(B, T, C)``:
+    ``V_k(t) = Σ_i w_ki (K * s_i)(t)``; the scores are ``max_t V_k(t) − θ_k`` (a neuron fires if
+    its score is ≥ 0). Trained by the ``tempotron`` rule, whose updates are not gradients:
+    the parameters take none. Spec ``tempotron[:tauT]``: the PSP kernel's τ in steps
+    (default 3)."""
+
+    def __init__(self, input_shape: Sequence[int], classes: int, tau: float = 3.0) -> None:
+        super().__init__()
+        if len(input_shape) != 2:
+            raise BeyondBPError("a tempotron reads spike trains (T, channels); use a spiking "
+                                "dataset (delay-synth, nmnist-small)")  # fmt: skip
+        steps, channels = int(input_shape[0]), int(input_shape[1])
+        self.weight = nn.Parameter(torch.randn(classes, channels) * 1e-3, requires_grad=False)
+        self.threshold = nn.Parameter(torch.ones(classes), requires_grad=False)
+        self.register_buffer("kernel", psp_kernel(tau, steps))
+
+    def potentials(self, x: torch.Tensor) -> torch.Tensor:
+        """PSP traces (B, T, C): each channel's spikes filtered by K, causally."""
+        b, t, c = x.shape
+        s = x.transpose(1, 2).reshape(b * c, 1, t)
+        k = self.kernel[:t].flip(0).view(1, 1, -1)
+        return (
+            nn.functional.conv1d(nn.functional.pad(s, (t - 1, 0)), k).view(b, c, t).transpose(1, 2)
+        )
+
+    def peaks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """PSP traces, each neuron's peak potential (B, classes) and its time."""
+        p = self.potentials(x)
+        v_max, t_max = (p @ self.weight.T).max(1)
+        return p, v_max, t_max
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.peaks(x)[1] - self.threshold
