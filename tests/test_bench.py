@@ -557,6 +557,14 @@ def test_reproduce_shows_a_failed_cell_and_retries_it(tmp_path):
     first = reproduce("toy-missing", store=tmp_path / "runs.sqlite")
     (row,) = first.rows
     assert row["verdict"].startswith("failed: ") and "no-such-data" in row["verdict"]
+    # a cell without a paper number that has not run says so too
+    register_preset(Preset(
+        name="toy-unrun", description="not run yet", source="ours",
+        grids=(GridSpec(rules=["bp"], datasets=["digits"], nets=["mlp:8"], seeds=[0],
+                        config={"epochs": 1, "energy": False}),),
+    ))  # fmt: skip
+    (ghost,) = reproduce("toy-unrun", store=tmp_path / "runs.sqlite", run=False).rows
+    assert ghost["runs"] == 0 and ghost["verdict"] == "not run"
     (before,) = first.records
     again = reproduce("toy-missing", store=tmp_path / "runs.sqlite")  # retried, not skipped
     assert again.records[0].updated > before.updated

@@ -116,6 +116,9 @@ def reproduce(
             row["solved"] = sum(v >= bars[row["dataset"]] for v in ours)
         row.update(paper_acc=None, gap=None, verdict="no paper number", paper_time_s=None)
         row["paper_time_ratio"] = None
+        if not ours:  # with or without a paper number: say why there is no number of ours
+            failed = [e for e in row["errors"] if e.startswith("failed")]
+            row["verdict"] = "failed: " + failed[0] if failed else "not run"
         if paper is not None:
             row.update(
                 paper_acc=paper.test_acc, paper_time_s=paper.time_s, paper_energy_wh=paper.energy_wh
@@ -129,9 +132,6 @@ def reproduce(
                     row["verdict"] = "inside our seed spread"
                 else:
                     row["verdict"] = "ours above" if min(ours) > paper.test_acc else "ours below"
-            else:
-                failed = [e for e in row["errors"] if e.startswith("failed")]
-                row["verdict"] = "failed: " + failed[0] if failed else "not run"
     overrides = {k: v for k, v in (("device", device), ("max_seconds", max_seconds)) if v}
     return ReproduceResult(preset, rows, records, quick, overrides)
 
