@@ -125,16 +125,19 @@ def read_nmnist_archive(path: Path, bins: int = NMNIST_BINS) -> RawData:
             f"nmnist-small: {path} is not a readable N-MNIST subset archive ({e}); replace it "
             "with ../shared/data/nmnist-small/nmnist-small.tar.gz"
         ) from None
+    return _nmnist_raw(x_train, y_train, x_test, y_test, path, bins)
+
+
+def _nmnist_raw(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+    source: Path, bins: int,
+) -> RawData:  # fmt: skip
     return RawData(
-        x_train,
-        y_train,
-        x_test,
-        y_test,
-        class_names=tuple(str(i) for i in range(10)),
-        source=str(path),
+        x_train, y_train, x_test, y_test,
+        class_names=tuple(str(i) for i in range(10)), source=str(source),
         notes=f"the first 1,000 train / 100 test samples of N-MNIST, {bins} bins of 10 ms",
         normalise=False,
-    )
+    )  # fmt: skip
 
 
 @register_dataset(
@@ -157,12 +160,8 @@ def nmnist_small(search_dirs: list[Path], download: bool) -> RawData:
     cached = cache_dir() / "data" / f"nmnist-small-{NMNIST_BINS}-{archive.stat().st_size}.npz"
     if cached.is_file():
         with np.load(cached) as f:
-            return RawData(
-                f["x_train"], f["y_train"], f["x_test"], f["y_test"],
-                class_names=tuple(str(i) for i in range(10)), source=str(archive),
-                notes=f"the first 1,000 train / 100 test samples of N-MNIST, {NMNIST_BINS} bins "
-                "of 10 ms", normalise=False,
-            )  # fmt: skip
+            arrays = (f["x_train"], f["y_train"], f["x_test"], f["y_test"])
+        return _nmnist_raw(*arrays, archive, NMNIST_BINS)
     raw = read_nmnist_archive(archive)
     save_npz_atomic(cached, compress=True, x_train=raw.x_train, y_train=raw.y_train,
                     x_test=raw.x_test, y_test=raw.y_test)  # fmt: skip

@@ -132,7 +132,7 @@ class SpikingMLP(nn.Module):
         snntorch, surrogate = _snntorch()
         if tau < 1:
             raise BeyondBPError(f"tau{tau}: the membrane time constant is at least 1 step")
-        self.steps, n_in = int(input_shape[0]), int(input_shape[1])
+        n_in = int(input_shape[1])
         beta = 1.0 - 1.0 / tau
 
         def synapses(a: int, b: int) -> nn.Module:

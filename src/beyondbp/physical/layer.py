@@ -86,10 +86,13 @@ class PhysicalLayer(nn.Module):
     def out_features(self) -> int:
         return self.system.out_features
 
+    def _count(self, x: torch.Tensor) -> None:
+        (self.passes if self.training else self.eval_passes).add_(len(x))
+
     def query(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The system's response to encoded inputs ``x``, no gradient, counted (``params``: the
         parameters to measure it with, e.g. a mismatched copy's)."""
-        (self.passes if self.training else self.eval_passes).add_(len(x))
+        self._count(x)
         with torch.no_grad():
             if params is None:
                 return self.system(x)
@@ -104,7 +107,7 @@ class PhysicalLayer(nn.Module):
                 raise BeyondBPError("mode 'twin' needs a fitted digital twin (attach_twin)")
             return self.twin(x)
         if self.mode == "ideal":
-            (self.passes if self.training else self.eval_passes).add_(len(x))
+            self._count(x)
             return self.system(x)
         y = self.query(x)
         if not x.requires_grad:
