@@ -5,6 +5,10 @@
 - ``nmnist-small``: the first 1,000 training and 100 test samples of N-MNIST (the 40-bit event
   files in ``../shared/data/nmnist-small``), read with ``tonic`` and binned by its ``ToFrame``
   into 30 bins of 10 ms, the two polarities of the 34×34 sensor as 2,312 channels.
+- ``poisson-digits``: scikit-learn's 8×8 digits (their fixed split, :mod:`beyondbp.data.builtin`)
+  rate-coded: each pixel a Poisson process whose rate is proportional to its intensity, binned
+  into 50 steps (a spike in a step with probability 0.5 × intensity), drawn once with a fixed
+  seed: the inputs of the meta-neuron study (Rudnicka et al. 2025 train on Poisson spike trains).
 
 Spike counts are kept as they are (no normalisation). The readers of event files need
 ``pip install 'beyondbp[spiking]'``.
@@ -166,3 +170,45 @@ def nmnist_small(search_dirs: list[Path], download: bool) -> RawData:
     save_npz_atomic(cached, compress=True, x_train=raw.x_train, y_train=raw.y_train,
                     x_test=raw.x_test, y_test=raw.y_test)  # fmt: skip
     return raw
+
+
+# -- Poisson-encoded digits (rate coding) ------------------------------------------------------
+
+POISSON_STEPS = 50
+POISSON_GAIN = 0.5  # spike probability per step at full intensity
+POISSON_SEED = 2025
+
+
+def poisson_encode(
+    intensity: np.ndarray, steps: int, gain: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Spike trains (N, steps, D) of intensities (N, ...) in [0, 1]: a spike in each step with
+    probability ``gain × intensity`` (a Bernoulli-binned Poisson process, snnTorch's
+    ``spikegen.rate`` with a gain)."""
+    p = (np.clip(intensity.reshape(len(intensity), 1, -1), 0.0, 1.0) * gain).astype(np.float32)
+    return (rng.random((len(intensity), steps, p.shape[2]), dtype=np.float32) < p).astype(
+        np.float32
+    )
+
+
+@register_dataset(
+    "poisson-digits",
+    "scikit-learn's 8x8 digits rate-coded: 64 Poisson spike trains of 50 steps, 1,437/360",
+    val_size=0.2,
+)
+def poisson_digits(search_dirs: list[Path], download: bool) -> RawData:
+    from beyondbp.data.builtin import digits
+
+    raw = digits(search_dirs, download)  # (N, 1, 8, 8) in [0, 1]
+    rng = np.random.default_rng(POISSON_SEED)
+    return RawData(
+        poisson_encode(raw.x_train, POISSON_STEPS, POISSON_GAIN, rng),
+        raw.y_train,
+        poisson_encode(raw.x_test, POISSON_STEPS, POISSON_GAIN, rng),
+        raw.y_test,
+        class_names=raw.class_names,
+        source=f"{raw.source}, Poisson-encoded (beyondbp.data.spiking, seed {POISSON_SEED})",
+        notes=f"rate coding: {POISSON_STEPS} steps, spike probability {POISSON_GAIN} × "
+        "intensity per step, one fixed draw",
+        normalise=False,
+    )

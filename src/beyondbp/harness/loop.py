@@ -47,6 +47,8 @@ from beyondbp.measure import (
     peak_rss_method,
     rss_residue_bytes,
 )
+from beyondbp.nets.lzc import lzc_time
+from beyondbp.nets.spiking import spike_counts
 from beyondbp.physical import physical_passes
 from beyondbp.rules.base import Rule, SetupContext, is_diverged
 from beyondbp.runs import RunRecord, RunStore, atomic_save
@@ -396,6 +398,8 @@ class Trainer:
         self._emit("on_test_start")
         watch = Stopwatch(self.device)
         before = self._physical_passes()
+        modules = list(self.rule.modules().values())
+        spikes_before, lzc_before = spike_counts(modules), lzc_time(modules)
         with watch:
             test = self.evaluate("test")
         metrics = self.record.metrics
@@ -408,6 +412,16 @@ class Trainer:
             after = self._physical_passes()
             metrics["physical_test_passes"] = (
                 after["physical_eval_passes"] - before["physical_eval_passes"]
+            )
+        if spikes_before is not None:  # spikes the net emitted per test example
+            spikes, examples = spike_counts(modules)
+            metrics["spikes_per_inference"] = (spikes - spikes_before[0]) / max(
+                1, examples - spikes_before[1]
+            )
+        if lzc_before is not None:  # the LZC-space readout's own time per test example
+            seconds, examples = lzc_time(modules)
+            metrics["lzc_ms_per_example"] = (
+                1000 * (seconds - lzc_before[0]) / max(1, examples - lzc_before[1])
             )
         metrics.update(self.rule.metrics())  # of the weights tested
         self._emit("on_test_end", metrics)

@@ -148,9 +148,12 @@ _VFCNN = re.compile(
     r"^vfcnn(:(?P<channels>\d+-\d+-\d+))?(:(?P<act>sigmoid|tanh|dsilu))?(:t(?P<steps>\d+))?(:angle-(?P<angle>\d+))?$"
 )
 _LM = re.compile(r"^lm(:(?P<size>tiny))?$")
-_TEMPOTRON = re.compile(r"^tempotron(:tau(?P<tau>[\d.]+))?$")
+_TEMPOTRON = re.compile(r"^tempotron(?P<meta>:meta)?(:tau(?P<tau>[\d.]+))?$")
 _SNN = re.compile(
-    r"^snn:(?P<widths>\d+(x\d+|(-\d+)*))(?P<meta>:meta)?(:delay-(?P<delay>\d+)(?P<fixed>:fixed)?)?(:tau(?P<tau>[\d.]+))?(?P<learn>:learn)?$"
+    r"^snn:(?P<widths>\d+(x\d+|(-\d+)*))(?P<meta>:meta)?(:delay-(?P<delay>\d+)(?P<fixed>:fixed)?)?(:tau(?P<tau>[\d.]+))?(?P<learn>:learn)?(?P<lzc>:lzc)?$"
+)
+_STDP = re.compile(
+    r"^stdp:(?P<width>\d+)(?P<meta>:meta)?(:tau(?P<tau>[\d.]+))?(?P<learn>:learn)?(?P<lzc>:lzc)?$"
 )
 _PHYS = re.compile(
     r"^phys:(?P<system>[a-z]+):(?P<widths>\d+(x\d+|(-\d+)*))(:sat-(?P<sat>[\d.]+))?(:noise-(?P<noise>[\d.]+))?(:drift-(?P<drift>[\d.]+))?(?P<ideal>:ideal)?$"
@@ -178,13 +181,17 @@ NET_SPECS = {
     "oscillators, e.g. phys:scatter:256x2; camera saturation C (scatter), measurement noise S, "
     "drift R per 1,000 batches; ideal: "
     "differentiable simulation (phyll, pat, bp-twin; bp on :ideal)",
-    "snn:WIDTHxDEPTH[:meta][:delay-D[:fixed]][:tauT][:learn]": "feed-forward spiking net "
+    "snn:WIDTHxDEPTH[:meta][:delay-D[:fixed]][:tauT][:learn][:lzc]": "feed-forward spiking net "
     "(snnTorch LIF or meta: probabilistic meta-neurons; "
     "BatchNorm, dropout 0.4, non-spiking readout) on spike trains, e.g. snn:256x2; delay-D: "
     "learned DCLS delays of up to D steps on every synapse (fixed: random, never trained); "
-    "tauT: membrane time constant in steps; learn: learned β and threshold (beyondbp[spiking])",
-    "tempotron[:tauT]": "one Tempotron neuron per class on spike trains (the tempotron rule); "
-    "T: its PSP kernel's τ in steps (default 3)",
+    "tauT: membrane time constant in steps; learn: learned intrinsic parameters (LIF: β and "
+    "threshold); lzc: classify in Lempel-Ziv-complexity space (beyondbp[spiking])",
+    "stdp:WIDTH[:meta][:tauT][:learn][:lzc]": "one winner-take-all layer of LIF (or meta) "
+    "neurons and a linear readout of its rates (the stdp rule); tauT: τ in steps (default 10); "
+    "learn: learned thresholds; lzc: classify in LZC space",
+    "tempotron[:meta][:tauT]": "one Tempotron neuron per class on spike trains (the tempotron "
+    "rule); meta: unreliable synapses (p = 0.5); T: its PSP kernel's τ in steps (default 3)",
     "lm[:tiny]": "the causal language model of a language-model dataset (SmolLM2-135M-Instruct "
     "or $BEYONDBP_LM); lm:tiny: a 2-layer LLaMA of its vocabulary, randomly initialised "
     "(beyondbp[llm])",
@@ -271,7 +278,7 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
     if m := _TEMPOTRON.match(spec):
         from beyondbp.nets.spiking import TempotronNet
 
-        return TempotronNet(input_shape, classes, float(m["tau"] or 3.0))
+        return TempotronNet(input_shape, classes, float(m["tau"] or 3.0), bool(m["meta"]))
     if m := _SNN.match(spec):
         from beyondbp.nets.spiking import SpikingMLP
 
@@ -280,7 +287,13 @@ def build_net(spec: str, input_shape: Sequence[int], classes: int) -> nn.Module:
                           max_delay=int(m["delay"]) if m["delay"] else None,
                           train_delays=not m["fixed"], tau=float(m["tau"] or 1.005),
                           learn_intrinsic=bool(m["learn"]),
-                          neuron="meta" if m["meta"] else "lif")  # fmt: skip
+                          neuron="meta" if m["meta"] else "lif", lzc=bool(m["lzc"]))  # fmt: skip
+    if m := _STDP.match(spec):
+        from beyondbp.nets.spiking import CompetitiveSNN
+
+        return CompetitiveSNN(input_shape, int(m["width"]), classes, float(m["tau"] or 10.0),
+                              "meta" if m["meta"] else "lif", bool(m["learn"]),
+                              bool(m["lzc"]))  # fmt: skip
     if m := _LM.match(spec):
         from beyondbp.nets.lm import CausalLM
 

@@ -13,6 +13,7 @@ independent, and a numba-compiled loop runs them (numba comes with ``beyondbp[sp
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -77,3 +78,69 @@ def lz76(spikes: torch.Tensor | np.ndarray, normalised: bool = False) -> torch.T
     if not normalised:
         return c
     return c.double() * math.log2(steps) / steps if steps > 1 else c.double()
+
+
+class LZCReadout(torch.nn.Module):
+    """Classification in LZC space: each example's spike trains of one layer (B, T, W) become
+    the vector of their normalised LZ76 complexities (B, W); the class is that of the nearest
+    class centroid, distances scaled by each neuron's spread over the training set. Fitted
+    from training examples (:func:`fit_lzc_readout`), never by gradient; before it is fitted
+    every class scores the same (chance). ``seconds`` and
+    ``examples`` count the time the readout itself took in evaluation (its latency)."""
+
+    def __init__(self, width: int, classes: int) -> None:
+        super().__init__()
+        self.register_buffer("centroids", torch.zeros(classes, width))
+        self.register_buffer("scale", torch.ones(width))
+        self.register_buffer("fitted", torch.tensor(False))
+        self.seconds, self.examples = 0.0, 0
+
+    @staticmethod
+    def features(spikes: torch.Tensor) -> torch.Tensor:
+        """(B, T, W) spike trains → (B, W) normalised LZ76 complexities."""
+        return lz76(spikes.transpose(1, 2), normalised=True).float().to(spikes.device)
+
+    def fit(self, features: torch.Tensor, y: torch.Tensor) -> None:
+        classes = self.centroids.shape[0]
+        counts = torch.bincount(y, minlength=classes).clamp_min(1).unsqueeze(1)
+        sums = torch.zeros_like(self.centroids).index_add_(0, y, features)
+        self.centroids.copy_(sums / counts)
+        self.scale.copy_(features.std(0).clamp_min(1e-3) if len(features) > 1 else 1.0)
+        self.fitted.fill_(True)
+
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        f = self.features(spikes)
+        scores = -(((f[:, None] - self.centroids) / self.scale) ** 2).sum(-1)
+        if not bool(self.fitted):
+            scores = torch.zeros_like(scores)
+        self.seconds += time.perf_counter() - t0
+        self.examples += len(spikes)
+        return scores
+
+
+@torch.no_grad()
+def fit_lzc_readout(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256):
+    """Fit ``net.lzc`` on the spike trains ``net.spike_trains`` gives for ``x`` (evaluation
+    mode: no dropout, mean synaptic currents)."""
+    was_training = net.training
+    net.eval()
+    try:
+        feats = torch.cat(
+            [
+                LZCReadout.features(net.spike_trains(x[i : i + batch]))
+                for i in range(0, len(x), batch)
+            ]
+        )
+        net.lzc.fit(feats, y.to(feats.device))
+    finally:
+        net.train(was_training)
+
+
+def lzc_time(modules: list[torch.nn.Module]) -> tuple[float, int] | None:
+    """(seconds, examples) the LZC readouts among ``modules`` spent in evaluation; None when
+    there is none."""
+    readouts = [m for root in modules for m in root.modules() if isinstance(m, LZCReadout)]
+    if not readouts:
+        return None
+    return sum(r.seconds for r in readouts), sum(r.examples for r in readouts)

@@ -122,6 +122,7 @@ class SpikingMLP(nn.Module):
         learn_intrinsic: bool = False,
         dropout: float = 0.4,
         neuron: str = "lif",
+        lzc: bool = False,
     ) -> None:
         super().__init__()
         if len(input_shape) != 2:
@@ -167,6 +168,12 @@ class SpikingMLP(nn.Module):
         self.dropout = dropout
         self.readout = synapses(n_in, classes)
         self.readout_beta = beta
+        self.lzc = None
+        if lzc:
+            from beyondbp.nets.lzc import LZCReadout
+
+            self.lzc = LZCReadout(n_in, classes)
+        self.eval_spikes, self.eval_examples = 0.0, 0  # counted in evaluation only
 
     def _lif_layer(self, i: int, x: torch.Tensor) -> torch.Tensor:
         current = self.synapses[i](x)  # (B, T, width); delayed synapses lengthen T
@@ -181,16 +188,30 @@ class SpikingMLP(nn.Module):
     def delayed(self) -> list[DelayedSynapses]:
         return [m for m in self.modules() if isinstance(m, DelayedSynapses)]
 
-    def forward(self, x: torch.Tensor, record: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Class scores (B, classes) for spike trains (B, T, C); ``record``, if given, receives
-        each hidden layer's spikes (B, T, width)."""
+    def spike_trains(
+        self, x: torch.Tensor, record: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The last hidden layer's spikes (B, T, width) for input trains (B, T, C), dropout
+        applied in training; ``record``, if given, receives each hidden layer's spikes."""
+        x = x.float()
         for i in range(len(self.meta) or len(self.neurons)):
             x = self.meta[i](x) if self.meta else self._lif_layer(i, x)
             if record is not None:
                 record.append(x.detach())
+            count_spikes(self, x)
             if self.training and self.dropout:  # one mask per example for all steps
                 keep = torch.rand_like(x[:, :1]).ge_(self.dropout).div_(1 - self.dropout)
                 x = x * keep
+        return x
+
+    def forward(self, x: torch.Tensor, record: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Class scores (B, classes) for spike trains (B, T, C): ``Σ_t softmax(U[t])`` of the
+        readout, or, with ``lzc`` in evaluation, the LZC-space classifier's scores."""
+        if not self.training:
+            self.eval_examples += len(x)
+        x = self.spike_trains(x, record)
+        if self.lzc is not None and not self.training:
+            return self.lzc(x)
         current = self.readout(x)
         mem = torch.zeros_like(current[:, 0])
         total = torch.zeros_like(mem)
@@ -198,6 +219,22 @@ class SpikingMLP(nn.Module):
             mem = self.readout_beta * mem + current[:, t]
             total = total + mem.softmax(1)
         return total
+
+
+def count_spikes(net: nn.Module, spikes: torch.Tensor) -> None:
+    """Add ``spikes`` to ``net.eval_spikes`` when it is evaluating (the spikes a net emits per
+    inference are a cost of spiking hardware)."""
+    if not net.training:
+        net.eval_spikes += float(spikes.detach().sum())
+
+
+def spike_counts(modules: Sequence[nn.Module]) -> tuple[float, int] | None:
+    """(spikes, examples) counted in evaluation by the spiking nets among ``modules``; None
+    when there is none."""
+    nets = [m for root in modules for m in root.modules() if hasattr(m, "eval_spikes")]
+    if not nets:
+        return None
+    return sum(n.eval_spikes for n in nets), sum(n.eval_examples for n in nets)
 
 
 def psp_kernel(tau: float, steps: int) -> torch.Tensor:
@@ -212,11 +249,17 @@ class TempotronNet(nn.Module):
     """One Tempotron per class (Gütig & Sompolinsky 2006) on spike trains ``(B, T, C)``:
     ``V_k(t) = Σ_i w_ki (K * s_i)(t)``; the scores are ``max_t V_k(t) − θ_k`` (a neuron fires if
     its score is ≥ 0). Trained by the ``tempotron`` rule, whose updates are not gradients:
-    the parameters take none. Spec ``tempotron[:tauT]``: the PSP kernel's τ in steps
-    (default 3)."""
+    the parameters take none. Spec ``tempotron[:meta][:tauT]``: the PSP kernel's τ in steps
+    (default 3); ``meta``: unreliable synapses as the meta-neuron's, each input spike
+    transmitted with probability ``p`` = 0.5 and amplitude ``1/p`` (a Bernoulli draw per spike
+    in training; the mean, the spike itself, in evaluation)."""
 
-    def __init__(self, input_shape: Sequence[int], classes: int, tau: float = 3.0) -> None:
+    def __init__(
+        self, input_shape: Sequence[int], classes: int, tau: float = 3.0, meta: bool = False,
+        p: float = 0.5,
+    ) -> None:  # fmt: skip
         super().__init__()
+        self.meta, self.p = meta, p
         if len(input_shape) != 2:
             raise BeyondBPError("a tempotron reads spike trains (T, channels); use a spiking "
                                 "dataset (delay-synth, nmnist-small)")  # fmt: skip
@@ -224,9 +267,13 @@ class TempotronNet(nn.Module):
         self.weight = nn.Parameter(torch.randn(classes, channels) * 1e-3, requires_grad=False)
         self.threshold = nn.Parameter(torch.ones(classes), requires_grad=False)
         self.register_buffer("kernel", psp_kernel(tau, steps))
+        self.eval_spikes, self.eval_examples = 0.0, 0
 
     def potentials(self, x: torch.Tensor) -> torch.Tensor:
-        """PSP traces (B, T, C): each channel's spikes filtered by K, causally."""
+        """PSP traces (B, T, C): each channel's spikes (those transmitted, for meta synapses in
+        training) filtered by K, causally."""
+        if self.meta and self.training:
+            x = x * torch.bernoulli(torch.full_like(x, self.p)) / self.p
         b, t, c = x.shape
         s = x.transpose(1, 2).reshape(b * c, 1, t)
         k = self.kernel[:t].flip(0).view(1, 1, -1)
@@ -241,4 +288,89 @@ class TempotronNet(nn.Module):
         return p, v_max, t_max
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.peaks(x)[1] - self.threshold
+        scores = self.peaks(x.float())[1] - self.threshold
+        if not self.training:  # a neuron fires (once: the rule's decision) where score ≥ 0
+            self.eval_examples += len(x)
+            count_spikes(self, scores >= 0)
+        return scores
+
+
+class CompetitiveSNN(nn.Module):
+    """A feature layer of spiking neurons with excitatory synapses and winner-take-all lateral
+    inhibition, and a linear readout of its firing rates: the net the ``stdp`` rule trains (the
+    layer by STDP, unsupervised; the readout by the delta rule). Per step ``t``:
+
+        U_i ← β U_i + I_i[t],   I = W s[t] (LIF)  or  p A W s[t] (meta-neuron synapses, with
+        the Bernoulli failures' spread drawn in training, :mod:`beyondbp.nets.metaneuron`)
+
+    and at most one neuron fires: the one furthest above its threshold ``ϑ_i``, if any is
+    above; every potential then returns to 0 (the lateral inhibition). Weights start uniform,
+    each neuron's summing to 1 (the rule keeps them so); ϑ starts at 0.5. Spec
+    ``stdp:WIDTH[:meta][:tauT][:learn][:lzc]``: ``tauT`` the membrane time constant in steps
+    (default 10); ``learn``: the thresholds are learned (the rule's intrinsic plasticity);
+    ``lzc``: classify in LZC space (:class:`beyondbp.nets.lzc.LZCReadout`) instead of by the
+    readout."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        width: int,
+        classes: int,
+        tau: float = 10.0,
+        neuron: str = "lif",
+        learn_intrinsic: bool = False,
+        lzc: bool = False,
+        p: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 2:
+            raise BeyondBPError(
+                f"stdp nets read spike trains (T, channels); got input shape "
+                f"{tuple(input_shape)}: use a spiking dataset (poisson-digits, delay-synth)"
+            )
+        if tau < 1:
+            raise BeyondBPError(f"tau{tau}: the membrane time constant is at least 1 step")
+        n_in = int(input_shape[1])
+        weight = torch.rand(width, n_in)
+        self.weight = nn.Parameter(weight / weight.sum(1, keepdim=True), requires_grad=False)
+        self.threshold = nn.Parameter(torch.full((width,), 0.5), requires_grad=False)
+        self.beta = 1.0 - 1.0 / tau
+        self.meta, self.learn_intrinsic = neuron == "meta", learn_intrinsic
+        self.p = p  # meta-neurons: success probability, amplitude 1/p (mean current W s)
+        self.readout = nn.Linear(width, classes)
+        self.lzc = None
+        if lzc:
+            from beyondbp.nets.lzc import LZCReadout
+
+            self.lzc = LZCReadout(width, classes)
+        self.eval_spikes, self.eval_examples = 0.0, 0
+
+    def current(self, s: torch.Tensor) -> torch.Tensor:
+        mean = s @ self.weight.T
+        if not self.meta or not self.training:
+            return mean
+        amplitude = 1.0 / self.p
+        var = self.p * (1 - self.p) * amplitude**2 * (s @ self.weight.pow(2).T)
+        return mean + var.sqrt() * torch.randn_like(mean)
+
+    def spike_trains(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature layer's spikes (B, T, width) for input trains (B, T, C)."""
+        current = self.current(x.float())
+        u = torch.zeros_like(current[:, 0])
+        out = []
+        for t in range(current.shape[1]):
+            u = self.beta * u + current[:, t]
+            over, winner = (u - self.threshold).max(1)
+            fired = over >= 0
+            out.append(nn.functional.one_hot(winner, u.shape[1]).to(u.dtype) * fired[:, None])
+            u = u * (~fired)[:, None]
+        return torch.stack(out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spikes = self.spike_trains(x)
+        if not self.training:
+            self.eval_examples += len(x)
+            count_spikes(self, spikes)
+            if self.lzc is not None:
+                return self.lzc(spikes)
+        return self.readout(spikes.mean(1))

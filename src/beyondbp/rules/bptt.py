@@ -27,6 +27,7 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta
 from beyondbp.errors import BeyondBPError
+from beyondbp.nets.lzc import fit_lzc_readout
 from beyondbp.nets.spiking import SpikingMLP
 from beyondbp.rules.base import Distribution, LogUniform, Rule, RuleOptions, SetupContext
 from beyondbp.rules.registry import register
@@ -59,6 +60,7 @@ class BPTT(Rule):
         if not isinstance(net, SpikingMLP):
             raise BeyondBPError("bptt trains spiking nets; use an snn: net spec (e.g. snn:256x2)")
         self.net, o = net, self.options
+        self.train_split = ctx.train
         self.delayed = net.delayed()
         positions = [d.positions for d in self.delayed if d.trainable]
         position_ids = {id(p) for p in positions}
@@ -102,6 +104,11 @@ class BPTT(Rule):
             for d in self.delayed:
                 d.clamp()
         return {"loss": loss.detach(), "correct": (scores.detach().argmax(1) == y).sum()}
+
+    def finish_epoch(self) -> None:
+        """Fit the LZC-space readout (``snn:...:lzc``) on the training set's spike trains."""
+        if self.net.lzc is not None and self.train_split is not None:
+            fit_lzc_readout(self.net, self.train_split.x, self.train_split.y)
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.schedule.step()
