@@ -66,6 +66,7 @@ SETUPS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "sf-link": ("gcn:16x2", {"epochs_per_layer": 1}, {}),
     "ff-link": ("gcn:16x2", {"epochs_per_layer": 1}, {}),
     "sf-link-topdown": ("gcn:16x2", {}, {}),
+    "stdp": ("stdp:16:meta:learn:lzc", {}, {}),
     "tempotron": ("tempotron", {"learn_threshold": True}, {}),
     "tpsgd": ("mlp:16x2", {}, {}),
     "zo-adam": ("mlp:16", {}, {}),
@@ -76,12 +77,14 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     "cafo-patience": ("cafo", "mlp:16x2", {"predictor_patience": 1}, {}),
     "hep-noise": ("hep", "hopfield:16", {"t1": 10, "t2": 5, "n": 3}, {"state_noise": 0.04}),
     "ghep-exact": ("ghep", "vf:16:angle-90", {"t1": 10, "t2": 5, "n": 0}, {}),
+    "bptt-meta-lzc": ("bptt", "snn:16:meta:learn:lzc", {}, {}),
+    "tempotron-meta": ("tempotron", "tempotron:meta", {}, {}),
     "phyll-noise-drift": ("phyll", "phys:oscillators:32x2:noise-0.1:drift-1", {}, {}),
     "mono-forward-greedy": (
         "mono-forward", "mlp:16x2", {"layer_schedule": "greedy", "epochs_per_layer": 1}, {},
     ),
 }  # fmt: skip
-DATA = {"convex-robust": "digits:3,8", "bptt": "delay-synth", "tempotron": "delay-synth", "ff-la": "cora_ml", "ff-vn": "cora_ml", "sf": "cora_ml",
+DATA = {"convex-robust": "digits:3,8", "bptt": "delay-synth", "tempotron": "delay-synth", "stdp": "poisson-digits", "ff-la": "cora_ml", "ff-vn": "cora_ml", "sf": "cora_ml",
         "sf-topdown": "cora_ml", "sf-link": "cora_ml:links", "ff-link": "cora_ml:links",
         "sf-link-topdown": "cora_ml:links", "lora": "arith", "s2ft": "arith"}  # fmt: skip
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -106,7 +109,7 @@ def _cases() -> list[Any]:
             continue
         net, options, config = SETUPS[name]
         marks = []
-        if name == "bptt" and importlib.util.find_spec("snntorch") is None:
+        if name in ("bptt", "stdp") and _no_spiking():
             marks.append(pytest.mark.skip(reason="needs beyondbp[spiking]"))
         if name == "convex-robust" and importlib.util.find_spec("cvxpy") is None:
             marks.append(pytest.mark.skip(reason="needs beyondbp[convex]"))
@@ -115,8 +118,18 @@ def _cases() -> list[Any]:
             marks.append(pytest.mark.skip(reason="needs ../shared/data/citation"))
         cases.append(pytest.param(name, (name, net, options, config), id=name, marks=marks))
     for case_id, setup in VARIANTS.items():
-        cases.append(pytest.param(setup[0], setup, id=case_id))
+        spiking = ":lzc" in setup[1] or setup[0] == "bptt"
+        marks = (
+            [pytest.mark.skip(reason="needs beyondbp[spiking]")]
+            if spiking and _no_spiking()
+            else []
+        )
+        cases.append(pytest.param(setup[0], setup, id=case_id, marks=marks))
     return cases
+
+
+def _no_spiking() -> bool:
+    return any(importlib.util.find_spec(m) is None for m in ("snntorch", "numba"))
 
 
 def _train(setup: tuple[str, str, dict, dict], store, **kwargs: Any) -> bb.TrainResult:  # type: ignore[no-untyped-def]

@@ -236,3 +236,121 @@ def test_tempotron_learns_to_sort_random_latency_patterns():
         logs = rule.step(x, y)
     fired = net(x) >= 0
     assert bool((fired == torch.nn.functional.one_hot(y, 2).bool()).all()), logs
+
+
+# -- Poisson-encoded digits, STDP, the LZC readout, spike counts -----------------------------
+
+
+def test_poisson_digits_fire_in_proportion_to_intensity():
+    from beyondbp.data.spiking import POISSON_GAIN, POISSON_STEPS, poisson_encode
+
+    intensity = np.linspace(0, 1, 11, dtype=np.float32)[None].repeat(4000, 0)  # (4000, 11)
+    spikes = poisson_encode(intensity, POISSON_STEPS, POISSON_GAIN, np.random.default_rng(0))
+    assert spikes.shape == (4000, POISSON_STEPS, 11) and set(np.unique(spikes)) <= {0.0, 1.0}
+    rate = spikes.mean((0, 1))
+    np.testing.assert_allclose(rate, POISSON_GAIN * intensity[0], atol=3e-3)
+    d = bb.load_dataset("poisson-digits")
+    assert d.meta.input_shape == (POISSON_STEPS, 64) and d.meta.sizes["test"] == 360
+    assert torch.equal(d.test.x, bb.load_dataset("poisson-digits").test.x)  # one fixed draw
+
+
+def test_trace_is_the_exponentially_filtered_spike_train():
+    from beyondbp.rules.stdp import trace
+
+    s = torch.zeros(1, 6, 1)
+    s[0, 1, 0] = 1.0
+    d = float(np.exp(-1 / 2.0))
+    with_step = trace(s, 2.0, inclusive=True)[0, :, 0]
+    before = trace(s, 2.0, inclusive=False)[0, :, 0]
+    torch.testing.assert_close(with_step, torch.tensor([0, 1, d, d**2, d**3, d**4]))
+    torch.testing.assert_close(before, torch.tensor([0, 0, d, d**2, d**3, d**4]))
+
+
+def _stdp_setup(net, **options):
+    from beyondbp.data.core import DatasetMeta
+    from beyondbp.rules import make_rule
+    from beyondbp.rules.base import SetupContext
+
+    meta = DatasetMeta("t", (8, 2), 2, ("a", "b"), (0.0,), (1.0,), "generated")
+    rule = make_rule("stdp", options)
+    rule.setup(net, meta, SetupContext(torch.device("cpu"), 0, 1, 1, 1))
+    return rule
+
+
+def test_stdp_potentiates_an_input_before_the_spike_and_depresses_one_after():
+    """One neuron, two inputs: input 0 spikes at steps 0-1 and drives the neuron over its
+    threshold at step 1; input 1 spikes after that. Pair-based STDP must strengthen synapse 0
+    by η₊ Σ x₀ at the post spike and weaken synapse 1 by η₋ y at its spikes."""
+    from beyondbp.nets.spiking import CompetitiveSNN
+
+    net = CompetitiveSNN((8, 2), 1, 2, tau=1e9)  # β = 1: a perfect integrator
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[0.5, 0.5]]))
+    x = torch.zeros(1, 8, 2)
+    x[0, 0:2, 0] = 1.0  # U = 0.5, 1.0 ≥ ϑ = 0.5 at step 0 already
+    x[0, 4, 1] = 1.0
+    z = net.spike_trains(x)[0, :, 0]
+    assert z.tolist() == [1, 1, 0, 0, 1, 0, 0, 0]  # fires at 0, 1 (input 0) and 4 (input 1)
+    rule = _stdp_setup(net, lr_plus=0.1, lr_minus=0.1, tau_plus=2.0, tau_minus=2.0)
+    d = float(np.exp(-0.5))
+    # all pairs: input 0's trace at the post spikes 0, 1, 4; input 1 spikes with the one at 4
+    ltp = 0.1 * torch.tensor([1 + (1 + d) + (1 + d) * d**3, 1.0])
+    # the neuron's trace (earlier spikes only) at input 0's spikes (0, 1) and input 1's (4)
+    ltd = 0.1 * torch.tensor([0 + d, d**4 + d**3])
+    expected = (torch.tensor([0.5, 0.5]) + ltp - ltd).clamp_min(0)
+    rule.step(x, torch.tensor([0]))
+    torch.testing.assert_close(net.weight[0], expected / expected.sum())
+    assert float(net.weight.sum()) == pytest.approx(1.0)
+
+
+def test_winner_take_all_lets_one_neuron_fire_per_step_and_learned_thresholds_share_the_wins():
+    from beyondbp.nets.spiking import CompetitiveSNN
+
+    torch.manual_seed(0)
+    x = (torch.rand(64, 20, 30) < 0.3).float()
+    for learn in (False, True):
+        net = CompetitiveSNN((20, 30), 16, 3, learn_intrinsic=learn)
+        assert (net.spike_trains(x).sum(2) <= 1).all()
+        rule = _stdp_setup(net, threshold_lr=0.05)
+        for _ in range(30):
+            rule.step(x, torch.zeros(64, dtype=torch.long))
+        wins = net.spike_trains(x).sum((0, 1))
+        spread = float(wins.max() / wins.min().clamp_min(1))
+        if learn:  # intrinsic plasticity shares the wins out evenly
+            assert spread < 1.3 and float(net.threshold.std()) > 0, wins
+        else:  # fixed thresholds stay put and some neurons win far more than others
+            assert spread > 2 and float(net.threshold.std()) == 0, wins
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="needs beyondbp[spiking]")
+def test_lzc_readout_tells_regular_from_irregular_trains_and_is_chance_until_fitted():
+    from beyondbp.nets.lzc import LZCReadout
+
+    gen = torch.Generator().manual_seed(0)
+    regular = torch.zeros(50, 64, 4)
+    regular[:, ::4] = 1.0  # periodic: low complexity
+    irregular = (torch.rand(50, 64, 4, generator=gen) < 0.5).float()
+    spikes, y = torch.cat([regular, irregular]), torch.tensor([0] * 50 + [1] * 50)
+    readout = LZCReadout(4, 2)
+    assert torch.equal(readout(spikes), torch.zeros(100, 2))  # not fitted: every class ties
+    readout.fit(LZCReadout.features(spikes), y)
+    assert bool((readout(spikes).argmax(1) == y).all())
+    assert readout.examples == 200 and readout.seconds > 0
+
+
+@needs_snn
+def test_spiking_runs_report_spikes_per_inference_and_lzc_latency(tmp_path):
+    common = dict(epochs=3, batch_size=64, patience=None, progress=False, energy=False,
+                  store=tmp_path / "r.sqlite")  # fmt: skip
+    stdp = bb.train("stdp", "poisson-digits", "stdp:64:learn", **common)
+    lzc = bb.train("bptt", "poisson-digits", "snn:64:tau5:lzc", **common)
+    tempotron = bb.train("tempotron", "poisson-digits", "tempotron:tau5", **common)
+    assert stdp.metrics["test_acc"] > 0.6  # chance is 0.1
+    assert lzc.metrics["test_acc"] > 0.6
+    assert tempotron.metrics["test_acc"] > 0.6
+    # WTA: at most one spike per step of 50; a tempotron fires at most once per class
+    assert 0 < stdp.metrics["spikes_per_inference"] <= 50
+    assert 0 < tempotron.metrics["spikes_per_inference"] <= 10
+    assert 0 < lzc.metrics["spikes_per_inference"] <= 64 * 50
+    assert 0 < lzc.metrics["lzc_ms_per_example"] < 10
+    assert "lzc_ms_per_example" not in stdp.metrics

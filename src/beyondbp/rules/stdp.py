@@ -51,17 +51,17 @@ class Options(RuleOptions):
 
 
 def trace(spikes: torch.Tensor, tau: float, inclusive: bool) -> torch.Tensor:
-    """Exponential traces (B, T, N) of spikes (B, T, N): each step decays by e^(−1/τ) and adds
-    the step's spikes (``inclusive``) or the previous step's."""
+    """Exponential traces (B, T, N) of spikes (B, T, N), ``Σ_{t' ≤ t} s[t'] e^{−(t − t')/τ}``
+    (``inclusive``) or the same over ``t' < t``."""
     decay = math.exp(-1.0 / tau)
     out, x = [], torch.zeros_like(spikes[:, 0])
     for t in range(spikes.shape[1]):
+        x = decay * x
+        if not inclusive:
+            out.append(x)
+        x = x + spikes[:, t]
         if inclusive:
-            x = decay * x + spikes[:, t]
             out.append(x)
-        else:
-            out.append(x)
-            x = decay * x + spikes[:, t]
     return torch.stack(out, 1)
 
 
