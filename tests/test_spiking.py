@@ -354,3 +354,96 @@ def test_spiking_runs_report_spikes_per_inference_and_lzc_latency(tmp_path):
     assert 0 < lzc.metrics["spikes_per_inference"] <= 64 * 50
     assert 0 < lzc.metrics["lzc_ms_per_example"] < 10
     assert "lzc_ms_per_example" not in stdp.metrics
+
+
+# -- spiking FSDD: lauscher's cochlea model, compiled -------------------------------------------
+
+needs_lauscher = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("lauscher", "numba")),
+    reason="needs beyondbp[spiking]",
+)
+
+
+def _vowel(seconds: float = 0.15, rate: int = 8000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(0)
+    return sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((220, 660, 1500), 1)) + (
+        0.01 * rng.standard_normal(len(t))
+    )
+
+
+@needs_lauscher
+def test_compiled_hair_and_bushy_cells_equal_lauscher():
+    from lauscher.transformations import BushyCell, HairCell
+
+    from beyondbp.data.cochlea import Cochlea, _kernel
+
+    cochlea = Cochlea(20)
+    membrane = cochlea.membrane(_vowel(), 8000)[::4]  # (5, samples)
+    hair = HairCell()
+    ours = _kernel("meddis")(membrane, 4000.0, hair.y, hair.g, hair.l, hair.r, hair.x, hair.a,
+                             hair.b, hair.h, hair.m)  # fmt: skip
+    theirs = np.stack([hair._meddis(channel, fs=4000) for channel in membrane])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=0)
+    # the bushy cell, with firing probabilities of 0 or 1 so that lauscher's draws are certain
+    bushy = BushyCell()
+    prob = (np.random.default_rng(1).random((3, 1500)) < 0.05).astype(np.float64)
+    ours = _kernel("bushy")(prob, 4000.0, bushy.n_convergence, bushy.tau_mem, bushy.tau_syn,
+                            bushy.tau_refrac, bushy.weight, 0)  # fmt: skip
+    theirs = np.stack([bushy._lif(bushy._sample(p, 4000), 4000) for p in prob])
+    assert ours.sum() > 10 and np.array_equal(ours, theirs)
+
+
+@needs_lauscher
+def test_cochlea_spikes_like_lauscher_and_is_reproducible():
+    from lauscher.audiowaves import MonoAudioWave
+    from lauscher.helpers import CommandLineArguments
+    from lauscher.transformations.wave2spike import Wave2Spike
+
+    from beyondbp.data.cochlea import Cochlea
+
+    audio = _vowel()
+    ours = Cochlea(20)(audio, 8000, seed=3)
+    assert ours.shape == (20, len(audio) // 2 + 1)
+    assert np.array_equal(ours, Cochlea(20)(audio, 8000, seed=3))
+    CommandLineArguments().num_concurrent_jobs = 1
+    theirs = MonoAudioWave(audio.copy(), 8000).transform(Wave2Spike(num_channels=20))
+    times, channels = theirs._data
+    # the same model: spike counts within 10 % overall and per channel alike
+    assert abs(int(ours.sum()) - times.size) < 0.1 * times.size
+    per_channel = np.bincount(channels.astype(int), minlength=20)
+    assert np.corrcoef(per_channel, ours.sum(1))[0, 1] > 0.9
+
+
+@needs_lauscher
+def test_spiking_fsdd_is_binned_by_the_official_split_and_resumes(tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    import soundfile
+
+    from beyondbp.data import spiking
+
+    archive = tmp_path / "fsdd" / "fsdd-recordings.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("3_theo_0.wav", "3_theo_7.wav", "8_lucas_12.wav"):
+            buffer = io.BytesIO()
+            soundfile.write(buffer, _vowel(0.12 if name[0] == "3" else 0.3), 8000, format="WAV")
+            info = tarfile.TarInfo(f"recordings/{name}")
+            info.size = buffer.tell()
+            buffer.seek(0)
+            tar.addfile(info, buffer)
+    monkeypatch.setenv("BEYONDBP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(spiking, "FSDD_CHUNK", 2)
+    raw = spiking.spiking_fsdd([archive.parent], False)
+    assert raw.x_train.shape == (2, spiking.FSDD_BINS, 140) and raw.x_test.shape[0] == 1
+    assert raw.y_test.tolist() == [3] and sorted(raw.y_train.tolist()) == [3, 8]  # rep 0: test
+    bins = int(np.ceil(0.3 / 0.01))
+    lucas = raw.x_train[raw.y_train == 8][0]
+    assert lucas[:bins].sum() > 0 and lucas[bins + 1 :].sum() == 0  # silence after the end
+    chunks = sorted((tmp_path / "cache").rglob("chunk-*.npz"))
+    assert len(chunks) == 2
+    chunks[1].unlink()  # a killed conversion: only the missing chunk is converted again
+    again = spiking.spiking_fsdd([archive.parent], False)
+    np.testing.assert_array_equal(again.x_train, raw.x_train)
