@@ -261,7 +261,7 @@ def convert_fsdd(archive: Path, out_dir: Path, channels: int = FSDD_CHANNELS) ->
                 for name in chunks[i]:
                     audio, rate = soundfile.read(str(wavs[name]))
                     spikes = cochlea(audio, rate, seed[name])  # (channels, samples) at rate/2
-                    per_bin = int(round(FSDD_BIN_S * rate / 2))
+                    per_bin = round(FSDD_BIN_S * rate / 2)
                     n_bins = -(-spikes.shape[1] // per_bin)
                     padded = np.zeros((channels, n_bins * per_bin), dtype=np.uint8)
                     padded[:, : spikes.shape[1]] = spikes
