@@ -447,3 +447,33 @@ def test_spiking_fsdd_is_binned_by_the_official_split_and_resumes(tmp_path, monk
     chunks[1].unlink()  # a killed conversion: only the missing chunk is converted again
     again = spiking.spiking_fsdd([archive.parent], False)
     np.testing.assert_array_equal(again.x_train, raw.x_train)
+
+
+def test_heidelberg_files_are_binned_like_spiking_fsdd(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    from beyondbp.data.spiking import bin_spike_events
+
+    folder = tmp_path / "shd"
+    folder.mkdir()
+    events = {  # (times s, units) of two samples per split
+        "train": [([0.0, 0.004, 0.015, 2.0], [0, 4, 699, 3]), ([0.5], [10])],
+        "test": [([0.999], [5]), ([], [])],
+    }
+    for split, samples in events.items():
+        with h5py.File(folder / f"shd_{split}.h5", "w") as f:
+            vt, vu = h5py.vlen_dtype(np.float32), h5py.vlen_dtype(np.uint16)
+            times = f.create_dataset("spikes/times", (2,), dtype=vt)
+            units = f.create_dataset("spikes/units", (2,), dtype=vu)
+            for i, (t, u) in enumerate(samples):
+                times[i], units[i] = np.array(t, np.float32), np.array(u, np.uint16)
+            f["labels"] = np.array([7, 19]) if split == "train" else np.array([0, 3])
+    d = bb.load_dataset("shd", data_dir=tmp_path)
+    assert d.meta.input_shape == (100, 140) and d.meta.classes == 20
+    x = bin_spike_events(
+        *zip(*[(np.array(t), np.array(u)) for t, u in events["train"]], strict=True)
+    )
+    assert x[0, 0, 0] == 2 and x[0, 1, 139] == 1 and x.sum() == 4  # 2 s: past the first second
+    assert x[1, 50, 2] == 1
+    assert float(d.test.x.sum()) == 1 and float(d.test.x[0, 99, 1]) == 1
+    with pytest.raises(bb.BeyondBPError, match="ssc_train.h5"):
+        bb.load_dataset("ssc", data_dir=tmp_path)

@@ -11,6 +11,11 @@
   the DCLS paper reads SHD: 10 ms bins, the 700 channels summed in groups of 5 to 140, the first
   100 bins (1 s; 99 % of the recordings are shorter, the rest cut). The official split: the
   repetitions 0-4 of every speaker and digit are the test set.
+- ``shd`` / ``ssc``: the Spiking Heidelberg Digits and Speech Commands (Cramer et al. 2020)
+  when their HDF5 files are given (``shd_train.h5``, ``shd_test.h5``; ``ssc_train.h5``,
+  ``ssc_test.h5``; ``.h5.gz`` too), binned as spiking FSDD (10 ms, 700 → 140 channels, the
+  first 100 bins). They are not downloaded here; SSC's validation file is not used (the
+  validation split comes from the training set, as for every dataset).
 - ``poisson-digits``: scikit-learn's 8×8 digits (their fixed split, :mod:`beyondbp.data.builtin`)
   rate-coded: each pixel a Poisson process whose rate is proportional to its intensity, binned
   into 50 steps (a spike in a step with probability 0.5 × intensity), drawn once with a fixed
@@ -325,3 +330,81 @@ def spiking_fsdd(search_dirs: list[Path], download: bool) -> RawData:
         notes="spiking FSDD (not SHD): 700 channels summed by 5 to 140, 10 ms bins, first 1 s",
         normalise=False,
     )  # fmt: skip
+
+
+# -- SHD and SSC, when their files are given --------------------------------------------------
+
+
+def bin_spike_events(
+    times: list[np.ndarray], units: list[np.ndarray], bins: int = FSDD_BINS,
+    bin_s: float = FSDD_BIN_S, channels: int = FSDD_CHANNELS, group: int = FSDD_GROUP,
+) -> np.ndarray:  # fmt: skip
+    """Spike counts (N, bins, channels // group) of N samples' spike times (s) and units: one
+    scatter-add over every event of every sample."""
+    lengths = np.array([len(t) for t in times])
+    sample = np.repeat(np.arange(len(times)), lengths)
+    step = (np.concatenate(times) / bin_s).astype(np.int64) if len(sample) else sample
+    unit = np.concatenate(units).astype(np.int64) // group if len(sample) else sample
+    keep = (step < bins) & (unit < channels // group)
+    x = np.zeros((len(times), bins, channels // group), dtype=np.float32)
+    np.add.at(x, (sample[keep], step[keep], unit[keep]), 1.0)
+    return x
+
+
+def read_heidelberg(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Binned spikes and labels of one SHD/SSC HDF5 file (``spikes/times``, ``spikes/units``,
+    ``labels``), gzipped or not."""
+    import gzip
+    import io
+
+    try:
+        import h5py
+    except ImportError:
+        raise DataError("shd/ssc need h5py: pip install 'beyondbp[spiking]'") from None
+    try:
+        source = io.BytesIO(gzip.decompress(path.read_bytes())) if path.suffix == ".gz" else path
+        with h5py.File(source, "r") as f:
+            times, units = list(f["spikes"]["times"]), list(f["spikes"]["units"])
+            labels = np.asarray(f["labels"], dtype=np.int64)
+    except (OSError, KeyError) as e:
+        raise DataError(
+            f"{path} is not a Heidelberg spike file ({e}); replace it with the original "
+            "(zenkelab.org/datasets)"
+        ) from None
+    return bin_spike_events(times, units), labels
+
+
+def _heidelberg(name: str, classes: int):
+    def load(search_dirs: list[Path], download: bool) -> RawData:
+        def find(split: str) -> Path:
+            for d in search_dirs:
+                for suffix in (".h5", ".h5.gz"):
+                    if (d / f"{name}_{split}{suffix}").is_file():
+                        return d / f"{name}_{split}{suffix}"
+            raise DataError(
+                f"{name}: no {name}_{split}.h5 in " + ", ".join(str(d) for d in search_dirs)
+                + f" (it is not downloaded here); put the files in a folder {name}/ under "
+                "--data-dir"
+            )  # fmt: skip
+
+        train, test = find("train"), find("test")
+        x_train, y_train = read_heidelberg(train)
+        x_test, y_test = read_heidelberg(test)
+        return RawData(
+            x_train, y_train, x_test, y_test,
+            class_names=tuple(str(i) for i in range(classes)), source=str(train.parent),
+            notes=f"{name.upper()}: 700 channels summed by 5 to 140, 10 ms bins, first 1 s",
+            normalise=False,
+        )  # fmt: skip
+
+    return load
+
+
+register_dataset("shd", "Spiking Heidelberg Digits from its HDF5 files: 100 bins x 140 "
+                 "channels, 20 classes (not downloaded; beyondbp[spiking])")(
+    _heidelberg("shd", 20)
+)  # fmt: skip
+register_dataset("ssc", "Spiking Speech Commands from its HDF5 files: 100 bins x 140 "
+                 "channels, 35 classes (not downloaded; beyondbp[spiking])")(
+    _heidelberg("ssc", 35)
+)  # fmt: skip
