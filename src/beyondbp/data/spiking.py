@@ -36,6 +36,23 @@ import numpy as np
 from beyondbp.data.core import RawData, cache_dir, register_dataset, save_npz_atomic
 from beyondbp.errors import DataError
 
+
+def find_file(
+    dataset: str, names: tuple[str, ...], search_dirs: list[Path], folder: str, why: str = ""
+) -> Path:
+    """The first of ``names`` found in ``search_dirs``, or a one-line error saying where it
+    looked and where the file belongs."""
+    for d in search_dirs:
+        for name in names:
+            if (d / name).is_file():
+                return d / name
+    raise DataError(
+        f"{dataset}: no {names[0]} in " + ", ".join(str(d) for d in search_dirs)
+        + (f" ({why})" if why else "")
+        + f"; pass --data-dir pointing at a folder holding {folder}/ (e.g. ../shared/data)"
+    )  # fmt: skip
+
+
 # -- delay-synth ------------------------------------------------------------------------------
 
 DELAY_CLASSES = 4
@@ -161,16 +178,7 @@ def _nmnist_raw(
     val_size=0.1,
 )
 def nmnist_small(search_dirs: list[Path], download: bool) -> RawData:
-    archive = next(
-        (d / "nmnist-small.tar.gz" for d in search_dirs if (d / "nmnist-small.tar.gz").is_file()),
-        None,
-    )
-    if archive is None:
-        raise DataError(
-            "nmnist-small: no nmnist-small.tar.gz in "
-            + ", ".join(str(d) for d in search_dirs)
-            + "; pass --data-dir pointing at a folder holding nmnist-small/ (../shared/data)"
-        )
+    archive = find_file("nmnist-small", ("nmnist-small.tar.gz",), search_dirs, "nmnist-small")
     # decoded once; the archive's size in the name: another archive is decoded anew
     cached = cache_dir() / "data" / f"nmnist-small-{NMNIST_BINS}-{archive.stat().st_size}.npz"
     if cached.is_file():
@@ -301,17 +309,7 @@ def read_fsdd_spikes(out_dir: Path) -> tuple[list[str], list[np.ndarray]]:
     folders=("fsdd",),
 )
 def spiking_fsdd(search_dirs: list[Path], download: bool) -> RawData:
-    archive = next(
-        (d / "fsdd-recordings.tar.gz" for d in search_dirs
-         if (d / "fsdd-recordings.tar.gz").is_file()),
-        None,
-    )  # fmt: skip
-    if archive is None:
-        raise DataError(
-            "spiking-fsdd: no fsdd-recordings.tar.gz in "
-            + ", ".join(str(d) for d in search_dirs)
-            + "; pass --data-dir pointing at a folder holding fsdd/ (../shared/data)"
-        )
+    archive = find_file("spiking-fsdd", ("fsdd-recordings.tar.gz",), search_dirs, "fsdd")
     out_dir = cache_dir() / "data" / f"spiking-fsdd-{FSDD_CHANNELS}-{archive.stat().st_size}"
     names, counts = read_fsdd_spikes(convert_fsdd(archive, out_dir))
     if not names:
@@ -376,18 +374,11 @@ def read_heidelberg(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _heidelberg(name: str, classes: int):
     def load(search_dirs: list[Path], download: bool) -> RawData:
-        def find(split: str) -> Path:
-            for d in search_dirs:
-                for suffix in (".h5", ".h5.gz"):
-                    if (d / f"{name}_{split}{suffix}").is_file():
-                        return d / f"{name}_{split}{suffix}"
-            raise DataError(
-                f"{name}: no {name}_{split}.h5 in " + ", ".join(str(d) for d in search_dirs)
-                + f" (it is not downloaded here); put the files in a folder {name}/ under "
-                "--data-dir"
-            )  # fmt: skip
-
-        train, test = find("train"), find("test")
+        train, test = (
+            find_file(name, (f"{name}_{s}.h5", f"{name}_{s}.h5.gz"), search_dirs, name,
+                      "it is not downloaded here")
+            for s in ("train", "test")
+        )  # fmt: skip
         x_train, y_train = read_heidelberg(train)
         x_test, y_test = read_heidelberg(test)
         return RawData(
