@@ -116,11 +116,11 @@ class Cochlea:
     """``Cochlea(700)(samples, sample_rate, seed)`` → spikes (channels, samples // 2 + 1) as
     uint8 at ``sample_rate // 2``: lauscher's Wave2Spike (see the module's docstring)."""
 
-    def __init__(self, channels: int = 700) -> None:
+    def __init__(self, channels: int = 700, cached_lengths: int = 4) -> None:
         basilar, hair, bushy = _lauscher()
-        self.channels = channels
+        self.channels, self.cached_lengths = channels, cached_lengths
         self.basilar, self.hair, self.bushy = basilar(channels=channels), hair(), bushy()
-        self._transfer: dict[int, np.ndarray] = {}
+        self._transfer: dict[tuple[int, int], np.ndarray] = {}  # (length, rate): oldest first
 
     def membrane(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """Basilar membrane velocity (channels, len // 2 + 1) after lauscher's normalisation
@@ -139,6 +139,8 @@ class Cochlea:
     def _scaled_transfer(self, n: int, sample_rate: int) -> np.ndarray:
         key = (n, sample_rate)
         if key not in self._transfer:
+            if len(self._transfer) >= self.cached_lengths:  # 700 × length complex numbers each
+                del self._transfer[next(iter(self._transfer))]
             bm = self.basilar
             nf = n // 2 + 1
             omega = 2 * np.pi * np.linspace(1, sample_rate // 2, nf)

@@ -282,8 +282,6 @@ def convert_fsdd(archive: Path, out_dir: Path, channels: int = FSDD_CHANNELS) ->
                     counts.append(binned.T)
                     lengths.append(n_bins)
                     progress.advance(task)
-                    if len(cochlea._transfer) > 1:  # lengths come in order: keep the last
-                        cochlea._transfer = dict([cochlea._transfer.popitem()])
                 save_npz_atomic(out_dir / f"chunk-{i:03d}.npz", compress=True,
                                 names=np.array(chunks[i]), lengths=np.array(lengths),
                                 counts=np.concatenate(counts))  # fmt: skip
