@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,9 +121,13 @@ class LZCReadout(torch.nn.Module):
 
 
 @torch.no_grad()
-def fit_lzc_readout(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256):
-    """Fit ``net.lzc`` on the spike trains ``net.spike_trains`` gives for ``x`` (evaluation
-    mode: no dropout, mean synaptic currents)."""
+def fit_lzc_readout(net: torch.nn.Module, split: Any, batch: int = 256) -> None:
+    """Fit ``net.lzc`` on the spike trains ``net.spike_trains`` gives for the training
+    ``split`` (evaluation mode: no dropout, mean synaptic currents); nothing when the net has
+    no LZC readout or there is no split."""
+    if getattr(net, "lzc", None) is None or split is None:
+        return
+    x, y = split.x, split.y
     was_training = net.training
     net.eval()
     try:

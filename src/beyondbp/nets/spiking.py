@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from beyondbp.errors import BeyondBPError
+from beyondbp.nets.lzc import LZCReadout
 
 
 def _snntorch():
@@ -168,11 +169,7 @@ class SpikingMLP(nn.Module):
         self.dropout = dropout
         self.readout = synapses(n_in, classes)
         self.readout_beta = beta
-        self.lzc = None
-        if lzc:
-            from beyondbp.nets.lzc import LZCReadout
-
-            self.lzc = LZCReadout(n_in, classes)
+        self.lzc = LZCReadout(n_in, classes) if lzc else None
         self.eval_spikes, self.eval_examples = 0.0, 0  # counted in evaluation only
 
     def _lif_layer(self, i: int, x: torch.Tensor) -> torch.Tensor:
@@ -338,11 +335,7 @@ class CompetitiveSNN(nn.Module):
         self.meta, self.learn_intrinsic = neuron == "meta", learn_intrinsic
         self.p = p  # meta-neurons: success probability, amplitude 1/p (mean current W s)
         self.readout = nn.Linear(width, classes)
-        self.lzc = None
-        if lzc:
-            from beyondbp.nets.lzc import LZCReadout
-
-            self.lzc = LZCReadout(width, classes)
+        self.lzc = LZCReadout(width, classes) if lzc else None
         self.eval_spikes, self.eval_examples = 0.0, 0
 
     def current(self, s: torch.Tensor) -> torch.Tensor:

@@ -107,8 +107,7 @@ class BPTT(Rule):
 
     def finish_epoch(self) -> None:
         """Fit the LZC-space readout (``snn:...:lzc``) on the training set's spike trains."""
-        if self.net.lzc is not None and self.train_split is not None:
-            fit_lzc_readout(self.net, self.train_split.x, self.train_split.y)
+        fit_lzc_readout(self.net, self.train_split)
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         self.schedule.step()

@@ -108,8 +108,7 @@ class STDP(Rule):
                 "spikes": counts.sum(1).mean()}  # fmt: skip
 
     def finish_epoch(self) -> None:
-        if self.net.lzc is not None and self.train_split is not None:
-            fit_lzc_readout(self.net, self.train_split.x, self.train_split.y)
+        fit_lzc_readout(self.net, self.train_split)
 
     def metrics(self) -> dict[str, Any]:
         """The thresholds' mean and spread (they move only when learned)."""
