@@ -127,6 +127,17 @@ def test_a_grid_over_all_rules_leaves_out_rules_that_cannot_train_its_nets():
     # a population rule named on an episodic task fits; a gradient rule does not
     pop, why = default_rules(["mlp:8"], ["deceptive-maze"])
     assert "bp" not in pop and "episodic" in why["bp"]
+    # spiking and equilibrium nets get their own rules (and bp where gradients reach), never
+    # the layer-local rules, which train a BlockNet's blocks
+    spiking, why = default_rules(["snn:32", "tempotron", "stdp:32"], ["poisson-digits"])
+    assert {"bp", "bptt", "tempotron", "stdp"} <= set(spiking)
+    assert not {"ff", "dfa", "drtp", "cafo", "mono-forward", "tpsgd"} & set(spiking)
+    assert "cannot train net" in why["ff"]
+    plan = plan_grid(data="poisson-digits", nets=["snn:32", "tempotron"], seeds=[0])
+    assert "bp on poisson-digits, tempotron" in plan.skipped
+    assert ("bp", "snn:32") in {(c.rule, c.net) for c in plan.cells}
+    eq, _ = default_rules(["vf:32", "phys:scatter:32x2"], ["digits"])
+    assert {"ghep", "phyll", "pat", "ff", "dfa"} <= set(eq) and "bptt" not in eq
 
 
 def test_train_reports_robust_accuracy_with_attack_eps(tmp_path):

@@ -202,6 +202,12 @@ NET_SPECS = {
 }
 
 
+def layered(spec: str) -> bool:
+    """Whether ``spec`` builds a :class:`BlockNet` (blocks and a head), the shape layer-local
+    rules train; spiking, equilibrium, NoProp and graph nets are trained by their own rules."""
+    return any(p.match(spec) for p in (_MLP, _CNN3, _RNN, _PHYS))
+
+
 def _widths(text: str) -> list[int]:
     """``256x2`` → [256, 256]; ``1000-500`` → [1000, 500]; ``""`` → []."""
     if "x" in text:

@@ -27,6 +27,7 @@ from torch import nn
 
 from beyondbp.data.core import DatasetMeta, Split
 from beyondbp.errors import BeyondBPError
+from beyondbp.nets import layered
 
 
 class RuleOptions(BaseModel):
@@ -115,6 +116,9 @@ class Rule:
     evaluates_only: ClassVar[bool] = False
     # False: the rule never changes the net (the pretrained row): no step time or throughput
     trains: ClassVar[bool] = True
+    # True: the rule trains a net's blocks one by one (a BlockNet: layer-local rules); a grid
+    # that picks rules leaves it out for nets of other shapes
+    needs_blocks: ClassVar[bool] = False
 
     def __init__(self, options: RuleOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -179,7 +183,7 @@ class Rule:
     def works_on(cls, net_spec: str) -> bool:
         """Whether the rule can train the net of this spec (rules that need a special net, like
         NoProp, say no to the others; a grid over "all rules" leaves them out)."""
-        return True
+        return not cls.needs_blocks or layered(net_spec)
 
     def step_stage(self) -> object:
         """What a step's cost depends on besides the batch (a layer-wise rule's layer in

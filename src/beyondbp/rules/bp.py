@@ -51,6 +51,10 @@ class Backprop(Rule):
     tasks = ("classification", "graph", "graph-link", "lm")  # a graph net trains full-batch
     stateful = ("opt", "schedule")
 
+    @classmethod
+    def works_on(cls, net_spec: str) -> bool:
+        return not net_spec.startswith(("tempotron", "stdp:"))  # no gradient: their own rules
+
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         self.net = net
         self.opt = make_optimizer(self._trained(net), self.options)

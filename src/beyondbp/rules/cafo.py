@@ -97,6 +97,7 @@ class CaFo(Rule):
     }
     options: Options
     stateful = ("opt", "gram", "cross", "patience", "stopped", "dfa_opt", "feedback")
+    needs_blocks = True
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         o = self.options

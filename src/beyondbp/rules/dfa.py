@@ -47,6 +47,7 @@ class DFA(Rule):
     }
     options: Options
     stateful = ("opt", "schedule", "feedback")
+    needs_blocks = True
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         self.net = as_blocknet(net)

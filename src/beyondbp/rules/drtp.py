@@ -69,6 +69,7 @@ class DRTP(Rule):
     }
     options: Options
     stateful = ("opt", "schedule", "feedback")
+    needs_blocks = True
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         o = self.options

@@ -114,6 +114,7 @@ class ForwardForward(Rule):
     }
     options: Options
     stateful = ("layers", "head_opts", "running")
+    needs_blocks = True
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         self.net = as_blocknet(net)

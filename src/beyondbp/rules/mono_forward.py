@@ -73,6 +73,7 @@ class MonoForward(Rule):
     }
     options: Options
     stateful = ("layers", "stage", "stage_epochs", "finished")
+    needs_blocks = True
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         self.net = as_blocknet(net)

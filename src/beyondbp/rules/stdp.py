@@ -70,7 +70,6 @@ def trace(spikes: torch.Tensor, tau: float, inclusive: bool) -> torch.Tensor:
 class STDP(Rule):
     Options = Options
     options: Options
-    default_grid = False
     stateful = ("opt",)
 
     @classmethod

@@ -43,7 +43,6 @@ class Options(RuleOptions):
 class Tempotron(Rule):
     Options = Options
     options: Options
-    default_grid = False
 
     @classmethod
     def works_on(cls, net_spec: str) -> bool:

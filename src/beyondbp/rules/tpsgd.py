@@ -77,6 +77,7 @@ class TpSGD(Rule):
     }
     options: Options
     stateful = ("layers", "targets")
+    needs_blocks = True
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:
         o = self.options
