@@ -50,6 +50,20 @@ def test_a_linear_model_is_at_chance_on_the_delay_task():
 
 
 @needs_tonic
+@pytest.mark.skipif(importlib.util.find_spec("tonic") is None, reason="needs beyondbp[spiking]")
+def test_nmnist_events_fall_in_fixed_10ms_bins_from_the_recordings_start():
+    from tonic.datasets import NMNIST
+
+    from beyondbp.data.spiking import _bin_events
+
+    ev = np.zeros(4, dtype=NMNIST.dtype)
+    ev["t"], ev["x"], ev["y"], ev["p"] = [5_000, 12_000, 25_000, 305_000], [1, 2, 3, 4], 0, 1
+    frames = _bin_events(ev, 30)
+    assert frames.shape == (30, 2 * 34 * 34)
+    # bins 0, 1, 2 from t = 0 (not from the first event); the event at 305 ms is past the 30th
+    assert frames.sum(1).nonzero()[0].tolist() == [0, 1, 2] and frames.sum() == 3
+
+
 def test_nmnist_subset_is_binned_event_counts(shared_data):
     data = bb.load_dataset("nmnist-small", shared_data)
     assert data.meta.input_shape == (30, 2 * 34 * 34)
@@ -103,6 +117,42 @@ def test_bptt_shrinks_sigma_to_its_final_value_over_the_first_quarter(tmp_path):
     syn = result.model.delayed()[0]  # the best epoch's weights: σ may be an earlier one
     assert syn.positions.abs().max() <= 2  # clamped into the window
     assert 0 <= result.metrics["mean_delay_steps"] <= 4
+
+
+@needs_snn
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_bptt_schedules_follow_the_dcls_recipe_from_the_first_epoch():
+    from beyondbp.data.core import DatasetMeta
+    from beyondbp.nets import build_net
+    from beyondbp.rules import make_rule
+    from beyondbp.rules.base import SetupContext
+
+    meta = DatasetMeta("toy", (20, 4), 3, ("a", "b", "c"), (0.0,), (1.0,), "generated")
+    net = build_net("snn:8:delay-25:learn", (20, 4), 3)
+    rule = make_rule("bptt", {})
+    rule.setup(net, meta, SetupContext(torch.device("cpu"), 0, 1, 8, 16))
+    # the weights start at lr (1e-3) and rise to max_lr (5e-3); positions at 100 × lr
+    assert rule.opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert rule.pos_opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    sigmas = []
+    for epoch in range(4):
+        rule.end_epoch(epoch, {})
+        sigmas.append(rule.sigma)
+    # 8 epochs: σ shrinks 12 → 0.23 over the first 2, already after the first one
+    assert (
+        sigmas[0] == pytest.approx(12 * (0.23 / 12) ** 0.5)
+        and sigmas[1:] == [pytest.approx(0.23)] * 3
+    )
+    assert max(g["lr"] for g in rule.opt.param_groups) > 1e-3
+    # each neuron its own threshold; neither they nor β decay with the weights
+    assert net.neurons[0].threshold.shape == (8,)
+    no_decay = next(g for g in rule.opt.param_groups if g["weight_decay"] == 0)["params"]
+    assert any(p is net.neurons[0].threshold for p in no_decay)
+    assert not any(p is net.synapses[0].conv.weight for p in no_decay)
+    with pytest.raises(bb.BeyondBPError, match="max_lr"):
+        make_rule("bptt", {"max_lr": 1e-4}).setup(
+            build_net("snn:8", (20, 4), 3), meta, SetupContext(torch.device("cpu"), 0, 1, 8, 16)
+        )
 
 
 @pytest.mark.slow
@@ -354,6 +404,14 @@ def test_spiking_runs_report_spikes_per_inference_and_lzc_latency(tmp_path):
     assert 0 < tempotron.metrics["spikes_per_inference"] <= 10
     assert 0 < lzc.metrics["spikes_per_inference"] <= 64 * 50
     assert 0 < lzc.metrics["lzc_ms_per_example"] < 10
+    # fitting the LZC readout on the training set counts no spikes of inference
+    net = lzc.model
+    net.eval_spikes, net.eval_examples = 0.0, 0
+    from beyondbp.data import load_dataset
+    from beyondbp.nets.lzc import fit_lzc_readout
+
+    fit_lzc_readout(net, load_dataset("poisson-digits").train)
+    assert net.eval_spikes == 0 and net.eval_examples == 0
     assert "lzc_ms_per_example" not in stdp.metrics
 
 

@@ -118,12 +118,19 @@ NMNIST_BINS = 30  # 10 ms each over N-MNIST's ~300 ms saccades
 NMNIST_SENSOR = (34, 34, 2)
 
 
+NMNIST_BIN_US = 10_000
+
+
 def _bin_events(events: np.ndarray, bins: int) -> np.ndarray:
-    """(bins, 2·34·34) spike counts of one sample's events, by tonic's ToFrame."""
+    """(bins, 2·34·34) spike counts of one sample's events in 10 ms bins from the recording's
+    start (tonic's ToFrame), the first ``bins`` kept, zeros after a shorter recording."""
     from tonic.transforms import ToFrame
 
-    frames = ToFrame(sensor_size=NMNIST_SENSOR, n_time_bins=bins)(events)  # (bins, 2, 34, 34)
-    return frames.reshape(bins, -1).astype(np.float32)
+    frames = ToFrame(sensor_size=NMNIST_SENSOR, time_window=NMNIST_BIN_US, start_time=0,
+                     include_incomplete=True)(events)[:bins]  # (≤ bins, 2, 34, 34)  # fmt: skip
+    out = np.zeros((bins, frames[0].size), np.float32)
+    out[: len(frames)] = frames.reshape(len(frames), -1)
+    return out
 
 
 def read_nmnist_archive(path: Path, bins: int = NMNIST_BINS) -> RawData:
@@ -180,7 +187,7 @@ def _nmnist_raw(
 def nmnist_small(search_dirs: list[Path], download: bool) -> RawData:
     archive = find_file("nmnist-small", ("nmnist-small.tar.gz",), search_dirs, "nmnist-small")
     # decoded once; the archive's size in the name: another archive is decoded anew
-    cached = cache_dir() / "data" / f"nmnist-small-{NMNIST_BINS}-{archive.stat().st_size}.npz"
+    cached = cache_dir() / "data" / f"nmnist-small-{NMNIST_BINS}x10ms-{archive.stat().st_size}.npz"
     if cached.is_file():
         with np.load(cached) as f:
             arrays = (f["x_train"], f["y_train"], f["x_test"], f["y_test"])

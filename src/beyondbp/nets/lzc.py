@@ -65,6 +65,7 @@ def _kernel():
                 "LZ complexity needs numba: pip install 'beyondbp[spiking]'"
             ) from None
         _compiled = numba.njit(cache=False)(_lz76_rows)
+        _compiled(np.zeros((1, 2), np.uint8))  # compiled now: no timed readout includes it
     return _compiled
 
 
@@ -86,8 +87,9 @@ class LZCReadout(torch.nn.Module):
     the vector of their normalised LZ76 complexities (B, W); the class is that of the nearest
     class centroid, distances scaled by each neuron's spread over the training set. Fitted
     from training examples (:func:`fit_lzc_readout`), never by gradient; before it is fitted
-    every class scores the same (chance). ``seconds`` and
-    ``examples`` count the time the readout itself took in evaluation (its latency)."""
+    every class scores the same (chance). ``seconds`` and ``examples`` count the time the
+    readout itself took in evaluation: its latency per example, amortised over each batch, the
+    spiking net's simulation not included."""
 
     def __init__(self, width: int, classes: int) -> None:
         super().__init__()

@@ -162,7 +162,8 @@ class SpikingMLP(nn.Module):
             self.norms.append(nn.BatchNorm1d(w))
             self.neurons.append(snntorch.Leaky(
                 beta=torch.full((w,), beta), spike_grad=surrogate.atan(alpha=5.0),
-                learn_beta=learn_intrinsic, learn_threshold=learn_intrinsic,
+                threshold=torch.ones(w), learn_beta=learn_intrinsic,
+                learn_threshold=learn_intrinsic,
                 reset_mechanism="zero",
             ))  # fmt: skip
             n_in = w
@@ -182,20 +183,31 @@ class SpikingMLP(nn.Module):
             spikes.append(s)
         return torch.stack(spikes, 1)
 
+    def undecayed(self) -> list[nn.Parameter]:
+        """Parameters weight decay must not pull to 0: BatchNorm's, the neurons' β and
+        thresholds, the meta-neurons' intrinsic ones (everything but the synaptic weights)."""
+        weights = {id(m.weight) for m in self.meta} | {
+            id(p) for m in self.synapses for n, p in m.named_parameters() if n.endswith("weight")
+        }
+        return [p for n, p in self.named_parameters()
+                if id(p) not in weights and not n.startswith("readout")]  # fmt: skip
+
     def delayed(self) -> list[DelayedSynapses]:
         return [m for m in self.modules() if isinstance(m, DelayedSynapses)]
 
     def spike_trains(
-        self, x: torch.Tensor, record: list[torch.Tensor] | None = None
+        self, x: torch.Tensor, record: list[torch.Tensor] | None = None, count: bool = False
     ) -> torch.Tensor:
         """The last hidden layer's spikes (B, T, width) for input trains (B, T, C), dropout
-        applied in training; ``record``, if given, receives each hidden layer's spikes."""
+        applied in training; ``record``, if given, receives each hidden layer's spikes;
+        ``count``: add them to the evaluation's spike count (inference, not readout fitting)."""
         x = x.float()
         for i in range(len(self.meta) or len(self.neurons)):
             x = self.meta[i](x) if self.meta else self._lif_layer(i, x)
             if record is not None:
                 record.append(x.detach())
-            count_spikes(self, x)
+            if count:
+                count_spikes(self, x)
             if self.training and self.dropout:  # one mask per example for all steps
                 keep = torch.rand_like(x[:, :1]).ge_(self.dropout).div_(1 - self.dropout)
                 x = x * keep
@@ -206,7 +218,7 @@ class SpikingMLP(nn.Module):
         readout, or, with ``lzc`` in evaluation, the LZC-space classifier's scores."""
         if not self.training:
             self.eval_examples += len(x)
-        x = self.spike_trains(x, record)
+        x = self.spike_trains(x, record, count=not self.training)
         if self.lzc is not None and not self.training:
             return self.lzc(x)
         current = self.readout(x)

@@ -4,8 +4,8 @@
 The spikes' Heaviside has the ATan surrogate derivative (the net's neurons); the loss is the
 cross-entropy of the readout's scores. The DCLS recipe, used as is:
 
-- weights: Adam, lr one-cycle up to ``max_lr`` (per epoch), weight decay ``1e-5`` (none on
-  BatchNorm);
+- weights: Adam, lr one-cycle from ``lr`` up to ``max_lr`` (per epoch), weight decay ``1e-5``
+  (none on BatchNorm nor on the neurons' own parameters);
 - delay positions: their own Adam at ``pos_lr_scale`` × ``lr``, cosine to 0 over the run, no
   weight decay; positions clamped into the delay window after every step;
 - σ of the Gaussian kernels: from ``max_delay // 2`` down to ``sigma_final`` (0.23, so
@@ -34,7 +34,7 @@ from beyondbp.rules.registry import register
 
 
 class Options(RuleOptions):
-    lr: float = Field(1e-3, gt=0, description="the weights' starting lr")
+    lr: float = Field(1e-3, gt=0, description="the weights' starting lr (and the positions' base)")
     max_lr: float = Field(5e-3, gt=0, description="the one-cycle schedule's peak lr")
     weight_decay: float = Field(1e-5, ge=0, description="on synaptic weights (not BatchNorm)")
     pos_lr_scale: float = Field(100.0, gt=0, description="delay positions' lr over the weights'")
@@ -64,16 +64,18 @@ class BPTT(Rule):
         self.delayed = net.delayed()
         positions = [d.positions for d in self.delayed if d.trainable]
         position_ids = {id(p) for p in positions}
-        norms = {id(p) for m in net.modules() if isinstance(m, nn.BatchNorm1d)
-                 for p in m.parameters()}  # fmt: skip
+        undecayed = {id(p) for p in net.undecayed()}  # BatchNorm, neurons' own parameters
         params = [p for p in net.parameters() if p.requires_grad and id(p) not in position_ids]
-        decayed = [p for p in params if id(p) not in norms]
-        groups = [{"params": decayed, "weight_decay": o.weight_decay},
-                  {"params": [p for p in params if id(p) in norms], "weight_decay": 0.0}]  # fmt: skip
+        groups = [{"params": [p for p in params if id(p) not in undecayed],
+                   "weight_decay": o.weight_decay},
+                  {"params": [p for p in params if id(p) in undecayed], "weight_decay": 0.0}]  # fmt: skip
         self.opt = torch.optim.Adam(groups, lr=o.lr)
         epochs = max(1, ctx.max_epochs)
+        if o.max_lr < o.lr:
+            raise BeyondBPError(f"bptt: max_lr {o.max_lr} is below lr {o.lr}: the one-cycle "
+                                "schedule rises from lr to max_lr (e.g. --set max_lr=5e-3)")  # fmt: skip
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(
-            self.opt, max_lr=o.max_lr, total_steps=epochs + 1
+            self.opt, max_lr=o.max_lr, total_steps=epochs + 1, div_factor=o.max_lr / o.lr
         )  # stepped per epoch, as the paper's code (+1: the last epoch's step is valid)
         self.pos_opt = self.pos_schedule = None
         if positions:
@@ -113,9 +115,9 @@ class BPTT(Rule):
         self.schedule.step()
         if self.pos_schedule is not None:
             self.pos_schedule.step()
-        if self.sigma0 and epoch <= self.sigma_steps:  # σ₀ · α^epoch reaches σ_final
+        if self.sigma0 and epoch < self.sigma_steps:  # after epoch e (0-based): σ₀ α^(e+1)
             alpha = (self.options.sigma_final / self.sigma0) ** (1 / self.sigma_steps)
-            self.sigma = self.sigma0 * alpha**epoch
+            self.sigma = self.sigma0 * alpha ** (epoch + 1)
             for d in self.delayed:
                 if d.trainable:
                     d.set_sigma(self.sigma)
