@@ -12,9 +12,10 @@ accuracy (mean ± std over seeds) against its strength, a line per rule.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
+
+from beyondbp.bench.reproduce import read_reproduction
 
 HERE = Path(__file__).resolve().parent
 RULES = {"phyll": "PhyLL", "pat": "PAT", "bp-twin": "in silico (bp-twin)", "bp": "ideal bp"}
@@ -54,7 +55,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=HERE / "results" / "phyll2023.json")
     ap.add_argument("--dataset", default="vowels-synth")
     args = ap.parse_args()
-    data = json.loads(args.results.read_text())
+    data = read_reproduction(args.results)
     curves = points(data["rows"], args.dataset)
     systems = sorted({s for _, s, _ in curves})
     if not systems:
@@ -78,7 +79,7 @@ def main() -> None:
             for k, (rule, name) in enumerate(RULES.items()):
                 pts = curves.get((kind, system, rule))
                 colour = PALETTE[k % len(PALETTE)]
-                clean = curves.get(("noise", system, rule), [])[:1]
+                clean = [p for p in curves.get(("noise", system, rule), []) if p[0] == 0][:1]
                 if kind == "mismatch" and not pts and clean:  # no twin: its clean value
                     ax.axhline(clean[0][1], ls="--", color=colour, label=f"{name} (no twin)")
                     continue

@@ -281,6 +281,10 @@ def test_reproduce_puts_the_paper_next_to_ours(tmp_path):
     assert gz.name == "toy-paper.json.gz" and not js.exists()
     assert records_from_json(gz) == records_from_json(tmp_path / "out" / "toy-paper.json.gz")
     assert [r.history for r in records_from_json(gz)] == [r.history for r in res.records]
+    # scripts read the rows by the plain name, whichever was written
+    assert rp.read_reproduction(js)["rows"] == json.loads(json.dumps(res.rows, default=str))
+    with pytest.raises(bb.BeyondBPError, match="no results file"):
+        rp.read_reproduction(tmp_path / "out" / "missing.json")
     # cells not run yet still get their row: no runs, the paper's number, "not run"
     (empty,) = reproduce("toy-paper", store=tmp_path / "empty.sqlite", run=False).rows
     assert (empty["runs"], empty["not_finished"], empty["paper_acc"]) == (0, 0, 99.9)

@@ -231,3 +231,35 @@ def test_bp_needs_the_ideal_copy_and_learns_on_it(tmp_path):
         bb.train("bp", "vowels-synth", "phys:scatter:64x2", store=store, **SETTINGS)
     ideal = bb.train("bp", "vowels-synth", "phys:scatter:64x2:ideal", store=store, **SETTINGS)
     assert ideal.metrics["test_acc"] > 0.8
+
+
+def test_rules_that_train_in_eval_mode_still_pay_training_passes_and_drift(tmp_path):
+    # zeroth-order rules keep the net in eval mode while training: the hardware is trained on
+    # all the same, so its passes are training passes and its clock ticks
+    result = bb.train("mezo", "vowels-synth", "phys:scatter:16:drift-1", epochs=1,
+                      batch_size=840, max_steps=2, store=tmp_path / "r.sqlite", **FAST)  # fmt: skip
+    passes = result.metrics["physical_passes"]
+    layer = result.model.blocks[0].physical
+    assert passes > 0 and passes % 840 == 0
+    assert int(layer.system.calls) == passes // 840  # one tick per training pass of a batch
+
+
+def test_restoring_the_best_weights_keeps_the_hardwares_clock_and_costs():
+    from types import SimpleNamespace
+
+    from beyondbp.harness.callbacks import EarlyStopping
+
+    net = build_net("phys:scatter:8x1:drift-1", (4,), 3)
+    layer = net.blocks[0].physical
+    stop = EarlyStopping(monitor="val_acc", patience=None)
+    trainer = SimpleNamespace(rule=SimpleNamespace(modules=lambda: {"net": net}))
+    stop.on_validation_end(trainer, {"epoch": 1, "val_acc": 0.9})  # the best, at clock 0
+    best_weight = net.blocks[0].digital.weight.detach().clone()
+    with torch.no_grad():
+        net.blocks[0].digital.weight.add_(1.0)
+    net.train()
+    for _ in range(5):
+        net(torch.randn(2, 4))
+    stop.on_test_start(trainer)
+    assert torch.equal(net.blocks[0].digital.weight, best_weight)  # the weights go back...
+    assert int(layer.system.calls) == 5 and int(layer.passes) == 10  # ...the world does not

@@ -14,6 +14,7 @@ from typing import Any
 from beyondbp.bench.grid import Cell, natural_key, run_grid, setup_key
 from beyondbp.bench.presets import is_percent
 from beyondbp.bench.summary import behaviour, summarize
+from beyondbp.errors import BeyondBPError
 from beyondbp.runner import open_store
 from beyondbp.runs import RunRecord, RunStore
 
@@ -238,6 +239,22 @@ def reproduce_markdown(result: ReproduceResult, notes: Sequence[str] = ()) -> st
         ]
     lines += [x for n in (p.notes, *notes) if n for x in ("", n)]
     return "\n".join(lines) + "\n"
+
+
+def read_reproduction(path: str | Path) -> dict[str, Any]:
+    """A results file :func:`write_reproduction` wrote (its command, rows and runs), from
+    ``NAME.json`` or, where the text was long, ``NAME.json.gz`` (either name may be given)."""
+    path = Path(path)
+    for candidate in (path, path.with_name(path.name + ".gz"), path.with_suffix("")):
+        if candidate.is_file() and candidate.name.endswith((".json", ".json.gz")):
+            raw = candidate.read_bytes()
+            try:
+                return json.loads(gzip.decompress(raw) if candidate.suffix == ".gz" else raw)
+            except (OSError, ValueError) as e:
+                raise BeyondBPError(f"{candidate} is not a readable results file ({e}); "
+                                    "write it again with `beyondbp reproduce ... --no-run`") from e  # fmt: skip
+    raise BeyondBPError(f"no results file {path} (nor {path.name}.gz); write it with "
+                        "`beyondbp reproduce PRESET --no-run --out benchmarks/results`")  # fmt: skip
 
 
 def write_reproduction(

@@ -122,7 +122,11 @@ class EarlyStopping(Callback):
     def on_test_start(self, trainer: Trainer) -> None:
         if self.restore_best and self.best_modules is not None:
             for k, m in trainer.rule.modules().items():
+                live = {f"{n}.{b}".lstrip("."): getattr(sub, b).clone()
+                        for n, sub in m.named_modules() for b in getattr(sub, "live_buffers", ())}  # fmt: skip
                 m.load_state_dict(self.best_modules[k])
+                for name, value in live.items():  # the world moved on: a drift clock, costs paid
+                    m.get_buffer(name).copy_(value)
             if self.patience.best_epoch:
                 trainer.tested_epoch = self.patience.best_epoch
 

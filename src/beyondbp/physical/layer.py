@@ -58,11 +58,14 @@ class PhysicalLayer(nn.Module):
     ``passes`` counts examples sent through the system while training (twin fitting included),
     ``eval_passes`` those of validation and test; both are buffers, saved with checkpoints."""
 
+    live_buffers = ("passes", "eval_passes")  # kept when older weights are loaded for a test
+
     def __init__(self, system: PhysicalSystem, mode: Mode = "blackbox") -> None:
         super().__init__()
         self.system = system
         self.mode: Mode = mode
         self._twin: tuple[nn.Module, ...] = ()  # a reference, not a submodule: the rule owns it
+        self.run_phase: str | None = None  # set by Rule.set_phase (see in_training)
         self.register_buffer("passes", torch.zeros((), dtype=torch.long))
         self.register_buffer("eval_passes", torch.zeros((), dtype=torch.long))
 
@@ -86,8 +89,15 @@ class PhysicalLayer(nn.Module):
     def out_features(self) -> int:
         return self.system.out_features
 
+    @property
+    def in_training(self) -> bool:
+        """Whether a pass is a training pass (counted in ``passes``, ticking drift): the
+        harness's phase where it set one (``run_phase``: zeroth-order and population rules
+        train with the net in eval mode), else the module's train flag."""
+        return self.training if self.run_phase is None else self.run_phase == "train"
+
     def _count(self, x: torch.Tensor) -> None:
-        (self.passes if self.training else self.eval_passes).add_(len(x))
+        (self.passes if self.in_training else self.eval_passes).add_(len(x))
 
     def query(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The system's response to encoded inputs ``x``, no gradient, counted (``params``: the
@@ -100,9 +110,9 @@ class PhysicalLayer(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         x = encode(h)
-        if self.training:
+        if self.in_training:
             self.system.advance()
-        if self.mode == "twin" and self.training:
+        if self.mode == "twin" and self.in_training:
             if self.twin is None:
                 raise BeyondBPError("mode 'twin' needs a fitted digital twin (attach_twin)")
             return self.twin(x)

@@ -212,6 +212,7 @@ class Drifting(Wrapper):
     change). The clock is a buffer, so a resumed run continues the same drift."""
 
     DIRECTION_SEED = 7_777
+    live_buffers = ("calls",)  # restoring the best epoch's weights cannot undo the drift
 
     def __init__(self, system: PhysicalSystem, rate: float) -> None:
         super().__init__(system)

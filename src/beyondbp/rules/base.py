@@ -206,6 +206,9 @@ class Rule:
         self.phase = phase
         for m in self.modules().values():
             m.train(phase == "train" and not self.evaluates_only)
+            for sub in m.modules():  # modules of hardware follow the run, not the train flag
+                if hasattr(sub, "run_phase"):
+                    sub.run_phase = phase
 
     def state_dict(self) -> dict[str, Any]:
         """The declared learning state (``stateful``; an attribute the rule never set is left

@@ -53,6 +53,8 @@ class Backprop(Rule):
 
     @classmethod
     def works_on(cls, net_spec: str) -> bool:
+        if net_spec.startswith("phys:") and not net_spec.endswith(":ideal"):
+            return False  # a black box: gradients stop at its physical layers
         return not net_spec.startswith(("tempotron", "stdp:"))  # no gradient: their own rules
 
     def setup(self, net: nn.Module, meta: DatasetMeta, ctx: SetupContext) -> None:

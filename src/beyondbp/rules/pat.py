@@ -109,6 +109,8 @@ class PhysicsAware(Rule):
                                            o.twin_lr, mismatch=o.mismatch, seed=self.seed + i)  # fmt: skip
             self.twins[i].load_state_dict(twin.state_dict())
             report.append({"fit_error": fit.val_error, "error": fit.true_error})
+            if i == len(self.net.blocks) - 1:
+                break
             # a mismatched twin saw a moved copy: the next layer's inputs come from the system
             if o.mismatch:
                 measured = block.physical.query(x)
