@@ -14,7 +14,9 @@ hEP's sum is the first Fourier coefficient of ``β ↦ −∂Φ_β/∂θ(s_β)``
 Cauchy's integral formula its derivative at β = 0, exact up to O(|β|^N) when Φ and σ are
 holomorphic, at finite |β|. N = 2 is centred EP. The nudged phases relax together as one batch
 of phases × examples; phases k and N − k are complex conjugates, so only k ≤ N/2 relax (all N
-when neuron noise is on, which breaks the symmetry).
+when neuron noise is on, which breaks the symmetry). Under neuron noise, one-sided EP averages
+∂Φ/∂θ over the last ``noise_average`` noisy steps of each branch, its β = 0 branch relaxing only
+those from the free state (the paper's code).
 
 Paper defaults (MNIST, 784-256-256-10): SGD lr 0.05, batch 20, 50 epochs; classic EP β = 0.1,
 T1 = T2 = 350 (one-sided); hEP N = 10, |β| = 0.4, T1 = 200, T2 = 50.
@@ -66,22 +68,32 @@ def nudges(
 
 
 def nudged_states(net: EqNet, x: torch.Tensor, y: torch.Tensor, free: list[torch.Tensor],
-                  betas: list[complex], steps: int, noise: float = 0.0
+                  betas: list[complex], steps: int, noise: float = 0.0,
+                  reference_steps: int | None = None,
                   ) -> tuple[list[torch.Tensor], torch.Tensor]:  # fmt: skip
     """Every phase's state after ``steps`` nudged iterations from the free fixed point, stacked
     phase-major (rows = phases × batch), and the rows' β as a (rows, 1) tensor. Phases with β = 0
-    keep the free state unless ``noise`` is on."""
+    keep the free state unless ``noise`` is on; then they relax ``reference_steps`` (default
+    ``steps``) noisy iterations."""
     real = all(b.imag == 0 for b in betas)
     dtype = free[0].dtype if real else complex_dtype(free[0].dtype)
     n_b = x.shape[0]
-    moving = [k for k, b in enumerate(betas) if b != 0 or noise > 0]
     parts: list[list[torch.Tensor]] = [[t.to(dtype) for t in free] for _ in betas]
-    if moving:
+    nudged = [k for k, b in enumerate(betas) if b != 0]
+    reference = [k for k, b in enumerate(betas) if b == 0 and noise > 0]
+    groups = [(nudged, steps), (reference, steps)]
+    if reference_steps is not None:
+        groups = [(nudged, steps), (reference, reference_steps)]
+    elif nudged and reference:  # the same length: one batch
+        groups = [(nudged + reference, steps)]
+    for moving, n_steps in groups:
+        if not moving:
+            continue
         k = len(moving)
         bt = torch.tensor([betas[i] if not real else betas[i].real for i in moving], dtype=dtype)
         bt = bt.to(x.device).repeat_interleave(n_b)[:, None]
         s = net.relax(repeat_rows(x, k), [repeat_rows(t.to(dtype), k) for t in free],
-                      steps, bt, repeat_rows(y, k), noise=noise, phases=k)  # fmt: skip
+                      n_steps, bt, repeat_rows(y, k), noise=noise, phases=k)  # fmt: skip
         for j, i in enumerate(moving):
             parts[i] = [t[j * n_b : (j + 1) * n_b] for t in s]
     states = [torch.cat([p[layer] for p in parts]) for layer in range(len(free))]
@@ -150,6 +162,12 @@ class Options(PhaseOptions):
     estimate: Literal["one-sided", "centred"] = Field(
         "one-sided", description="one-sided: nudge +β against the free state; centred: ±β"
     )
+    noise_average: int = Field(
+        5,
+        ge=1,
+        description="under neuron noise, one-sided: ∂Φ/∂θ averaged over this many "
+        "noisy steps closing each branch, the β = 0 branch relaxing only these (the paper's)",
+    )
 
 
 @register("ep", "Equilibrium propagation: one-sided or centred (±β) nudges of an energy-based net")
@@ -169,18 +187,31 @@ class EP(RelaxingNetRule):
         o = self.options
         return nudges(1 if o.estimate == "one-sided" else 2, o.beta)
 
+    def averaged_steps(self) -> int:
+        """Noisy steps whose ∂Φ/∂θ are averaged (one-sided EP under noise, as the paper)."""
+        o = self.options
+        noisy = isinstance(self.net, EqNet) and self.net.noise > 0
+        return o.noise_average if noisy and o.estimate == "one-sided" else 1
+
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         net = self.net
         assert isinstance(net, HopfieldMLP)
+        average = self.averaged_steps()
         with torch.no_grad():
             free = net.free(x, self.t1)
             logits = net.logits(free)
             betas, coefs = self.nudges()
-            states, bt = nudged_states(net, x, y, free, betas, self.options.t2, net.noise)
-        k = len(betas)
-        xs, ys = repeat_rows(x, k), repeat_rows(y, k)
+            states, bt = nudged_states(net, x, y, free, betas, self.options.t2, net.noise,
+                                       reference_steps=1 if average > 1 else None)  # fmt: skip
+            k = len(betas)
+            xs, ys = repeat_rows(x, k), repeat_rows(y, k)
+            snapshots = [states]
+            for _ in range(average - 1):  # one more noisy step of every branch
+                snapshots.append(net.relax(xs, snapshots[-1], 1, bt, ys, noise=net.noise,
+                                           phases=k))  # fmt: skip
         self.opt.zero_grad(set_to_none=True)
-        phi = net.phi(xs, states, bt, ys)  # (phases × batch,), differentiable in θ
+        # (phases × batch,), differentiable in θ; ∂Φ/∂θ is linear in Φ: the mean of the Φs
+        phi = sum(net.phi(xs, s, bt, ys) for s in snapshots) / len(snapshots)
         # g = −Re Σ c_k ∂Φ_k/∂θ, batch mean: the gradient of this real surrogate
         (-combine(coefs, phi).sum() / len(y)).backward()
         self.opt.step()
@@ -208,3 +239,6 @@ class HEP(EP):
         o = self.options
         assert isinstance(self.net, EqNet)
         return nudges(o.n, o.beta, conjugate_pairs=self.net.noise == 0)
+
+    def averaged_steps(self) -> int:
+        return 1  # each phase's last state (the paper's noisy hEP chains its phases instead)
