@@ -262,6 +262,8 @@ def test_net_specs_and_bad_input():
         bb.train("hep", "digits", "mlp:16", epochs=1, store=False, **FAST)
     with pytest.raises(BeyondBPError, match="relax to a fixed point"):
         bb.train("bp", "digits", "mlp:16", epochs=1, state_noise=0.1, store=False, **FAST)
+    with pytest.raises(BeyondBPError, match="bp has none"):
+        bb.train("bp", "digits", "hopfield:16", epochs=1, state_noise=0.1, store=False, **FAST)
 
 
 @pytest.mark.parametrize(

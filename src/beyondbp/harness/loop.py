@@ -234,6 +234,11 @@ class Trainer:
                     f"state_noise applies to nets that relax to a fixed point (hopfield:, vf:); "
                     f"{type(self.net).__name__} has no state to perturb: drop state_noise"
                 )
+            if not rule.noisy_relaxation:
+                raise BeyondBPError(
+                    f"state_noise perturbs the nudged relaxations of ep, hep and ghep; {rule.name} "
+                    "has none and would train without it: drop state_noise"
+                )
             self.net.noise = cfg.state_noise
         rule.setup(self.net, self.task.meta, ctx)
         for m in rule.modules().values():

@@ -119,6 +119,8 @@ class Rule:
     # True: the rule trains a net's blocks one by one (a BlockNet: layer-local rules); a grid
     # that picks rules leaves it out for nets of other shapes
     needs_blocks: ClassVar[bool] = False
+    # True: the rule relaxes the net's state with the harness's neuron noise (state_noise)
+    noisy_relaxation: ClassVar[bool] = False
 
     def __init__(self, options: RuleOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -127,6 +127,7 @@ class RelaxingNetRule(Rule):
     """What the EP rules share: the net kinds they train, an optimiser over all its weights, the
     free phase's length T1 and prediction from the free fixed point."""
 
+    noisy_relaxation = True
     nets: ClassVar[tuple[type[EqNet], ...]] = ()
     specs: ClassVar[tuple[str, ...]] = ()  # net spec prefixes it trains
     wrong_net: ClassVar[str] = ""  # the fix an error for another net names

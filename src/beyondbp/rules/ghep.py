@@ -96,7 +96,7 @@ class GHEP(RelaxingNetRule):
         net, k = self.net, self.options.homeostasis_draws
         assert isinstance(net, VectorFieldMLP | VectorFieldCNN)
         w = net.weights()
-        inp = repeat_rows(net.input_drive(x), k)
+        inp = repeat_rows(net.input_drive(x).detach(), k)  # additive: J does not depend on it
         a = tuple(repeat_rows(net.act(t), k) for t in u)
         eps = tuple(torch.randn_like(t) for t in a)
 
