@@ -27,6 +27,7 @@ PRESET_FILES = sorted(PRESET_DIR.glob("*.yaml"))
 # The committed results files whose runs came from a preset, and the preset.
 PRESET_OF_RESULTS = {
     "metaneuron2025.json": "metaneuron2025",
+    "delays2024.json": "delays2024",
     "spyra2025-bp.json": "spyra2025-bp",  # `beyondbp reproduce spyra2025-bp` (its .md says how)
     "spyra2025.json": "spyra2025",  # benchmarks/spyra2025.py
     "local-targets.json": "local-targets",  # `beyondbp reproduce local-targets`
