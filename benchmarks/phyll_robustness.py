@@ -1,10 +1,11 @@
 """Accuracy of each rule as the physical system's conditions worsen (issue 31): measurement
-noise, drift during training, and the digital twin's mismatch, on vowels-synth.
+noise, drift during training, and the digital twin's mismatch, on vowels-synth; and each rule's
+cost per epoch on the clean systems (physical passes and wall time).
 
 Reads the rows of a ``phyll2023`` reproduction (``benchmarks/results/phyll2023.json``, written by
 ``beyondbp reproduce phyll2023 --out benchmarks/results``) and writes
 ``benchmarks/results/phyll2023-robustness.{png,md}``: one panel per condition and system, test
-accuracy (mean ± std over seeds) against its strength, a line per rule.
+accuracy (mean ± std over seeds) against its strength, a line per rule; below it, the cost table.
 
     python benchmarks/phyll_robustness.py [--results benchmarks/results/phyll2023.json]
 """
@@ -48,6 +49,23 @@ def points(rows: list[dict], dataset: str) -> dict[tuple[str, str, str], list[tu
                 if kind != "mismatch" or r["rule"] in ("pat", "bp-twin"):
                     out.setdefault((kind, system, r["rule"]), []).append((0.0, *value))
     return {k: sorted(v) for k, v in out.items()}
+
+
+def cost_lines(rows: list[dict]) -> list[str]:
+    """Markdown rows: per epoch, the physical passes in training and the training wall time, for
+    each rule on each clean system (``:ideal`` for bp), every dataset."""
+    lines = []
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["net"], r["rule"])):
+        clean = re.fullmatch(r"phys:\w+:[\dx]+(:ideal)?", r["net"]) and not r.get("variant")
+        if not (clean and r["runs"] and r.get("epochs")):
+            continue
+        passes = r.get("physical_passes")
+        per_epoch = "-" if passes is None else f"{passes / r['epochs']:,.0f}"
+        lines.append(
+            f"| {r['dataset']} | {r['net']} | {r['rule']} | {r['epochs']:g} | {per_epoch} "
+            f"| {r['train_time_s'] / r['epochs']:.2f} | {100 * r['test_acc']:.1f} |"
+        )
+    return lines
 
 
 def main() -> None:
@@ -98,8 +116,18 @@ def main() -> None:
     fig.tight_layout()
     out = HERE / "results" / "phyll2023-robustness"
     fig.savefig(out.with_suffix(".png"), dpi=110)
+    cost = [
+        "", "## Cost per epoch on the clean systems",
+        "",
+        "Training passes include the twins' fitting (pat, bp-twin); bp's are passes through the",
+        "ideal differentiable copy (a simulation a physical system could not offer).",
+        "",
+        "| data | net | rule | epochs | physical passes / epoch | train s / epoch | test acc % |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]  # fmt: skip
     out.with_suffix(".md").write_text(
-        "\n".join(lines) + "\n\n![robustness](phyll2023-robustness.png)\n"
+        "\n".join(lines + cost + cost_lines(data["rows"]))
+        + "\n\n![robustness](phyll2023-robustness.png)\n"
     )
     print(f"wrote {out}.png and .md")
 

@@ -21,6 +21,16 @@ def test_mlp_specs(spec, widths):
     assert net(torch.randn(5, 1, 28, 28)).shape == (5, 10)
 
 
+def test_identity_mlp_is_linear():
+    """``mlp:WxD:identity`` is the digital part of a net without its nonlinearity."""
+    torch.manual_seed(0)
+    net = build_net("mlp:16x2:identity", (8,), 3)
+    a, b, zero = torch.randn(4, 8), torch.randn(4, 8), torch.zeros(4, 8)
+    torch.testing.assert_close(net(a + b), net(a) + net(b) - net(zero))
+    relu = build_net("mlp:16x2", (8,), 3)
+    assert not torch.allclose(relu(a + b), relu(a) + relu(b) - relu(zero))
+
+
 def test_cnn3_matches_the_paper_block():
     net = build_net("cnn3", (1, 28, 28), 10)
     assert [type(m) for m in net.blocks[0]] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d]

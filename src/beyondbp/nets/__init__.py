@@ -7,7 +7,8 @@ backprop just calls ``net(x)``.
 Spec strings:
 
 - ``mlp:1000x2``: two hidden layers of 1000 ReLU units (``mlp:1000-500`` for unequal widths,
-  ``mlp:1000x2:tanh`` for another activation: relu, tanh, sigmoid, gelu).
+  ``mlp:1000x2:tanh`` for another activation: relu, tanh, sigmoid, gelu, or identity for a
+  linear model).
 - ``cnn3``: the 3-block CNN of CaFo / Spyra 2025: Conv3x3 pad 1 → ReLU → MaxPool 2 → BatchNorm,
   channels 32/128/512 (``cnn3:16-32-64`` for other widths).
 - ``gru:128`` / ``rnn:128``: a recurrent net reading the image row by row (sequential MNIST), one
@@ -55,6 +56,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
     "gelu": nn.GELU,
+    "identity": nn.Identity,  # a deep linear model: a net's digital part without its nonlinearity
 }
 
 
@@ -162,7 +164,7 @@ _GRAPH = re.compile(
     r"^(?P<kind>gcn|sage|gat)(:(?P<width>\d+)(x(?P<depth>\d+))?)?(:(?P<out>out-conv|link))?$"
 )
 NET_SPECS = {
-    "mlp:WIDTHxDEPTH[:act]": "MLP, e.g. mlp:1000x2 (or mlp:1000-500, mlp:1000x2:tanh)",
+    "mlp:WIDTHxDEPTH[:act]": "MLP, e.g. mlp:1000x2 (or mlp:1000-500, mlp:1000x2:tanh, :identity)",
     "cnn3[:C1-C2-C3]": "3-block CNN of CaFo/Spyra: conv3x3-ReLU-maxpool-BN, 32/128/512 channels",
     "gru|rnn[:WIDTH[xDEPTH]]": "recurrent net reading images row by row, e.g. gru:128",
     "minilm[:prompt-N]": "all-MiniLM-L6-v2 sentence-pair classifier (text datasets), optionally "
