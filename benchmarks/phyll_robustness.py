@@ -53,10 +53,12 @@ def points(rows: list[dict], dataset: str) -> dict[tuple[str, str, str], list[tu
 
 def cost_lines(rows: list[dict]) -> list[str]:
     """Markdown rows: per epoch, the physical passes in training and the training wall time, for
-    each rule on each clean system (``:ideal`` for bp), every dataset."""
+    each rule on each clean system (``:ideal`` for bp) and the digital layers alone."""
     lines = []
     for r in sorted(rows, key=lambda r: (r["dataset"], r["net"], r["rule"])):
-        clean = re.fullmatch(r"phys:\w+:[\dx]+(:ideal)?", r["net"]) and not r.get("variant")
+        clean = re.fullmatch(
+            r"phys:\w+:[\dx]+(:ideal)?|mlp:[\dx]+:identity", r["net"]
+        ) and not r.get("variant")
         if not (clean and r["runs"] and r.get("epochs")):
             continue
         passes = r.get("physical_passes")
@@ -86,9 +88,11 @@ def main() -> None:
 
     from beyondbp.bench.report import PALETTE
 
+    digital = [r for r in data["rows"] if r["dataset"] == args.dataset and r["runs"]
+               and r["net"].endswith(":identity")]  # fmt: skip
     fig, axes = plt.subplots(len(systems), 3, figsize=(13, 3.6 * len(systems)), squeeze=False)
     lines = [f"# phyll2023 robustness on {args.dataset}", "",
-             f"From `{args.results.name}` (command: `{data['command']}`).", "",
+             f"From `{args.results.name}` (command: `{data['command'].split(' --note')[0]}`).", "",
              "| system | condition | rule | strength: test acc % (mean ± std over seeds) |",
              "|---|---|---|---|"]  # fmt: skip
     for i, system in enumerate(systems):
@@ -107,6 +111,10 @@ def main() -> None:
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name, color=colour)
                 cells = ", ".join(f"{x:g}: {y:.1f} ± {e:.1f}" for x, y, e in pts)
                 lines.append(f"| {system} | {kind} | {rule} | {cells} |")
+            for r in digital:  # the digital layers alone: where a rule that loses the physics lands
+                ax.axhline(
+                    100 * r["test_acc"], ls=":", color="grey", label=f"no physics ({r['net']})"
+                )
             ax.set_title(f"{system}: {kind}")
             ax.set_xlabel(title)
             ax.set_ylabel("test accuracy %")

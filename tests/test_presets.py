@@ -40,6 +40,7 @@ PRESET_OF_RESULTS = {
     "population-digits.json": "population-digits",  # `beyondbp reproduce population-digits`
     "forwardgnn2024.json.gz": "forwardgnn2024",  # `beyondbp reproduce forwardgnn2024`
     "forwardgnn2024-links.json.gz": "forwardgnn2024-links",  # `beyondbp reproduce ...-links`
+    "phyll2023.json.gz": "phyll2023",
     "s2ft2024.json": "s2ft2024",  # `beyondbp reproduce s2ft2024`
     "depth-sweep.json": "depth-sweep",  # `beyondbp reproduce depth-sweep`
     "noprop-memory.json": "noprop-memory",  # `beyondbp reproduce noprop-memory`
