@@ -57,7 +57,7 @@ def cost_lines(rows: list[dict]) -> list[str]:
     lines = []
     for r in sorted(rows, key=lambda r: (r["dataset"], r["net"], r["rule"])):
         clean = re.fullmatch(
-            r"phys:\w+:[\dx]+(:ideal)?|mlp:[\dx]+:identity", r["net"]
+            r"phys:\w+:[\dx]+(:ideal)?|mlp:[\dx]+(:identity)?", r["net"]
         ) and not r.get("variant")
         if not (clean and r["runs"] and r.get("epochs")):
             continue
